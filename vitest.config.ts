@@ -1,0 +1,12 @@
+import { defineConfig } from "vitest/config"
+
+export default defineConfig({
+  test: {
+    include: ["test/**/*.test.ts"],
+    // Servers and child processes need a little more room than unit tests.
+    testTimeout: 60_000,
+    hookTimeout: 60_000,
+    // The EventStoreDB client registers its protobuf classes globally: one copy per worker process.
+    pool: "forks"
+  }
+})
