@@ -1,0 +1,132 @@
+/**
+ * The event source port: what the engine needs from an event store.
+ *
+ * A source hands over {@link Delivery deliveries} as an Effect `Stream` that pulls
+ * from the underlying client, so the engine's backpressure reaches the server.
+ *
+ * @since 0.1.0
+ */
+import { Context, Data, Effect, Option, Stream } from "effect"
+
+/**
+ * How a delivery is settled once the engine is done with it.
+ *
+ * - `Ack`: durably handled (or skipped by decision); never delivered again.
+ * - `Nack`: `retry` delivers it again later with `retryCount + 1`; `park` sets it
+ *   aside with its reason (a persistent subscription's parked stream); `skip`
+ *   drops it on purpose.
+ *
+ * @since 0.1.0
+ */
+export type Settlement =
+  | { readonly _tag: "Ack" }
+  | { readonly _tag: "Nack"; readonly action: NackAction; readonly reason: string }
+
+/** @since 0.1.0 */
+export type NackAction = "park" | "retry" | "skip"
+
+/** @since 0.1.0 */
+export const ack: Settlement = { _tag: "Ack" }
+
+/** @since 0.1.0 */
+export const nack = (action: NackAction, reason: string): Settlement => ({ _tag: "Nack", action, reason })
+
+/**
+ * One recorded event as the source hands it over.
+ *
+ * `position` orders deliveries of one catch-up subscription: it strictly grows
+ * along the subscription (for a `$ce-<category>` stream it is the link's
+ * revision, for a filtered `$all` subscription the commit position). A catch-up
+ * subscription started after position `p` delivers only positions greater than `p`.
+ *
+ * @since 0.1.0
+ */
+export interface Delivery {
+  /** The recorded event's id (the original event, not the link). */
+  readonly id: string
+  readonly type: string
+  /** The stream the event was appended to, e.g. `account-42`. */
+  readonly streamId: string
+  /** The event's revision in {@link streamId}. */
+  readonly revision: bigint
+  /** The subscription's ordering position (see above). */
+  readonly position: bigint
+  readonly data: Uint8Array
+  readonly metadata: Uint8Array
+  /** Whether the event was appended as JSON. */
+  readonly isJson: boolean
+  readonly created: Date
+  /** How often this delivery was retried before (persistent subscriptions). */
+  readonly retryCount: number
+  /** Settles the delivery with its source. Idempotent: only the first call counts. */
+  readonly settle: (settlement: Settlement) => Effect.Effect<void, EventSourceError>
+}
+
+/**
+ * Subscriptions the engine asks for.
+ *
+ * - `catch-up`: an ordered subscription to the given categories, starting after
+ *   `after` (or from the start); the engine stores the checkpoint. With one
+ *   category this is the `$ce-<category>` stream with links resolved.
+ * - `persistent`: a server-side consumer group; at-least-once, may redeliver.
+ *   The group is created if missing.
+ *
+ * @since 0.1.0
+ */
+export type Subscription =
+  | {
+    readonly mode: "catch-up"
+    readonly categories: ReadonlyArray<string>
+    readonly after: Option.Option<bigint>
+  }
+  | {
+    readonly mode: "persistent"
+    readonly categories: ReadonlyArray<string>
+    readonly group: string
+    /** How many unsettled deliveries the server may push to this subscriber. */
+    readonly bufferSize: number
+  }
+
+/**
+ * A source failure. `retryable` failures (connection lost, server unavailable,
+ * subscription dropped) are met by resubscribing with backoff.
+ *
+ * @since 0.1.0
+ */
+export class EventSourceError extends Data.TaggedError("EventSourceError")<{
+  readonly message: string
+  readonly retryable: boolean
+  readonly cause?: unknown
+}> {}
+
+/**
+ * The event source port.
+ *
+ * @since 0.1.0
+ */
+export class EventSource extends Context.Tag("effect-reconciler/EventSource")<
+  EventSource,
+  {
+    /**
+     * The deliveries of a subscription. The stream pulls from the client; its
+     * scope owns the subscription, which closes when the stream's scope closes.
+     */
+    readonly subscribe: (subscription: Subscription) => Stream.Stream<Delivery, EventSourceError>
+    /**
+     * The position of the newest event in the given categories, if any: the
+     * head a catch-up subscription's checkpoint is compared with to tell lag.
+     */
+    readonly head: (categories: ReadonlyArray<string>) => Effect.Effect<Option.Option<bigint>, EventSourceError>
+  }
+>() {}
+
+/**
+ * The category of a stream id: the part before the first `-`
+ * (EventStoreDB's `$by_category` rule). A stream id without `-` is its own category.
+ *
+ * @since 0.1.0
+ */
+export const categoryOf = (streamId: string): string => {
+  const dash = streamId.indexOf("-")
+  return dash < 0 ? streamId : streamId.slice(0, dash)
+}

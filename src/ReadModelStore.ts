@@ -1,0 +1,141 @@
+/**
+ * The read-model store port: documents, checkpoints and dead letters.
+ *
+ * The store deals in *encoded* documents (plain data as the projection's document
+ * Schema encodes them) plus the engine's bookkeeping, {@link DocumentMeta}, which
+ * makes every write guarded: a write names the version it read, and a redelivered
+ * event is recognised from the applied markers.
+ *
+ * @since 0.1.0
+ */
+import { Context, Data, Effect, Option } from "effect"
+
+/**
+ * What the engine keeps beside each document.
+ *
+ * - `version` counts the writes of the document: a write succeeds only if the
+ *   stored version is the one that was read (optimistic concurrency).
+ * - `position`: the highest catch-up position applied to the document.
+ * - `streams`: per source stream, the highest revision applied (persistent mode).
+ * - `deleted`: the projection removed the document; the store keeps a tombstone
+ *   with the markers so that a redelivered event cannot bring it back.
+ *
+ * @since 0.1.0
+ */
+export interface DocumentMeta {
+  readonly version: number
+  readonly position: bigint | undefined
+  readonly streams: Readonly<Record<string, bigint>>
+  readonly deleted: boolean
+}
+
+/** @since 0.1.0 */
+export interface StoredDocument {
+  readonly id: string
+  /** The encoded document; `undefined` for a tombstone. */
+  readonly body: Readonly<Record<string, unknown>> | undefined
+  readonly meta: DocumentMeta
+}
+
+/**
+ * One guarded write: replace the document `id` if its stored version is still
+ * `expectedVersion` (`0`: the document must not exist yet).
+ *
+ * @since 0.1.0
+ */
+export interface DocumentWrite {
+  readonly id: string
+  readonly expectedVersion: number
+  /** The new encoded body; `undefined` writes a tombstone. */
+  readonly body: Readonly<Record<string, unknown>> | undefined
+  readonly meta: DocumentMeta
+}
+
+/**
+ * A batch of guarded writes to one collection, optionally with a checkpoint that
+ * the store commits together with the documents when it can (a transaction), and
+ * otherwise after them.
+ *
+ * @since 0.1.0
+ */
+export interface WriteBatch {
+  readonly collection: string
+  readonly writes: ReadonlyArray<DocumentWrite>
+  readonly checkpoint?: Checkpoint | undefined
+}
+
+/**
+ * The writes whose guard did not hold: another writer got there first. The engine
+ * reloads those documents and folds again; everything else in the batch is durable.
+ *
+ * @since 0.1.0
+ */
+export interface WriteResult {
+  readonly conflicts: ReadonlyArray<string>
+}
+
+/** @since 0.1.0 */
+export interface Checkpoint {
+  readonly projection: string
+  readonly position: bigint
+}
+
+/**
+ * An event the engine could not apply, kept with its raw bytes and the reason.
+ *
+ * @since 0.1.0
+ */
+export interface DeadLetter {
+  /** `<projection>:<event id>`: one letter per projection and event. */
+  readonly id: string
+  readonly projection: string
+  readonly eventId: string
+  readonly eventType: string
+  readonly streamId: string
+  readonly revision: bigint
+  readonly position: bigint
+  readonly data: Uint8Array
+  readonly metadata: Uint8Array
+  readonly reason: string
+  readonly at: Date
+}
+
+/**
+ * A store failure. `transient` failures (network, failover, write conflicts a
+ * transaction may retry) are retried by the engine while it holds back the source.
+ *
+ * @since 0.1.0
+ */
+export class StoreError extends Data.TaggedError("StoreError")<{
+  readonly message: string
+  readonly transient: boolean
+  readonly cause?: unknown
+}> {}
+
+/**
+ * The read-model store port.
+ *
+ * @since 0.1.0
+ */
+export class ReadModelStore extends Context.Tag("effect-reconciler/ReadModelStore")<
+  ReadModelStore,
+  {
+    /** The stored documents (tombstones included) among `ids`, in one round trip. */
+    readonly load: (
+      collection: string,
+      ids: ReadonlyArray<string>
+    ) => Effect.Effect<ReadonlyMap<string, StoredDocument>, StoreError>
+    /** All guarded writes of a batch, in one round trip where the store allows. */
+    readonly write: (batch: WriteBatch) => Effect.Effect<WriteResult, StoreError>
+    readonly readCheckpoint: (projection: string) => Effect.Effect<Option.Option<bigint>, StoreError>
+    /** Commits a checkpoint; a lower position than the stored one is ignored. */
+    readonly commitCheckpoint: (checkpoint: Checkpoint) => Effect.Effect<void, StoreError>
+    /** Stores a dead letter; storing the same letter twice keeps one. */
+    readonly deadLetter: (letter: DeadLetter) => Effect.Effect<void, StoreError>
+    readonly deadLetters: (projection: string) => Effect.Effect<ReadonlyArray<DeadLetter>, StoreError>
+    readonly removeDeadLetter: (id: string) => Effect.Effect<void, StoreError>
+  }
+>() {}
+
+/** The bookkeeping of a document that does not exist yet. @since 0.1.0 */
+export const emptyMeta: DocumentMeta = { version: 0, position: undefined, streams: {}, deleted: false }
