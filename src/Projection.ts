@@ -1,0 +1,229 @@
+/**
+ * Defining projections: which events a read model understands, which documents
+ * an event touches, and how a document evolves with each event.
+ *
+ * @since 0.1.0
+ */
+import { Effect, Either, ParseResult, Schema } from "effect"
+
+/**
+ * A decoded event as a projection sees it: `type` discriminates `data`.
+ *
+ * @since 0.1.0
+ */
+export interface Event<Type extends string = string, Data = unknown> {
+  readonly type: Type
+  readonly data: Data
+  readonly id: string
+  readonly streamId: string
+  readonly revision: bigint
+  readonly position: bigint
+  readonly created: Date
+}
+
+/**
+ * The event schemas of a projection, by event type. Only these types are decoded;
+ * every other type is skipped and counted.
+ *
+ * @since 0.1.0
+ */
+export type EventSchemas = { readonly [type: string]: Schema.Schema<any, any, never> }
+
+/**
+ * The union of decoded events of a projection's schemas.
+ *
+ * @since 0.1.0
+ */
+export type EventOf<Events extends EventSchemas> = {
+  readonly [K in keyof Events & string]: Event<K, Schema.Schema.Type<Events[K]>>
+}[keyof Events & string]
+
+/** The encoded form of a document: a plain object, as the store keeps it. @since 0.1.0 */
+export type EncodedDocument = { readonly [field: string]: unknown }
+
+/**
+ * A projection: a pure fold of events into documents of one collection.
+ *
+ * `evolve` must be pure and total for every event it declares: the engine may
+ * call it again for the same document after a conflict, and treats a throw as a
+ * poison event (dead-lettered or parked with the reason). Returning `undefined`
+ * deletes the document.
+ *
+ * @since 0.1.0
+ */
+export interface Projection<Events extends EventSchemas = EventSchemas, Doc = any> {
+  readonly _tag: "Projection"
+  readonly name: string
+  /** Bump when `evolve` changes meaning: the checkpoint is kept per name and version. */
+  readonly version: number
+  /** The categories (`<category>-<id>` streams) the projection reads. */
+  readonly categories: ReadonlyArray<string>
+  readonly collection: string
+  readonly document: Schema.Schema<Doc, any, never>
+  readonly events: Events
+  /** The id(s) of the document(s) an event touches. */
+  readonly key: (event: EventOf<Events>) => string | ReadonlyArray<string>
+  readonly evolve: (document: Doc | undefined, event: EventOf<Events>) => Doc | undefined
+}
+
+/**
+ * An effectful handler: the escape hatch for side effects (e-mails, calls to
+ * other systems). Semantics are **at-least-once**: after a crash or a redelivery
+ * the handler may see the same event again, so it must be idempotent. Events of
+ * one key are handled in order.
+ *
+ * @since 0.1.0
+ */
+export interface Handler<Events extends EventSchemas = EventSchemas, E = unknown> {
+  readonly _tag: "Handler"
+  readonly name: string
+  readonly version: number
+  readonly categories: ReadonlyArray<string>
+  readonly events: Events
+  /** Events with the same key are handled in order; defaults to the source stream. */
+  readonly key: (event: EventOf<Events>) => string
+  readonly handle: (event: EventOf<Events>) => Effect.Effect<void, E>
+}
+
+/**
+ * Defines a projection. Types flow from `events` and `document` into `key` and
+ * `evolve`: no annotations or casts are needed in user code.
+ *
+ * @example
+ * ```ts
+ * const balances = Projection.make({
+ *   name: "balances",
+ *   categories: ["account"],
+ *   collection: "balances",
+ *   document: Schema.Struct({ balance: Schema.Number }),
+ *   events: { Deposited: Schema.Struct({ account: Schema.String, amount: Schema.Number }) },
+ *   key: (event) => event.data.account,
+ *   evolve: (doc, event) => ({ balance: (doc?.balance ?? 0) + event.data.amount })
+ * })
+ * ```
+ *
+ * @since 0.1.0
+ */
+export const make = <const Events extends EventSchemas, Doc, DocEncoded extends EncodedDocument>(options: {
+  readonly name: string
+  readonly version?: number
+  readonly categories: ReadonlyArray<string>
+  readonly collection?: string
+  readonly document: Schema.Schema<Doc, DocEncoded, never>
+  readonly events: Events
+  readonly key: (event: EventOf<Events>) => string | ReadonlyArray<string>
+  readonly evolve: (document: Doc | undefined, event: EventOf<Events>) => Doc | undefined
+}): Projection<Events, Doc> => ({
+  _tag: "Projection",
+  name: validName(options.name),
+  version: options.version ?? 1,
+  categories: validCategories(options.categories),
+  collection: options.collection ?? options.name,
+  document: options.document,
+  events: options.events,
+  key: options.key,
+  evolve: options.evolve
+})
+
+/**
+ * Defines an effectful, at-least-once handler (see {@link Handler}).
+ *
+ * @since 0.1.0
+ */
+export const handler = <const Events extends EventSchemas, E>(options: {
+  readonly name: string
+  readonly version?: number
+  readonly categories: ReadonlyArray<string>
+  readonly events: Events
+  readonly key?: (event: EventOf<Events>) => string
+  readonly handle: (event: EventOf<Events>) => Effect.Effect<void, E>
+}): Handler<Events, E> => ({
+  _tag: "Handler",
+  name: validName(options.name),
+  version: options.version ?? 1,
+  categories: validCategories(options.categories),
+  events: options.events,
+  key: options.key ?? ((event) => event.streamId),
+  handle: options.handle
+})
+
+/** Anything the engine can run. @since 0.1.0 */
+export type Runnable = Projection<any, any> | Handler<any, any>
+
+/** The checkpoint id of a projection or handler: its name and version. @since 0.1.0 */
+export const checkpointId = (runnable: Runnable): string => `${runnable.name}@${runnable.version}`
+
+/**
+ * Why an event could not be decoded for a projection.
+ *
+ * @since 0.1.0
+ */
+export type DecodeOutcome =
+  | { readonly _tag: "Decoded"; readonly event: Event }
+  | { readonly _tag: "Unknown" }
+  | { readonly _tag: "Invalid"; readonly reason: string }
+
+/**
+ * Builds the decoder of a projection's events from raw bytes: JSON-parses the
+ * data and decodes it with the schema of its type.
+ *
+ * @since 0.1.0
+ */
+export const decoder = (events: EventSchemas) => {
+  const decoders = new Map<string, (input: unknown) => Either.Either<unknown, ParseResult.ParseError>>()
+  for (const type of Object.keys(events)) {
+    decoders.set(type, Schema.decodeUnknownEither(events[type]!))
+  }
+  const text = new TextDecoder("utf-8", { fatal: true })
+  return (raw: {
+    readonly type: string
+    readonly data: Uint8Array
+    readonly id: string
+    readonly streamId: string
+    readonly revision: bigint
+    readonly position: bigint
+    readonly created: Date
+  }): DecodeOutcome => {
+    const decode = decoders.get(raw.type)
+    if (decode === undefined) return { _tag: "Unknown" }
+    let json: unknown
+    try {
+      json = JSON.parse(text.decode(raw.data))
+    } catch (error) {
+      return { _tag: "Invalid", reason: `data is not JSON: ${String(error)}` }
+    }
+    const decoded = decode(json)
+    if (Either.isLeft(decoded)) {
+      return { _tag: "Invalid", reason: `data does not match the schema of ${raw.type}: ${decoded.left.message}` }
+    }
+    return {
+      _tag: "Decoded",
+      event: {
+        type: raw.type,
+        data: decoded.right,
+        id: raw.id,
+        streamId: raw.streamId,
+        revision: raw.revision,
+        position: raw.position,
+        created: raw.created
+      }
+    }
+  }
+}
+
+const validName = (name: string): string => {
+  if (!/^[A-Za-z0-9_.-]+$/.test(name)) {
+    throw new TypeError(`Projection name must match [A-Za-z0-9_.-]+, got ${JSON.stringify(name)}`)
+  }
+  return name
+}
+
+const validCategories = (categories: ReadonlyArray<string>): ReadonlyArray<string> => {
+  if (categories.length === 0) throw new TypeError("A projection needs at least one category")
+  for (const category of categories) {
+    if (category.length === 0 || category.includes("-")) {
+      throw new TypeError(`A category is the part of a stream id before the first '-', got ${JSON.stringify(category)}`)
+    }
+  }
+  return categories
+}
