@@ -272,7 +272,6 @@ export const run = (
       const decode = decoder(runnable.events)
       const dispatch = (delivery: Delivery): Effect.Effect<void, ReconcilerError> =>
         Effect.gen(function*() {
-          yield* permits.take(1)
           const tracked: Tracked = {
             delivery,
             ticket: mode === "catch-up" ? watermark.track(delivery.position) : 0,
@@ -324,7 +323,11 @@ export const run = (
         const scope = yield* Scope.fork(subscriptions, ExecutionStrategy.sequential)
         const next = yield* Scope.extend(Stream.toPull(subscription()), scope)
         while (true) {
+          // The permit is taken before pulling, so that what was pulled and not
+          // settled never exceeds the in-flight bound (with single-delivery chunks).
+          yield* permits.take(1)
           const chunk = yield* next.pipe(
+            Effect.onError(() => permits.release(1)),
             Effect.catchAll((error) =>
               Option.match(error, {
                 onNone: () => Effect.succeed(undefined),
@@ -332,8 +335,17 @@ export const run = (
               })
             )
           )
-          if (chunk === undefined) return
-          for (const delivery of chunk) yield* dispatch(delivery)
+          if (chunk === undefined) return yield* permits.release(1)
+          if (chunk.length === 0) {
+            yield* permits.release(1)
+            continue
+          }
+          let first = true
+          for (const delivery of chunk) {
+            if (!first) yield* permits.take(1)
+            first = false
+            yield* dispatch(delivery)
+          }
         }
       })
       const pull = pullOnce.pipe(

@@ -1,0 +1,481 @@
+/**
+ * In-memory ports for tests, experiments and benchmarks: an event log that serves
+ * catch-up and persistent subscriptions (with faults on demand), and a read-model
+ * store (with transient failures on demand) that fails loudly when used after its
+ * scope has closed.
+ *
+ * @since 0.1.0
+ */
+import { Chunk, Context, Deferred, Effect, Layer, Option, Stream } from "effect"
+import type { Delivery, Settlement, Subscription } from "./EventSource.js"
+import { categoryOf, EventSource, EventSourceError } from "./EventSource.js"
+import type { Checkpoint, DeadLetter, StoredDocument, WriteBatch, WriteResult } from "./ReadModelStore.js"
+import { ReadModelStore, StoreError } from "./ReadModelStore.js"
+import { random } from "./internal/random.js"
+
+// ---- the event log --------------------------------------------------------------
+
+/** An event to append: JSON data (any value) or raw bytes. @since 0.1.0 */
+export interface NewEvent {
+  readonly type: string
+  readonly data: unknown
+  readonly id?: string | undefined
+  readonly metadata?: unknown
+}
+
+/** An event as the log keeps it. `position` is its 1-based place in the whole log. @since 0.1.0 */
+export interface RecordedEvent {
+  readonly id: string
+  readonly type: string
+  readonly streamId: string
+  readonly category: string
+  readonly revision: bigint
+  readonly position: bigint
+  readonly data: Uint8Array
+  readonly metadata: Uint8Array
+  readonly isJson: boolean
+  readonly created: Date
+}
+
+/**
+ * Faults the log injects into its subscriptions, decided by a seeded generator so
+ * that a failing run can be replayed.
+ *
+ * @since 0.1.0
+ */
+export interface SourceFaults {
+  readonly seed?: number | undefined
+  /** Probability that a delivery is delivered a second time. */
+  readonly duplicateRate?: number | undefined
+  /** Persistent mode: probability that a delivery swaps places with the next one of another stream. */
+  readonly reorderRate?: number | undefined
+  /** Probability, per delivery, that the subscription drops (a retryable error). */
+  readonly dropRate?: number | undefined
+}
+
+/** @since 0.1.0 */
+export interface EventLogOptions {
+  /** End subscriptions when there is nothing more to deliver (and, persistent, nothing unsettled). */
+  readonly endAtHead?: boolean | undefined
+  /** Deliveries per pulled chunk. Default 1, so that pulled means handed over. */
+  readonly chunkSize?: number | undefined
+  /** Persistent groups park a delivery nacked for retry this many times. Default 10. */
+  readonly maxRetryCount?: number | undefined
+  readonly faults?: SourceFaults | undefined
+}
+
+/** A parked delivery of a persistent group. @since 0.1.0 */
+export interface Parked {
+  readonly event: RecordedEvent
+  readonly reason: string
+}
+
+/**
+ * The in-memory event log and its observations.
+ *
+ * @since 0.1.0
+ */
+export interface EventLog {
+  readonly append: (streamId: string, events: ReadonlyArray<NewEvent>) => Effect.Effect<ReadonlyArray<RecordedEvent>>
+  readonly events: ReadonlyArray<RecordedEvent>
+  /** Deliveries handed over and not settled yet, now and at most. */
+  readonly unsettled: () => { readonly now: number; readonly max: number }
+  /** Parked deliveries of a persistent group. */
+  readonly parked: (group: string) => ReadonlyArray<Parked>
+  readonly port: EventSource["Type"]
+}
+
+/** @since 0.1.0 */
+export class InMemoryEventLog extends Context.Tag("effect-reconciler/InMemoryEventLog")<InMemoryEventLog, EventLog>() {}
+
+interface Pending {
+  readonly event: RecordedEvent
+  readonly retryCount: number
+}
+
+interface Group {
+  next: number
+  readonly retry: Array<Pending>
+  readonly parked: Array<Parked>
+}
+
+const encoder = new TextEncoder()
+
+/**
+ * Makes an in-memory event log serving the {@link EventSource} port.
+ *
+ * @since 0.1.0
+ */
+export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<EventLog> =>
+  Effect.sync(() => {
+    const log: Array<RecordedEvent> = []
+    const revisions = new Map<string, bigint>()
+    const groups = new Map<string, Group>()
+    const chunkSize = Math.max(1, options.chunkSize ?? 1)
+    const maxRetryCount = options.maxRetryCount ?? 10
+    const faults = options.faults ?? {}
+    const next = random(faults.seed ?? 1)
+    let signal = Deferred.unsafeMake<void>(undefined as never)
+    const wake = () => {
+      const current = signal
+      signal = Deferred.unsafeMake<void>(undefined as never)
+      Deferred.unsafeDone(current, Effect.void)
+    }
+    const waitForChange = Effect.suspend(() => Deferred.await(signal))
+    let unsettledNow = 0
+    let unsettledMax = 0
+
+    const append: EventLog["append"] = (streamId, events) =>
+      Effect.sync(() => {
+        const recorded = events.map((event) => {
+          const revision = (revisions.get(streamId) ?? -1n) + 1n
+          revisions.set(streamId, revision)
+          const bytes = event.data instanceof Uint8Array
+          const record: RecordedEvent = {
+            id: event.id ?? crypto.randomUUID(),
+            type: event.type,
+            streamId,
+            category: categoryOf(streamId),
+            revision,
+            position: BigInt(log.length + 1),
+            data: bytes ? event.data as Uint8Array : encoder.encode(JSON.stringify(event.data)),
+            metadata: encoder.encode(JSON.stringify(event.metadata ?? {})),
+            isJson: !bytes,
+            created: new Date()
+          }
+          log.push(record)
+          return record
+        })
+        wake()
+        return recorded
+      })
+
+    const deliver = (event: RecordedEvent, retryCount: number, onSettle: (s: Settlement) => void): Delivery => {
+      let settled = false
+      unsettledNow++
+      if (unsettledNow > unsettledMax) unsettledMax = unsettledNow
+      return {
+        id: event.id,
+        type: event.type,
+        streamId: event.streamId,
+        revision: event.revision,
+        position: event.position,
+        data: event.data,
+        metadata: event.metadata,
+        isJson: event.isJson,
+        created: event.created,
+        retryCount,
+        settle: (settlement) =>
+          Effect.sync(() => {
+            if (settled) return
+            settled = true
+            unsettledNow--
+            onSettle(settlement)
+            wake()
+          })
+      }
+    }
+
+    const dropped = () => new EventSourceError({ message: "in-memory subscription dropped (injected fault)", retryable: true })
+
+    const catchUp = (categories: ReadonlySet<string>, after: bigint | undefined): Stream.Stream<Delivery, EventSourceError> => {
+      let index = after === undefined ? 0 : Number(after)
+      let duplicate: Delivery | undefined
+      return Stream.repeatEffectChunkOption(Effect.gen(function*() {
+        while (true) {
+          const chunk: Array<Delivery> = []
+          while (chunk.length < chunkSize) {
+            if (duplicate !== undefined) {
+              chunk.push(duplicate)
+              duplicate = undefined
+              continue
+            }
+            if (index >= log.length) break
+            const event = log[index++]!
+            if (!categories.has(event.category)) continue
+            if (faults.dropRate !== undefined && next() < faults.dropRate) {
+              index--
+              if (chunk.length > 0) break
+              return yield* Effect.fail(Option.some(dropped()))
+            }
+            const delivery = deliver(event, 0, () => {})
+            chunk.push(delivery)
+            if (faults.duplicateRate !== undefined && next() < faults.duplicateRate) {
+              duplicate = deliver(event, 0, () => {})
+            }
+          }
+          if (chunk.length > 0) return Chunk.unsafeFromArray(chunk)
+          if (options.endAtHead) return yield* Effect.fail(Option.none())
+          yield* waitForChange
+        }
+      }))
+    }
+
+    const persistent = (
+      categories: ReadonlySet<string>,
+      name: string
+    ): Stream.Stream<Delivery, EventSourceError> =>
+      Stream.unwrapScoped(Effect.gen(function*() {
+        let group = groups.get(name)
+        if (group === undefined) {
+          group = { next: 0, retry: [], parked: [] }
+          groups.set(name, group)
+        }
+        const g = group
+        // What this subscriber holds; handed back to the group when it goes away.
+        const outstanding = new Set<Pending>()
+        yield* Effect.addFinalizer(() =>
+          Effect.sync(() => {
+            g.retry.unshift(...outstanding)
+            outstanding.clear()
+            wake()
+          })
+        )
+        const settleOf = (pending: Pending) => (settlement: Settlement) => {
+          outstanding.delete(pending)
+          if (settlement._tag === "Ack") return
+          if (settlement.action === "park") g.parked.push({ event: pending.event, reason: settlement.reason })
+          if (settlement.action === "retry") {
+            if (pending.retryCount + 1 >= maxRetryCount) {
+              g.parked.push({ event: pending.event, reason: `retried ${maxRetryCount} times: ${settlement.reason}` })
+            } else g.retry.push({ event: pending.event, retryCount: pending.retryCount + 1 })
+          }
+        }
+        const take = (): Pending | undefined => {
+          const retried = g.retry.shift()
+          if (retried !== undefined) return retried
+          while (g.next < log.length) {
+            const event = log[g.next++]!
+            if (categories.has(event.category)) return { event, retryCount: 0 }
+          }
+          return undefined
+        }
+        const hand = (pending: Pending): Delivery => {
+          outstanding.add(pending)
+          return deliver(pending.event, pending.retryCount, settleOf(pending))
+        }
+        return Stream.repeatEffectChunkOption(Effect.gen(function*() {
+          while (true) {
+            const chunk: Array<Delivery> = []
+            while (chunk.length < chunkSize) {
+              const pending = take()
+              if (pending === undefined) break
+              if (faults.dropRate !== undefined && next() < faults.dropRate) {
+                g.retry.unshift(pending)
+                if (chunk.length > 0) break
+                return yield* Effect.fail(Option.some(dropped()))
+              }
+              if (faults.reorderRate !== undefined && next() < faults.reorderRate) {
+                const following = take()
+                if (following !== undefined && following.event.streamId !== pending.event.streamId) {
+                  chunk.push(hand(following))
+                } else if (following !== undefined) g.retry.unshift(following)
+              }
+              chunk.push(hand(pending))
+              if (faults.duplicateRate !== undefined && next() < faults.duplicateRate) {
+                // As if the server's message timeout fired while the first copy was in flight.
+                g.retry.push({ event: pending.event, retryCount: pending.retryCount + 1 })
+              }
+            }
+            if (chunk.length > 0) return Chunk.unsafeFromArray(chunk)
+            if (options.endAtHead && outstanding.size === 0 && g.retry.length === 0 && g.next >= log.length) {
+              return yield* Effect.fail(Option.none())
+            }
+            yield* waitForChange
+          }
+        }))
+      }))
+
+    const port: EventSource["Type"] = {
+      subscribe: (subscription: Subscription) => {
+        const categories = new Set(subscription.categories)
+        return subscription.mode === "catch-up"
+          ? catchUp(categories, Option.getOrUndefined(subscription.after))
+          : persistent(categories, `${[...categories].sort().join(",")}::${subscription.group}`)
+      },
+      head: (categories) =>
+        Effect.sync(() => {
+          for (let i = log.length - 1; i >= 0; i--) {
+            if (categories.includes(log[i]!.category)) return Option.some(log[i]!.position)
+          }
+          return Option.none()
+        })
+    }
+
+    return {
+      append,
+      get events() {
+        return log
+      },
+      unsettled: () => ({ now: unsettledNow, max: unsettledMax }),
+      parked: (group) => {
+        const found: Array<Parked> = []
+        for (const [name, g] of groups) if (name.endsWith(`::${group}`)) found.push(...g.parked)
+        return found
+      },
+      port
+    }
+  })
+
+// ---- the store ------------------------------------------------------------------
+
+/** @since 0.1.0 */
+export interface StoreOptions {
+  readonly seed?: number | undefined
+  /** Probability that a call fails with a transient error (before it changes anything). */
+  readonly transientFailureRate?: number | undefined
+  /** Called after each committed checkpoint, with the store as it is then. */
+  readonly onCheckpoint?: ((checkpoint: Checkpoint, store: MemoryStore) => void) | undefined
+}
+
+/**
+ * The in-memory store and its observations.
+ *
+ * @since 0.1.0
+ */
+export interface MemoryStore {
+  readonly port: ReadModelStore["Type"]
+  /** Stored documents of a collection, tombstones excluded. */
+  readonly documents: (collection: string) => ReadonlyMap<string, StoredDocument>
+  readonly checkpoint: (projection: string) => bigint | undefined
+  readonly letters: () => ReadonlyArray<DeadLetter>
+  /** Makes the next `n` calls fail with a transient error. */
+  readonly failNext: (n: number) => void
+  /** Calls made after the store's scope closed (each also died loudly). */
+  readonly callsAfterClose: () => number
+  readonly calls: () => number
+}
+
+/** @since 0.1.0 */
+export class InMemoryStore extends Context.Tag("effect-reconciler/InMemoryStore")<InMemoryStore, MemoryStore>() {}
+
+/**
+ * Makes an in-memory store, open for the enclosing scope. Any call after the scope
+ * closes dies with a defect: a use-after-close is a bug to be seen, not hidden.
+ *
+ * @since 0.1.0
+ */
+export const makeStore = (options: StoreOptions = {}) =>
+  Effect.acquireRelease(
+    Effect.sync((): { store: MemoryStore; close: () => void } => {
+      const collections = new Map<string, Map<string, StoredDocument>>()
+      const checkpoints = new Map<string, bigint>()
+      const deadLetters = new Map<string, DeadLetter>()
+      const next = random(options.seed ?? 1)
+      let closed = false
+      let afterClose = 0
+      let failures = 0
+      let calls = 0
+      const collection = (name: string) => {
+        let found = collections.get(name)
+        if (found === undefined) {
+          found = new Map()
+          collections.set(name, found)
+        }
+        return found
+      }
+      const guarded = <A>(operation: string, body: () => A): Effect.Effect<A, StoreError> =>
+        Effect.suspend(() => {
+          calls++
+          if (closed) {
+            afterClose++
+            return Effect.dieMessage(`ReadModelStore.${operation} called after the store's scope closed`)
+          }
+          if (failures > 0 || (options.transientFailureRate !== undefined && next() < options.transientFailureRate)) {
+            if (failures > 0) failures--
+            return Effect.fail(new StoreError({ message: `injected transient failure in ${operation}`, transient: true }))
+          }
+          return Effect.sync(body)
+        })
+      const write = (batch: WriteBatch): WriteResult => {
+        const documents = collection(batch.collection)
+        const conflicts: Array<string> = []
+        for (const w of batch.writes) {
+          const current = documents.get(w.id)
+          if ((current?.meta.version ?? 0) !== w.expectedVersion) {
+            conflicts.push(w.id)
+            continue
+          }
+          documents.set(w.id, { id: w.id, body: w.body, meta: w.meta })
+        }
+        if (batch.checkpoint !== undefined) commit(batch.checkpoint)
+        return { conflicts }
+      }
+      const commit = (checkpoint: Checkpoint) => {
+        const current = checkpoints.get(checkpoint.projection)
+        if (current !== undefined && current >= checkpoint.position) return
+        checkpoints.set(checkpoint.projection, checkpoint.position)
+        options.onCheckpoint?.(checkpoint, store)
+      }
+      const store: MemoryStore = {
+        port: {
+          load: (name, ids) =>
+            guarded("load", () => {
+              const documents = collection(name)
+              const found = new Map<string, StoredDocument>()
+              for (const id of ids) {
+                const doc = documents.get(id)
+                if (doc !== undefined) found.set(id, doc)
+              }
+              return found
+            }),
+          write: (batch) => guarded("write", () => write(batch)),
+          readCheckpoint: (projection) => guarded("readCheckpoint", () => Option.fromNullable(checkpoints.get(projection))),
+          commitCheckpoint: (checkpoint) => guarded("commitCheckpoint", () => commit(checkpoint)),
+          deadLetter: (letter) => guarded("deadLetter", () => void deadLetters.set(letter.id, letter)),
+          deadLetters: (projection) =>
+            guarded("deadLetters", () => [...deadLetters.values()].filter((l) => l.projection === projection)),
+          removeDeadLetter: (id) => guarded("removeDeadLetter", () => void deadLetters.delete(id))
+        },
+        documents: (name) => {
+          const live = new Map<string, StoredDocument>()
+          for (const [id, doc] of collection(name)) if (!doc.meta.deleted) live.set(id, doc)
+          return live
+        },
+        checkpoint: (projection) => checkpoints.get(projection),
+        letters: () => [...deadLetters.values()],
+        failNext: (n) => {
+          failures = n
+        },
+        callsAfterClose: () => afterClose,
+        calls: () => calls
+      }
+      return {
+        store,
+        close: () => {
+          closed = true
+        }
+      }
+    }),
+    ({ close }) => Effect.sync(close)
+  ).pipe(Effect.map(({ store }) => store))
+
+/**
+ * The in-memory event log as the {@link EventSource}, and as {@link InMemoryEventLog}
+ * for appending and observing.
+ *
+ * @since 0.1.0
+ */
+export const eventLogLayer = (options: EventLogOptions = {}): Layer.Layer<EventSource | InMemoryEventLog> =>
+  Layer.effectContext(
+    makeEventLog(options).pipe(
+      Effect.map((log) => Context.make(InMemoryEventLog, log).pipe(Context.add(EventSource, log.port)))
+    )
+  )
+
+/**
+ * The in-memory store as the {@link ReadModelStore}, and as {@link InMemoryStore}
+ * for observing; closed when the layer is released.
+ *
+ * @since 0.1.0
+ */
+export const storeLayer = (options: StoreOptions = {}): Layer.Layer<ReadModelStore | InMemoryStore> =>
+  Layer.scopedContext(
+    makeStore(options).pipe(
+      Effect.map((store) => Context.make(InMemoryStore, store).pipe(Context.add(ReadModelStore, store.port)))
+    )
+  )
+
+/** Both in-memory ports. @since 0.1.0 */
+export const layer = (options: { readonly log?: EventLogOptions; readonly store?: StoreOptions } = {}) =>
+  Layer.merge(eventLogLayer(options.log), storeLayer(options.store))

@@ -1,0 +1,10 @@
+/**
+ * effect-reconciler: MongoDB read models kept reconciled with EventStoreDB events.
+ *
+ * @since 0.1.0
+ */
+export * as EventSource from "./EventSource.js"
+export * as InMemory from "./InMemory.js"
+export * as Projection from "./Projection.js"
+export * as ReadModelStore from "./ReadModelStore.js"
+export * as Reconciler from "./Reconciler.js"
