@@ -1,0 +1,85 @@
+/**
+ * An embedded, in-memory EventStoreDB-protocol server for development and
+ * tests: the unmodified `@eventstore/db-client` works against it with
+ * `esdb://127.0.0.1:<port>?tls=false`. It serves streams (append, read,
+ * catch-up subscriptions, delete, tombstone), `$ce-<category>` links and
+ * persistent subscriptions to streams; optionally it journals to a data
+ * directory so a demo can restart with its events. Where it differs from a
+ * real server, the real server is right (see docs/embedded-eventstore.md).
+ *
+ * @since 0.1.0
+ */
+import { Context, Data, Effect, Layer } from "effect"
+import { start } from "./eventstore/Server.js"
+
+/** @since 0.1.0 */
+export interface Options {
+  /** Port to listen on; `0` (the default) picks a free one. */
+  readonly port?: number | undefined
+  /** Interface to bind, `127.0.0.1` by default. */
+  readonly host?: string | undefined
+  /** Directory for the append-only journal; in memory only when absent. */
+  readonly dataDir?: string | undefined
+}
+
+/**
+ * A running embedded server.
+ *
+ * @since 0.1.0
+ */
+export interface EventStoreServer {
+  /** The bound port. */
+  readonly port: number
+  /** `esdb://<host>:<port>?tls=false`, ready for `EventStoreDBClient.connectionString`. */
+  readonly connectionString: string
+}
+
+/**
+ * The server could not start (port taken, unreadable data directory).
+ *
+ * @since 0.1.0
+ */
+export class EventStoreServerError extends Data.TaggedError("EventStoreServerError")<{
+  readonly message: string
+  readonly cause?: unknown
+}> {}
+
+/**
+ * The running embedded server, as a service.
+ *
+ * @since 0.1.0
+ */
+export class EventStoreServerTag extends Context.Tag("effect-reconciler/embedded/EventStoreServer")<
+  EventStoreServerTag,
+  EventStoreServer
+>() {}
+
+/**
+ * Starts the server; it listens until the scope closes, then drops its
+ * subscribers, checkpoints its consumer groups, flushes the journal and
+ * releases the port (no handles left open).
+ *
+ * @since 0.1.0
+ */
+export const make = Effect.fn("EventStoreServer.make")(function*(options: Options = {}) {
+  const running = yield* Effect.acquireRelease(
+    Effect.tryPromise({
+      try: () => start(options),
+      catch: (cause) => new EventStoreServerError({ message: `Cannot start the embedded EventStoreDB server: ${String(cause)}`, cause })
+    }),
+    (r) => Effect.promise(() => r.close())
+  )
+  yield* Effect.annotateCurrentSpan("port", running.port)
+  return {
+    port: running.port,
+    connectionString: `esdb://${running.host}:${running.port}?tls=false`
+  } satisfies EventStoreServer
+})
+
+/**
+ * The server as a scoped layer: acquire = listen, release = shut down.
+ *
+ * @since 0.1.0
+ */
+export const layer = (options: Options = {}): Layer.Layer<EventStoreServerTag, EventStoreServerError> =>
+  Layer.scoped(EventStoreServerTag, make(options))

@@ -1,0 +1,543 @@
+/**
+ * Persistent subscriptions (server-side consumer groups) of the embedded
+ * event store: competing consumers over one stream, at-least-once, with
+ * ack / nack (park · retry · skip · stop), message timeouts with growing retry
+ * counts, parking beyond `maxRetryCount`, replay of parked messages, consumer
+ * strategies (RoundRobin, DispatchToSingle, Pinned) and a checkpoint kept in
+ * `$persistentsubscription-<stream>::<group>-checkpoint`.
+ *
+ * Internal to the embedded server.
+ */
+import { randomUUID } from "node:crypto"
+import type { EventRecord, Resolved, Store } from "./Store.js"
+import { parseLink } from "./Store.js"
+
+export type ConsumerStrategy = "DispatchToSingle" | "RoundRobin" | "Pinned"
+
+/** Group settings, as the protocol carries them. */
+export interface GroupSettings {
+  readonly resolveLinkTos: boolean
+  /** For stream groups: the first revision to deliver, or start / end. */
+  readonly startFrom: bigint | "start" | "end"
+  readonly extraStatistics: boolean
+  readonly messageTimeoutMs: number
+  readonly maxRetryCount: number
+  readonly checkpointAfterMs: number
+  readonly minCheckpointCount: number
+  readonly maxCheckpointCount: number
+  /** 0 = unbounded. */
+  readonly maxSubscriberCount: number
+  readonly liveBufferSize: number
+  readonly readBatchSize: number
+  readonly historyBufferSize: number
+  readonly strategy: ConsumerStrategy
+}
+
+export class GroupExists extends Error {
+  readonly _tag = "GroupExists"
+}
+export class GroupNotFound extends Error {
+  readonly _tag = "GroupNotFound"
+}
+export class MaxSubscribersReached extends Error {
+  readonly _tag = "MaxSubscribersReached"
+}
+
+/** One message of a group: a (resolved) event with its retry count. */
+export interface Message {
+  readonly resolved: Resolved
+  /** What the subscriber acks by: the link's id when there is a link, else the event's. */
+  readonly id: string
+  /** The revision in the source stream; `undefined` for replayed parked messages. */
+  readonly sequence: bigint | undefined
+  readonly retryCount: number
+}
+
+/** Where a subscriber's messages go. */
+export interface SubscriberSink {
+  readonly send: (message: Message) => void
+  /** Ends the subscriber's call; with a reason when the group dropped it. */
+  readonly close: (dropped?: string) => void
+  readonly connectionName: string
+  readonly from: string
+}
+
+interface Subscriber {
+  readonly id: string
+  readonly bufferSize: number
+  readonly inFlight: Set<string>
+  readonly sink: SubscriberSink
+  totalItems: number
+}
+
+interface Outstanding {
+  readonly message: Message
+  readonly subscriber: Subscriber
+  readonly deadline: number
+}
+
+const BUCKETS = 1024
+const encoder = new TextEncoder()
+const decoder = new TextDecoder()
+
+const hash = (s: string): number => {
+  let h = 0x811c9dc5
+  for (let i = 0; i < s.length; i++) {
+    h ^= s.charCodeAt(i)
+    h = Math.imul(h, 0x01000193)
+  }
+  return h >>> 0
+}
+
+export const parkedStreamOf = (stream: string, group: string) => `$persistentsubscription-${stream}::${group}-parked`
+export const checkpointStreamOf = (stream: string, group: string) =>
+  `$persistentsubscription-${stream}::${group}-checkpoint`
+
+/** One consumer group on one stream. */
+export class Group {
+  private subscribers: Array<Subscriber> = []
+  private nextRead = 0n
+  private readonly pending: Array<Message> = []
+  private readonly retry: Array<Message> = []
+  private readonly outstanding = new Map<string, Outstanding>()
+  /** Sequences read but not yet settled: the checkpoint stays below the smallest. */
+  private readonly inProgress = new Set<bigint>()
+  private readonly pins = new Map<number, Subscriber>()
+  private roundRobin = 0
+  private lastCheckpoint: bigint | undefined = undefined
+  private lastCheckpointAt = Date.now()
+  private settledSinceCheckpoint = 0
+  private timer: NodeJS.Timeout | undefined = undefined
+  private dispatching = false
+  private again = false
+  private unlisten: () => void
+  totalItems = 0
+
+  constructor(
+    private readonly store: Store,
+    readonly stream: string,
+    readonly name: string,
+    public settings: GroupSettings
+  ) {
+    this.start()
+    this.unlisten = store.onAppend((records) => {
+      if (records.some((r) => r.streamId === this.stream)) this.dispatch()
+    })
+  }
+
+  get parkedStream() {
+    return parkedStreamOf(this.stream, this.name)
+  }
+  get checkpointStream() {
+    return checkpointStreamOf(this.stream, this.name)
+  }
+
+  /** (Re)starts from the stored checkpoint, or from `startFrom`. */
+  private start(): void {
+    const cp = this.store.readStream(this.checkpointStream, "end", true, 1)?.[0]
+    const checkpoint = cp ? parseCheckpoint(cp.data) : undefined
+    this.lastCheckpoint = checkpoint
+    if (checkpoint !== undefined) this.nextRead = checkpoint + 1n
+    else if (this.settings.startFrom === "start") this.nextRead = 0n
+    else if (this.settings.startFrom === "end") this.nextRead = this.store.nextRevision(this.stream)
+    else this.nextRead = this.settings.startFrom
+  }
+
+  /** Drops every subscriber and restarts from the checkpoint with new settings. */
+  update(settings: GroupSettings): void {
+    this.writeCheckpoint(true)
+    this.dropAll("The subscription group was updated.")
+    this.settings = settings
+    this.pending.length = 0
+    this.retry.length = 0
+    this.outstanding.clear()
+    this.inProgress.clear()
+    this.pins.clear()
+    this.start()
+  }
+
+  private dropAll(reason: string): void {
+    const subs = this.subscribers
+    this.subscribers = []
+    for (const s of subs) s.sink.close(reason)
+  }
+
+  /** Stops the group: drops subscribers, keeps its checkpoint. */
+  stop(reason: string): void {
+    this.writeCheckpoint(true)
+    this.unlisten()
+    this.unlisten = () => {}
+    if (this.timer) clearTimeout(this.timer)
+    this.timer = undefined
+    this.dropAll(reason)
+  }
+
+  connect(bufferSize: number, sink: SubscriberSink): string {
+    if (this.settings.maxSubscriberCount > 0 && this.subscribers.length >= this.settings.maxSubscriberCount) {
+      throw new MaxSubscribersReached(`Maximum subscriber count reached on ${this.stream}::${this.name}`)
+    }
+    const sub: Subscriber = { id: randomUUID(), bufferSize: Math.max(1, bufferSize), inFlight: new Set(), sink, totalItems: 0 }
+    this.subscribers.push(sub)
+    queueMicrotask(() => this.dispatch())
+    return sub.id
+  }
+
+  disconnect(subscriberId: string): void {
+    const sub = this.subscribers.find((s) => s.id === subscriberId)
+    if (!sub) return
+    this.subscribers = this.subscribers.filter((s) => s !== sub)
+    for (const [bucket, s] of this.pins) if (s === sub) this.pins.delete(bucket)
+    for (const id of [...sub.inFlight]) {
+      const o = this.outstanding.get(id)
+      if (!o) continue
+      this.outstanding.delete(id)
+      this.retryMessage(o.message, "Client disconnected")
+    }
+    sub.inFlight.clear()
+    this.dispatch()
+  }
+
+  ack(ids: ReadonlyArray<string>): void {
+    for (const id of ids) {
+      const o = this.take(id)
+      if (o) this.finish(o.message)
+    }
+    this.writeCheckpoint(false)
+    this.dispatch()
+  }
+
+  nack(subscriberId: string, ids: ReadonlyArray<string>, action: "park" | "retry" | "skip" | "stop" | "unknown", reason: string): void {
+    for (const id of ids) {
+      const o = this.take(id)
+      if (!o) continue
+      switch (action) {
+        case "park":
+          this.park(o.message, reason)
+          this.finish(o.message)
+          break
+        case "skip":
+          this.finish(o.message)
+          break
+        case "stop":
+          this.retry.unshift(o.message)
+          break
+        default:
+          this.retryMessage(o.message, reason)
+      }
+    }
+    if (action === "stop") {
+      const sub = this.subscribers.find((s) => s.id === subscriberId)
+      if (sub) {
+        this.disconnect(subscriberId)
+        sub.sink.close()
+      }
+    }
+    this.writeCheckpoint(false)
+    this.dispatch()
+  }
+
+  /** Moves parked messages (up to `stopAt` of them) in front of new ones. */
+  replayParked(stopAt: number | undefined): void {
+    const parked = this.store.readStream(this.parkedStream, "start", false, stopAt ?? Number.MAX_SAFE_INTEGER) ?? []
+    const replay: Array<Message> = []
+    for (const link of parked) {
+      const resolved = this.store.resolve(link, true)
+      replay.push({ resolved, id: link.id, sequence: undefined, retryCount: 0 })
+    }
+    if (parked.length > 0) this.store.truncate(this.parkedStream, parked[parked.length - 1]!.revision + 1n)
+    this.retry.unshift(...replay)
+    this.dispatch()
+  }
+
+  private take(id: string): Outstanding | undefined {
+    const o = this.outstanding.get(id)
+    if (!o) return undefined
+    this.outstanding.delete(id)
+    o.subscriber.inFlight.delete(id)
+    return o
+  }
+
+  private finish(message: Message): void {
+    if (message.sequence !== undefined) this.inProgress.delete(message.sequence)
+    this.settledSinceCheckpoint++
+  }
+
+  private retryMessage(message: Message, reason: string): void {
+    if (message.retryCount >= this.settings.maxRetryCount) {
+      this.park(message, `Max retry count reached: ${reason}`)
+      this.finish(message)
+      return
+    }
+    const next = { ...message, retryCount: message.retryCount + 1 }
+    const seq = next.sequence
+    let i = seq === undefined ? -1 : this.retry.findIndex((m) => m.sequence !== undefined && m.sequence > seq)
+    if (i < 0) i = this.retry.length
+    this.retry.splice(i, 0, next)
+  }
+
+  private park(message: Message, reason: string): void {
+    const target: EventRecord | undefined = message.resolved.event ?? message.resolved.link
+    if (!target) return
+    const metadata = encoder.encode(JSON.stringify({ reason, retryCount: message.retryCount }))
+    try {
+      this.store.appendLink(this.parkedStream, target, metadata)
+    } catch {
+      // a tombstoned parked stream cannot hold messages; the message is dropped
+    }
+  }
+
+  get parkedCount(): number {
+    const first = this.store.firstRevision(this.parkedStream)
+    return Number(this.store.nextRevision(this.parkedStream) - first)
+  }
+
+  private checkpointValue(): bigint | undefined {
+    let min: bigint | undefined = undefined
+    for (const s of this.inProgress) if (min === undefined || s < min) min = s
+    const cp = (min ?? this.nextRead) - 1n
+    return cp < 0n ? undefined : cp
+  }
+
+  private writeCheckpoint(force: boolean): void {
+    const cp = this.checkpointValue()
+    if (cp === undefined || cp === this.lastCheckpoint) return
+    const due = Date.now() - this.lastCheckpointAt >= this.settings.checkpointAfterMs
+    if (
+      force ||
+      this.settledSinceCheckpoint >= this.settings.maxCheckpointCount ||
+      (due && this.settledSinceCheckpoint >= this.settings.minCheckpointCount)
+    ) {
+      try {
+        this.store.append(this.checkpointStream, { _tag: "Any" }, [{
+          id: randomUUID(),
+          type: "$SubscriptionCheckpoint",
+          contentType: "application/json",
+          data: encoder.encode(cp.toString(10)),
+          metadata: new Uint8Array()
+        }])
+      } catch {
+        return
+      }
+      this.lastCheckpoint = cp
+      this.lastCheckpointAt = Date.now()
+      this.settledSinceCheckpoint = 0
+    }
+  }
+
+  get lastCheckpointed(): bigint | undefined {
+    return this.lastCheckpoint
+  }
+  get lastKnown(): bigint | undefined {
+    const n = this.store.nextRevision(this.stream)
+    return n === 0n ? undefined : n - 1n
+  }
+  get connections(): ReadonlyArray<{ sink: SubscriberSink; inFlight: number; available: number; totalItems: number }> {
+    return this.subscribers.map((s) => ({
+      sink: s.sink,
+      inFlight: s.inFlight.size,
+      available: s.bufferSize - s.inFlight.size,
+      totalItems: s.totalItems
+    }))
+  }
+  get stats() {
+    return {
+      readBuffer: this.pending.length,
+      retryBuffer: this.retry.length,
+      inFlight: this.outstanding.size
+    }
+  }
+
+  private pick(message: Message): Subscriber | undefined {
+    const free = (s: Subscriber) => s.inFlight.size < s.bufferSize
+    switch (this.settings.strategy) {
+      case "DispatchToSingle":
+        return this.subscribers.find(free)
+      case "RoundRobin": {
+        const n = this.subscribers.length
+        for (let k = 0; k < n; k++) {
+          const s = this.subscribers[(this.roundRobin + k) % n]!
+          if (free(s)) {
+            this.roundRobin = (this.roundRobin + k + 1) % n
+            return s
+          }
+        }
+        return undefined
+      }
+      case "Pinned": {
+        const key = message.resolved.event?.streamId ?? message.resolved.link?.streamId ?? ""
+        const bucket = hash(key) % BUCKETS
+        let s = this.pins.get(bucket)
+        if (!s) {
+          const load = new Map<Subscriber, number>(this.subscribers.map((x) => [x, 0]))
+          for (const x of this.pins.values()) load.set(x, (load.get(x) ?? 0) + 1)
+          for (const x of this.subscribers) if (!s || load.get(x)! < load.get(s)!) s = x
+          if (!s) return undefined
+          this.pins.set(bucket, s)
+        }
+        return free(s) ? s : undefined
+      }
+    }
+  }
+
+  private hasCapacity(): boolean {
+    return this.subscribers.some((s) => s.inFlight.size < s.bufferSize)
+  }
+
+  /** Sends what can be sent from a queue; stops early unless the strategy pins. */
+  private drain(queue: Array<Message>): boolean {
+    let sent = false
+    for (let i = 0; i < queue.length && this.hasCapacity();) {
+      const message = queue[i]!
+      const sub = this.pick(message)
+      if (!sub) {
+        if (this.settings.strategy !== "Pinned") break
+        i++
+        continue
+      }
+      queue.splice(i, 1)
+      this.send(sub, message)
+      sent = true
+    }
+    return sent
+  }
+
+  private readMore(): boolean {
+    if (this.pending.length >= Math.max(1, this.settings.historyBufferSize)) return false
+    const batch = this.store.readStream(this.stream, this.nextRead, false, Math.max(1, this.settings.readBatchSize))
+    if (!batch || batch.length === 0) {
+      // the stream may have been truncated past the read position
+      const first = this.store.firstRevision(this.stream)
+      if (first > this.nextRead && this.store.nextRevision(this.stream) > this.nextRead) this.nextRead = first
+      return false
+    }
+    for (const record of batch) {
+      const resolved = this.store.resolve(record, this.settings.resolveLinkTos)
+      const id = resolved.link?.id ?? resolved.event!.id
+      this.pending.push({ resolved, id, sequence: record.revision, retryCount: 0 })
+      this.inProgress.add(record.revision)
+    }
+    this.nextRead = batch[batch.length - 1]!.revision + 1n
+    return true
+  }
+
+  private send(sub: Subscriber, message: Message): void {
+    this.outstanding.set(message.id, { message, subscriber: sub, deadline: Date.now() + this.settings.messageTimeoutMs })
+    sub.inFlight.add(message.id)
+    sub.totalItems++
+    this.totalItems++
+    sub.sink.send(message)
+  }
+
+  /** Hands messages to subscribers with free slots: retries and parked replays first, then new events. */
+  dispatch(): void {
+    if (this.dispatching) {
+      this.again = true
+      return
+    }
+    this.dispatching = true
+    try {
+      do {
+        this.again = false
+        let progress = true
+        while (progress && this.subscribers.length > 0 && this.hasCapacity()) {
+          progress = this.drain(this.retry)
+          if (this.pending.length < this.settings.readBatchSize) progress = this.readMore() || progress
+          progress = this.drain(this.pending) || progress
+          if (!progress) progress = this.readMore()
+        }
+      } while (this.again)
+    } finally {
+      this.dispatching = false
+    }
+    this.arm()
+  }
+
+  /** Arms the group's timer for the next message timeout or checkpoint. */
+  private arm(): void {
+    if (this.timer) clearTimeout(this.timer)
+    this.timer = undefined
+    let next = Infinity
+    for (const o of this.outstanding.values()) if (o.deadline < next) next = o.deadline
+    if (this.settledSinceCheckpoint > 0) next = Math.min(next, this.lastCheckpointAt + this.settings.checkpointAfterMs)
+    if (next === Infinity) return
+    this.timer = setTimeout(() => this.tick(), Math.max(0, next - Date.now()) + 1)
+  }
+
+  private tick(): void {
+    this.timer = undefined
+    const now = Date.now()
+    for (const [id, o] of [...this.outstanding]) {
+      if (o.deadline > now) continue
+      this.take(id)
+      this.retryMessage(o.message, "Message timed out")
+    }
+    if (this.settledSinceCheckpoint > 0 && now - this.lastCheckpointAt >= this.settings.checkpointAfterMs) {
+      // time is up: checkpoint whatever was settled, even below the lower bound
+      this.writeCheckpoint(true)
+    }
+    this.dispatch()
+  }
+}
+
+const parseCheckpoint = (data: Uint8Array): bigint | undefined => {
+  const text = decoder.decode(data).trim().replace(/^"|"$/g, "")
+  return /^\d+$/.test(text) ? BigInt(text) : undefined
+}
+
+/** Journal hook for group definitions. */
+export interface GroupJournal {
+  readonly group: (op: "create" | "update" | "delete", stream: string, group: string, settings?: GroupSettings) => void
+}
+
+/** All consumer groups of a server. */
+export class PersistentSubscriptions {
+  private readonly groups = new Map<string, Group>()
+  journal: GroupJournal | undefined = undefined
+
+  constructor(private readonly store: Store) {}
+
+  private key(stream: string, group: string) {
+    return `${stream}::${group}`
+  }
+
+  get(stream: string, group: string): Group {
+    const g = this.groups.get(this.key(stream, group))
+    if (!g) throw new GroupNotFound(`Subscription group ${group} on stream ${stream} does not exist.`)
+    return g
+  }
+
+  list(stream?: string): Array<Group> {
+    return [...this.groups.values()].filter((g) => stream === undefined || g.stream === stream)
+  }
+
+  create(stream: string, group: string, settings: GroupSettings): void {
+    const key = this.key(stream, group)
+    if (this.groups.has(key)) throw new GroupExists(`Subscription group ${group} on stream ${stream} exists.`)
+    this.groups.set(key, new Group(this.store, stream, group, settings))
+    this.journal?.group("create", stream, group, settings)
+  }
+
+  update(stream: string, group: string, settings: GroupSettings): void {
+    this.get(stream, group).update(settings)
+    this.journal?.group("update", stream, group, settings)
+  }
+
+  delete(stream: string, group: string): void {
+    const g = this.get(stream, group)
+    g.stop("The subscription group was deleted.")
+    this.groups.delete(this.key(stream, group))
+    this.journal?.group("delete", stream, group)
+  }
+
+  /** Drops every subscriber and restarts every group from its checkpoint. */
+  restart(): void {
+    for (const g of this.groups.values()) g.update(g.settings)
+  }
+
+  close(): void {
+    for (const g of this.groups.values()) g.stop("The server is shutting down.")
+    this.groups.clear()
+  }
+}
+
+export { parseLink }

@@ -1,0 +1,46 @@
+/**
+ * `event_store.client.server_features.ServerFeatures`: the methods and
+ * features the embedded server supports, and a server version, so that the
+ * client's capability checks pass (and it never falls back to HTTP).
+ *
+ * Internal to the embedded server.
+ */
+import type * as grpc from "@grpc/grpc-js"
+import { features } from "./proto.js"
+
+/** The server version the embedded server reports. */
+export const SERVER_VERSION = "23.10.0"
+
+const STREAMS = "event_store.client.streams.Streams"
+const PERSISTENT = "event_store.client.persistent_subscriptions.PersistentSubscriptions"
+
+const supported: ReadonlyArray<readonly [string, string, ReadonlyArray<string>]> = [
+  [STREAMS, "read", []],
+  [STREAMS, "append", []],
+  [STREAMS, "delete", []],
+  [STREAMS, "tombstone", []],
+  [PERSISTENT, "create", ["stream"]],
+  [PERSISTENT, "update", ["stream"]],
+  [PERSISTENT, "delete", ["stream"]],
+  [PERSISTENT, "read", ["stream"]],
+  [PERSISTENT, "getinfo", ["stream"]],
+  [PERSISTENT, "list", ["stream"]],
+  [PERSISTENT, "replayparked", ["stream"]],
+  [PERSISTENT, "restartsubsystem", []],
+  ["event_store.client.server_features.ServerFeatures", "getsupportedmethods", []]
+]
+
+export const makeServerFeaturesService = (): grpc.UntypedServiceImplementation => ({
+  getSupportedMethods(_call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) {
+    const resp = new features.SupportedMethods()
+    resp.setEventStoreServerVersion(SERVER_VERSION)
+    resp.setMethodsList(supported.map(([service, method, fs]) => {
+      const m = new features.SupportedMethod()
+      m.setServiceName(service)
+      m.setMethodName(method)
+      m.setFeaturesList([...fs])
+      return m
+    }))
+    callback(null, resp)
+  }
+})

@@ -1,0 +1,332 @@
+/**
+ * The embedded event store's storage: streams with revisions, one global log
+ * (`$all`) with strictly growing positions, `$ce-<category>` links, soft
+ * deletes and tombstones. Synchronous and in memory; every change is announced
+ * to listeners (subscriptions) and, when configured, to a journal.
+ *
+ * Internal to the embedded server.
+ */
+import { randomUUID } from "node:crypto"
+
+/** One recorded event (or link) in a stream and in the global log. */
+export interface EventRecord {
+  readonly id: string
+  readonly streamId: string
+  readonly revision: bigint
+  /** Position in the global log; commit and prepare positions are equal. */
+  readonly position: bigint
+  readonly type: string
+  readonly contentType: string
+  readonly data: Uint8Array
+  readonly metadata: Uint8Array
+  /** .NET ticks since the Unix epoch (ms × 10 000). */
+  readonly created: bigint
+}
+
+/** A record as read: the event, the link that pointed at it, or both. */
+export interface Resolved {
+  /** Absent when a link could not be resolved (target deleted or missing). */
+  readonly event?: EventRecord
+  readonly link?: EventRecord
+  /** The global position of the record as stored (the link's, when a link was read). */
+  readonly position: bigint
+}
+
+/** What an append proposes. */
+export interface ProposedEvent {
+  readonly id: string
+  readonly type: string
+  readonly contentType: string
+  readonly data: Uint8Array
+  readonly metadata: Uint8Array
+}
+
+/** Expected revision of an append or delete. */
+export type Expected =
+  | { readonly _tag: "Any" }
+  | { readonly _tag: "NoStream" }
+  | { readonly _tag: "StreamExists" }
+  | { readonly _tag: "Exact"; readonly revision: bigint }
+
+/** A failed expectation. `current` is `undefined` when the stream does not exist. */
+export class WrongExpectedVersion extends Error {
+  readonly _tag = "WrongExpectedVersion"
+  constructor(readonly streamId: string, readonly expected: Expected, readonly current: bigint | undefined) {
+    super(`Wrong expected version on ${streamId}`)
+  }
+}
+
+/** The stream was tombstoned (hard-deleted). */
+export class StreamDeleted extends Error {
+  readonly _tag = "StreamDeleted"
+  constructor(readonly streamId: string) {
+    super(`Stream ${streamId} is deleted`)
+  }
+}
+
+interface StreamState {
+  readonly records: Array<EventRecord>
+  /** Records below this revision are hidden (soft delete, truncation). */
+  truncateBefore: bigint
+  tombstoned: boolean
+}
+
+/** A journal receives every state change in order (durability). */
+export interface Journal {
+  readonly record: (record: EventRecord) => void
+  readonly streamDeleted: (streamId: string, tombstone: boolean) => void
+}
+
+export const LINK_TYPE = "$>"
+const TICKS_PER_MS = 10_000n
+
+/** Category of a stream for the `$by_category` system projection (text before the first `-`). */
+export const categoryLinkStream = (streamId: string): string | undefined => {
+  if (streamId.startsWith("$")) return undefined
+  const dash = streamId.indexOf("-")
+  if (dash <= 0) return undefined
+  return `$ce-${streamId.slice(0, dash)}`
+}
+
+const encoder = new TextEncoder()
+const decoder = new TextDecoder()
+
+export class Store {
+  private readonly streams = new Map<string, StreamState>()
+  /** The global log; `log[i].position === BigInt(i + 1)`. */
+  readonly log: Array<EventRecord> = []
+  private readonly listeners = new Set<(records: ReadonlyArray<EventRecord>) => void>()
+  journal: Journal | undefined = undefined
+
+  /** Position of the newest record in the log, 0 when empty. */
+  get lastPosition(): bigint {
+    return BigInt(this.log.length)
+  }
+
+  onAppend(listener: (records: ReadonlyArray<EventRecord>) => void): () => void {
+    this.listeners.add(listener)
+    return () => {
+      this.listeners.delete(listener)
+    }
+  }
+
+  /** Revision of the stream's last record, `undefined` if it has none visible or was deleted. */
+  currentRevision(streamId: string): bigint | undefined {
+    const s = this.streams.get(streamId)
+    if (!s || s.records.length === 0) return undefined
+    const last = BigInt(s.records.length - 1)
+    return last < s.truncateBefore ? undefined : last
+  }
+
+  isTombstoned(streamId: string): boolean {
+    return this.streams.get(streamId)?.tombstoned ?? false
+  }
+
+  /** Whether the stream has visible records. */
+  exists(streamId: string): boolean {
+    return this.currentRevision(streamId) !== undefined
+  }
+
+  private check(streamId: string, expected: Expected): void {
+    const s = this.streams.get(streamId)
+    if (s?.tombstoned) throw new StreamDeleted(streamId)
+    const current = this.currentRevision(streamId)
+    switch (expected._tag) {
+      case "Any":
+        return
+      case "NoStream":
+        if (current !== undefined) throw new WrongExpectedVersion(streamId, expected, current)
+        return
+      case "StreamExists":
+        if (current === undefined) throw new WrongExpectedVersion(streamId, expected, current)
+        return
+      case "Exact":
+        if (current !== expected.revision) throw new WrongExpectedVersion(streamId, expected, current)
+        return
+    }
+  }
+
+  /**
+   * Appends events atomically after checking the expectation; writes the
+   * category links; announces the new records. Returns the stream's new
+   * current revision and the position of the last appended record.
+   */
+  append(
+    streamId: string,
+    expected: Expected,
+    events: ReadonlyArray<ProposedEvent>
+  ): { readonly revision: bigint | undefined; readonly position: bigint | undefined } {
+    this.check(streamId, expected)
+    if (events.length === 0) {
+      return { revision: this.currentRevision(streamId), position: undefined }
+    }
+    const written: Array<EventRecord> = []
+    const created = BigInt(Date.now()) * TICKS_PER_MS
+    for (const e of events) {
+      written.push(this.insert(streamId, e.id, e.type, e.contentType, e.data, e.metadata, created))
+    }
+    const linkStream = categoryLinkStream(streamId)
+    if (linkStream !== undefined) {
+      for (const r of [...written]) {
+        written.push(this.insert(
+          linkStream,
+          randomUUID(),
+          LINK_TYPE,
+          "application/octet-stream",
+          encoder.encode(`${r.revision}@${r.streamId}`),
+          encoder.encode(JSON.stringify({ $o: r.streamId, $causedBy: r.id })),
+          created
+        ))
+      }
+    }
+    this.announce(written)
+    const last = written[events.length - 1]!
+    return { revision: last.revision, position: last.position }
+  }
+
+  /** Appends a link to `target` in `streamId` (no expectation check besides tombstones). */
+  appendLink(streamId: string, target: EventRecord, metadata: Uint8Array): EventRecord {
+    if (this.isTombstoned(streamId)) throw new StreamDeleted(streamId)
+    const r = this.insert(
+      streamId,
+      randomUUID(),
+      LINK_TYPE,
+      "application/octet-stream",
+      encoder.encode(`${target.revision}@${target.streamId}`),
+      metadata,
+      BigInt(Date.now()) * TICKS_PER_MS
+    )
+    this.announce([r])
+    return r
+  }
+
+  /** Inserts a record as given (journal replay and internal writes). */
+  insert(
+    streamId: string,
+    id: string,
+    type: string,
+    contentType: string,
+    data: Uint8Array,
+    metadata: Uint8Array,
+    created: bigint
+  ): EventRecord {
+    let s = this.streams.get(streamId)
+    if (!s) {
+      s = { records: [], truncateBefore: 0n, tombstoned: false }
+      this.streams.set(streamId, s)
+    }
+    const record: EventRecord = {
+      id,
+      streamId,
+      revision: BigInt(s.records.length),
+      position: BigInt(this.log.length + 1),
+      type,
+      contentType,
+      data,
+      metadata,
+      created
+    }
+    s.records.push(record)
+    this.log.push(record)
+    this.journal?.record(record)
+    return record
+  }
+
+  private announce(records: ReadonlyArray<EventRecord>): void {
+    for (const l of [...this.listeners]) l(records)
+  }
+
+  /**
+   * Soft-deletes (hides every record so far; the stream can be appended to again,
+   * revisions continue) or tombstones (forever deleted) a stream.
+   */
+  delete(streamId: string, expected: Expected, tombstone: boolean): bigint {
+    this.check(streamId, expected)
+    this.applyDelete(streamId, tombstone)
+    this.journal?.streamDeleted(streamId, tombstone)
+    return this.lastPosition
+  }
+
+  applyDelete(streamId: string, tombstone: boolean): void {
+    let s = this.streams.get(streamId)
+    if (!s) {
+      s = { records: [], truncateBefore: 0n, tombstoned: false }
+      this.streams.set(streamId, s)
+    }
+    s.truncateBefore = BigInt(s.records.length)
+    if (tombstone) s.tombstoned = true
+  }
+
+  /** Hides the records of a stream below `before` (`$tb`). */
+  truncate(streamId: string, before: bigint): void {
+    const s = this.streams.get(streamId)
+    if (s && before > s.truncateBefore) s.truncateBefore = before
+  }
+
+  /** The visible record of a stream at a revision. */
+  get(streamId: string, revision: bigint): EventRecord | undefined {
+    const s = this.streams.get(streamId)
+    if (!s || s.tombstoned || revision < s.truncateBefore || revision >= BigInt(s.records.length)) return undefined
+    return s.records[Number(revision)]
+  }
+
+  /** Resolves a record (following a link when asked). */
+  resolve(record: EventRecord, resolveLinks: boolean): Resolved {
+    if (!resolveLinks || record.type !== LINK_TYPE) return { event: record, position: record.position }
+    const target = parseLink(record.data)
+    const event = target && this.get(target.streamId, target.revision)
+    return event ? { event, link: record, position: record.position } : { link: record, position: record.position }
+  }
+
+  /**
+   * Visible records of a stream from a revision (inclusive), forwards or
+   * backwards, at most `count`. `undefined` when the stream does not exist.
+   */
+  readStream(
+    streamId: string,
+    from: bigint | "start" | "end",
+    backwards: boolean,
+    count: number
+  ): Array<EventRecord> | undefined {
+    const s = this.streams.get(streamId)
+    if (!s) return undefined
+    if (s.tombstoned) throw new StreamDeleted(streamId)
+    const size = s.records.length
+    const first = Number(s.truncateBefore)
+    if (size <= first) return undefined
+    const out: Array<EventRecord> = []
+    if (!backwards) {
+      let i = from === "start" ? first : from === "end" ? size : Math.max(first, Number(from))
+      for (; i < size && out.length < count; i++) out.push(s.records[i]!)
+    } else {
+      let i = from === "end" ? size - 1 : from === "start" ? first - 1 : Math.min(size - 1, Number(from))
+      for (; i >= first && out.length < count; i--) out.push(s.records[i]!)
+    }
+    return out
+  }
+
+  /** Size of a stream including hidden records (the next revision). */
+  nextRevision(streamId: string): bigint {
+    return BigInt(this.streams.get(streamId)?.records.length ?? 0)
+  }
+
+  /** First visible revision of a stream. */
+  firstRevision(streamId: string): bigint {
+    return this.streams.get(streamId)?.truncateBefore ?? 0n
+  }
+
+  /** Names of all streams (for listings). */
+  streamNames(): Array<string> {
+    return [...this.streams.keys()]
+  }
+}
+
+/** Parses a link's data, `<revision>@<stream>`. */
+export const parseLink = (data: Uint8Array): { streamId: string; revision: bigint } | undefined => {
+  const text = decoder.decode(data)
+  const at = text.indexOf("@")
+  if (at <= 0) return undefined
+  const rev = text.slice(0, at)
+  if (!/^\d+$/.test(rev)) return undefined
+  return { streamId: text.slice(at + 1), revision: BigInt(rev) }
+}

@@ -1,0 +1,16 @@
+/**
+ * The protocol: service definitions and messages generated inside
+ * `@eventstore/db-client`. Imported from the client package so that a server
+ * and a client in one process share one copy of the global protobuf registry.
+ *
+ * Internal to the embedded server.
+ */
+import streamsGrpc from "@eventstore/db-client/generated/streams_grpc_pb.js"
+import streams from "@eventstore/db-client/generated/streams_pb.js"
+import persistentGrpc from "@eventstore/db-client/generated/persistent_grpc_pb.js"
+import persistent from "@eventstore/db-client/generated/persistent_pb.js"
+import featuresGrpc from "@eventstore/db-client/generated/serverfeatures_grpc_pb.js"
+import features from "@eventstore/db-client/generated/serverfeatures_pb.js"
+import shared from "@eventstore/db-client/generated/shared_pb.js"
+
+export { features, featuresGrpc, persistent, persistentGrpc, shared, streams, streamsGrpc }
