@@ -180,13 +180,13 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
 
     const catchUp = (categories: ReadonlySet<string>, after: bigint | undefined): Stream.Stream<Delivery, EventSourceError> => {
       let index = after === undefined ? 0 : Number(after)
-      let duplicate: Delivery | undefined
+      let duplicate: RecordedEvent | undefined
       return Stream.repeatEffectChunkOption(Effect.gen(function*() {
         while (true) {
           const chunk: Array<Delivery> = []
           while (chunk.length < chunkSize) {
             if (duplicate !== undefined) {
-              chunk.push(duplicate)
+              chunk.push(deliver(duplicate, 0, () => {}))
               duplicate = undefined
               continue
             }
@@ -201,7 +201,7 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
             const delivery = deliver(event, 0, () => {})
             chunk.push(delivery)
             if (faults.duplicateRate !== undefined && next() < faults.duplicateRate) {
-              duplicate = deliver(event, 0, () => {})
+              duplicate = event
             }
           }
           if (chunk.length > 0) return Chunk.unsafeFromArray(chunk)
@@ -337,6 +337,8 @@ export interface MemoryStore {
   readonly port: ReadModelStore["Type"]
   /** Stored documents of a collection, tombstones excluded. */
   readonly documents: (collection: string) => ReadonlyMap<string, StoredDocument>
+  /** Everything stored in a collection, tombstones included. */
+  readonly stored: (collection: string) => ReadonlyMap<string, StoredDocument>
   readonly checkpoint: (projection: string) => bigint | undefined
   readonly letters: () => ReadonlyArray<DeadLetter>
   /** Makes the next `n` calls fail with a transient error. */
@@ -432,6 +434,7 @@ export const makeStore = (options: StoreOptions = {}) =>
           for (const [id, doc] of collection(name)) if (!doc.meta.deleted) live.set(id, doc)
           return live
         },
+        stored: (name) => new Map(collection(name)),
         checkpoint: (projection) => checkpoints.get(projection),
         letters: () => [...deadLetters.values()],
         failNext: (n) => {
