@@ -1,0 +1,470 @@
+/**
+ * Conformance of the embedded EventStoreDB server, written against the client
+ * API only. Runs against the embedded server by default, and against a real
+ * server when EVENTSTORE_CONNECTION_STRING is set (then the tests that need to
+ * restart the server are skipped).
+ */
+import {
+  BACKWARDS,
+  binaryEvent,
+  DISPATCH_TO_SINGLE,
+  END,
+  EventStoreDBClient,
+  jsonEvent,
+  PersistentSubscriptionDoesNotExistError,
+  PersistentSubscriptionExistsError,
+  persistentSubscriptionToStreamSettingsFromDefaults,
+  ROUND_ROBIN,
+  START,
+  StreamDeletedError,
+  StreamNotFoundError,
+  streamNameFilter,
+  WrongExpectedVersionError
+} from "@eventstore/db-client"
+import type { PersistentSubscriptionToStreamResolvedEvent, ResolvedEvent } from "@eventstore/db-client"
+import { randomUUID } from "node:crypto"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { Effect, Exit, Scope } from "effect"
+import * as EventStoreServer from "../../src/embedded/EventStoreServer.js"
+
+/** Starts an embedded server through the public module; `close` shuts it down. */
+const start = async (options: EventStoreServer.Options) => {
+  const scope = Effect.runSync(Scope.make())
+  const server = await Effect.runPromise(Scope.extend(EventStoreServer.make(options), scope))
+  return { ...server, close: () => Effect.runPromise(Scope.close(scope, Exit.void)) }
+}
+
+const external = process.env.EVENTSTORE_CONNECTION_STRING
+let client: EventStoreDBClient
+let closeServer: (() => Promise<void>) | undefined
+
+beforeAll(async () => {
+  if (external) {
+    client = EventStoreDBClient.connectionString(external)
+  } else {
+    const server = await start({})
+    closeServer = server.close
+    client = EventStoreDBClient.connectionString(server.connectionString)
+  }
+})
+
+afterAll(async () => {
+  await client.dispose()
+  await closeServer?.()
+})
+
+/** A category unique to one test, so that runs against a real server do not collide. */
+const uniqueCategory = (name: string) => `${name}${randomUUID().replace(/-/g, "").slice(0, 12)}`
+
+const collect = async <A>(iterable: AsyncIterable<A>): Promise<Array<A>> => {
+  const out: Array<A> = []
+  for await (const a of iterable) out.push(a)
+  return out
+}
+
+/** Polls until `check` passes, at most `attempts` times (each attempt waits for the event loop a little). */
+const eventually = async (check: () => Promise<void> | void, attempts = 200): Promise<void> => {
+  for (let i = 0;; i++) {
+    try {
+      await check()
+      return
+    } catch (error) {
+      if (i >= attempts) throw error
+      await new Promise((r) => setTimeout(r, 25))
+    }
+  }
+}
+
+/** Takes `n` events of an async iterable, then stops it. */
+const take = async <A>(iterable: AsyncIterable<A>, n: number): Promise<Array<A>> => {
+  const out: Array<A> = []
+  if (n === 0) return out
+  for await (const a of iterable) {
+    out.push(a)
+    if (out.length >= n) break
+  }
+  return out
+}
+
+const credited = (amount: number) => jsonEvent({ type: "Credited", data: { amount } })
+
+describe("streams", () => {
+  it("appends with expected revisions and reports wrong expected versions", async () => {
+    const stream = `${uniqueCategory("acc")}-1`
+    const first = await client.appendToStream(stream, [credited(1), credited(2)], { expectedRevision: "no_stream" })
+    expect(first.success).toBe(true)
+    expect(first.nextExpectedRevision).toBe(1n)
+    const second = await client.appendToStream(stream, credited(3), { expectedRevision: 1n })
+    expect(second.nextExpectedRevision).toBe(2n)
+    expect(second.position!.commit > first.position!.commit).toBe(true)
+    await client.appendToStream(stream, credited(4), { expectedRevision: "stream_exists" })
+
+    const wrong = await client.appendToStream(stream, credited(5), { expectedRevision: 1n }).catch((e) => e)
+    expect(wrong).toBeInstanceOf(WrongExpectedVersionError)
+    expect(wrong.actualVersion).toBe(3n)
+    expect(wrong.expectedVersion).toBe(1n)
+    const noStream = await client.appendToStream(stream, credited(5), { expectedRevision: "no_stream" }).catch((e) => e)
+    expect(noStream).toBeInstanceOf(WrongExpectedVersionError)
+    const missing = await client
+      .appendToStream(`${uniqueCategory("acc")}-2`, credited(1), { expectedRevision: "stream_exists" })
+      .catch((e) => e)
+    expect(missing).toBeInstanceOf(WrongExpectedVersionError)
+    expect(missing.actualVersion).toBe("no_stream")
+  })
+
+  it("keeps ids, types, JSON and binary data, metadata and created time", async () => {
+    const stream = `${uniqueCategory("doc")}-1`
+    const id = randomUUID()
+    const before = Date.now()
+    await client.appendToStream(stream, [
+      jsonEvent({ id, type: "Opened", data: { name: "a", n: 1 }, metadata: { by: "me" } }),
+      binaryEvent({ type: "Blob", data: new Uint8Array([0, 1, 2, 255]), metadata: new Uint8Array([9, 9]) })
+    ])
+    const events = await collect(client.readStream(stream))
+    expect(events.map((e) => e.event!.type)).toEqual(["Opened", "Blob"])
+    const [opened, blob] = events.map((e) => e.event!)
+    expect(opened!.id).toBe(id)
+    expect(opened!.isJson).toBe(true)
+    expect(opened!.data).toEqual({ name: "a", n: 1 })
+    expect(opened!.metadata).toEqual({ by: "me" })
+    expect(opened!.created.getTime()).toBeGreaterThanOrEqual(before - 1000)
+    expect(blob!.isJson).toBe(false)
+    expect([...(blob!.data as Uint8Array)]).toEqual([0, 1, 2, 255])
+    expect(blob!.revision).toBe(1n)
+  })
+
+  it("reads forwards, backwards, from a revision, with a max count; reports missing streams", async () => {
+    const stream = `${uniqueCategory("r")}-1`
+    await client.appendToStream(stream, [1, 2, 3, 4, 5].map(credited))
+    const revisions = async (options: Parameters<typeof client.readStream>[1]) =>
+      (await collect(client.readStream(stream, options))).map((e) => e.event!.revision)
+    expect(await revisions({})).toEqual([0n, 1n, 2n, 3n, 4n])
+    expect(await revisions({ fromRevision: 2n, maxCount: 2 })).toEqual([2n, 3n])
+    expect(await revisions({ direction: BACKWARDS, fromRevision: END, maxCount: 2 })).toEqual([4n, 3n])
+    expect(await revisions({ direction: BACKWARDS, fromRevision: 1n })).toEqual([1n, 0n])
+    const missing = await collect(client.readStream(`${uniqueCategory("r")}-none`)).catch((e) => e)
+    expect(missing).toBeInstanceOf(StreamNotFoundError)
+  })
+
+  it("reads $all forwards and backwards with strictly growing positions", async () => {
+    const stream = `${uniqueCategory("all")}-1`
+    const { position } = await client.appendToStream(stream, [credited(1), credited(2)])
+    const backwards = await collect(client.readAll({ direction: BACKWARDS, fromPosition: END, maxCount: 50 }))
+    const mine = backwards.filter((e) => e.event?.streamId === stream)
+    expect(mine.map((e) => e.event!.revision)).toEqual([1n, 0n])
+    const forwards = await collect(client.readAll({ fromPosition: START, maxCount: 100_000 }))
+    const positions = forwards.map((e) => e.event!.position!.commit)
+    expect(positions.every((p, i) => i === 0 || p > positions[i - 1]!)).toBe(true)
+    expect(forwards.some((e) => e.event!.streamId === stream && e.event!.position!.commit === position!.commit)).toBe(true)
+  })
+
+  it("links every event of <category>-<id> into $ce-<category>, resolvable", async () => {
+    const category = uniqueCategory("cat")
+    await client.appendToStream(`${category}-a`, [credited(1), credited(2)])
+    await client.appendToStream(`${category}-b`, credited(3))
+    await eventually(async () => {
+      const links = await collect(client.readStream(`$ce-${category}`, { resolveLinkTos: true }))
+      expect(links.map((e) => [e.event!.streamId, e.event!.revision, e.link!.revision])).toEqual([
+        [`${category}-a`, 0n, 0n],
+        [`${category}-a`, 1n, 1n],
+        [`${category}-b`, 0n, 2n]
+      ])
+      const raw = await collect(client.readStream(`$ce-${category}`))
+      expect(raw[0]!.event!.type).toBe("$>")
+      expect(raw[0]!.link).toBeUndefined()
+    })
+  })
+
+  it("soft-deletes and tombstones streams; links to deleted events stay unresolved", async () => {
+    const category = uniqueCategory("del")
+    await client.appendToStream(`${category}-1`, credited(1))
+    await client.appendToStream(`${category}-2`, credited(2))
+    await client.deleteStream(`${category}-1`)
+    expect(await collect(client.readStream(`${category}-1`)).catch((e) => e)).toBeInstanceOf(StreamNotFoundError)
+    const again = await client.appendToStream(`${category}-1`, credited(3))
+    expect(again.nextExpectedRevision).toBe(1n)
+    expect((await collect(client.readStream(`${category}-1`))).map((e) => e.event!.revision)).toEqual([1n])
+
+    await client.tombstoneStream(`${category}-2`)
+    expect(await collect(client.readStream(`${category}-2`)).catch((e) => e)).toBeInstanceOf(StreamDeletedError)
+    expect(await client.appendToStream(`${category}-2`, credited(4)).catch((e) => e)).toBeInstanceOf(StreamDeletedError)
+
+    await eventually(async () => {
+      const links = await collect(client.readStream(`$ce-${category}`, { resolveLinkTos: true }))
+      expect(links).toHaveLength(3)
+      // the first link points at a deleted event: the link comes without its event
+      expect(links[0]!.event).toBeUndefined()
+      expect(links[0]!.link!.type).toBe("$>")
+      expect(links[1]!.event).toBeUndefined()
+      expect(links[2]!.event!.streamId).toBe(`${category}-1`)
+    })
+  })
+})
+
+describe("catch-up subscriptions", () => {
+  it("delivers history, announces caught-up, then live events, and unsubscribes cleanly", async () => {
+    const category = uniqueCategory("sub")
+    await client.appendToStream(`${category}-1`, [credited(1), credited(2)])
+    const subscription = client.subscribeToStream(`$ce-${category}`, { resolveLinkTos: true, fromRevision: START })
+    const caughtUp = new Promise<void>((resolve) => subscription.once("caughtUp", () => resolve()))
+    const received: Array<ResolvedEvent> = []
+    const done = (async () => {
+      for await (const e of subscription) {
+        received.push(e)
+        if (received.length === 4) break
+      }
+    })()
+    await caughtUp
+    await client.appendToStream(`${category}-2`, [credited(3), credited(4)])
+    await done
+    expect(received.map((e) => e.link!.revision)).toEqual([0n, 1n, 2n, 3n])
+    expect(received.map((e) => e.event!.data)).toEqual([1, 2, 3, 4].map((amount) => ({ amount })))
+    await subscription.unsubscribe()
+  })
+
+  it("starts after a revision (exclusive) and from the end", async () => {
+    const stream = `${uniqueCategory("from")}-1`
+    await client.appendToStream(stream, [1, 2, 3].map(credited))
+    const after = await take(client.subscribeToStream(stream, { fromRevision: 1n }), 1)
+    expect(after[0]!.event!.revision).toBe(2n)
+    const fromEnd = client.subscribeToStream(stream, { fromRevision: END })
+    const caughtUp = new Promise<void>((resolve) => fromEnd.once("caughtUp", () => resolve()))
+    const next = take(fromEnd, 1)
+    await caughtUp
+    await client.appendToStream(stream, credited(4))
+    expect((await next)[0]!.event!.revision).toBe(3n)
+  })
+
+  it("subscribes to $all with a stream-name filter, after a position", async () => {
+    const a = uniqueCategory("fa")
+    const b = uniqueCategory("fb")
+    const { position } = await client.appendToStream(`${a}-1`, credited(1))
+    await client.appendToStream(`${b}-1`, credited(2))
+    await client.appendToStream(`${a}-2`, credited(3))
+    const filter = streamNameFilter({ regex: `^${a}-` })
+    const all = await take(client.subscribeToAll({ fromPosition: START, filter }), 2)
+    expect(all.map((e) => e.event!.streamId)).toEqual([`${a}-1`, `${a}-2`])
+    const after = await take(client.subscribeToAll({ fromPosition: position!, filter }), 1)
+    expect(after.map((e) => e.event!.streamId)).toEqual([`${a}-2`])
+  })
+})
+
+describe("persistent subscriptions", () => {
+  const settings = (changes: Parameters<typeof persistentSubscriptionToStreamSettingsFromDefaults>[0] = {}) =>
+    persistentSubscriptionToStreamSettingsFromDefaults({ startFrom: START, resolveLinkTos: true, ...changes })
+
+  it("creates, reports existing and missing groups, updates, lists, deletes", async () => {
+    const stream = `${uniqueCategory("grp")}-1`
+    await client.createPersistentSubscriptionToStream(stream, "g", settings({ maxRetryCount: 3 }))
+    const exists = await client.createPersistentSubscriptionToStream(stream, "g", settings()).catch((e) => e)
+    expect(exists).toBeInstanceOf(PersistentSubscriptionExistsError)
+    const info = await client.getPersistentSubscriptionToStreamInfo(stream, "g")
+    expect(info.settings.maxRetryCount).toBe(3)
+    expect(info.settings.resolveLinkTos).toBe(true)
+    await client.updatePersistentSubscriptionToStream(stream, "g", settings({ maxRetryCount: 7, consumerStrategyName: DISPATCH_TO_SINGLE }))
+    const updated = await client.getPersistentSubscriptionToStreamInfo(stream, "g")
+    expect(updated.settings.maxRetryCount).toBe(7)
+    expect(updated.settings.consumerStrategyName).toBe(DISPATCH_TO_SINGLE)
+    const listed = await client.listPersistentSubscriptionsToStream(stream)
+    expect(listed.map((g) => g.groupName)).toEqual(["g"])
+    await client.deletePersistentSubscriptionToStream(stream, "g")
+    const missing = await client.getPersistentSubscriptionToStreamInfo(stream, "g").catch((e) => e)
+    expect(missing).toBeInstanceOf(PersistentSubscriptionDoesNotExistError)
+    const missingDelete = await client.deletePersistentSubscriptionToStream(stream, "g").catch((e) => e)
+    expect(missingDelete).toBeInstanceOf(PersistentSubscriptionDoesNotExistError)
+  })
+
+  it("delivers resolved $ce links; ack by link id; nack retry redelivers with a growing retry count", async () => {
+    const category = uniqueCategory("ps")
+    await client.appendToStream(`${category}-1`, [credited(1), credited(2)])
+    await client.createPersistentSubscriptionToStream(`$ce-${category}`, "g", settings())
+    const subscription = client.subscribeToPersistentSubscriptionToStream(`$ce-${category}`, "g")
+    const seen: Array<[number, number]> = []
+    for await (const e of subscription) {
+      const amount = (e.event!.data as { amount: number }).amount
+      seen.push([amount, e.retryCount])
+      expect(e.link!.streamId).toBe(`$ce-${category}`)
+      if (amount === 1 && e.retryCount < 2) await subscription.nack("retry", "again", e)
+      else await subscription.ack(e)
+      if (seen.filter(([a]) => a === 1).length === 3 && seen.some(([a]) => a === 2)) break
+    }
+    expect(seen.filter(([a]) => a === 1).map(([, r]) => r)).toEqual([0, 1, 2])
+    await subscription.unsubscribe()
+    await eventually(async () => {
+      const info = await client.getPersistentSubscriptionToStreamInfo(`$ce-${category}`, "g")
+      expect(info.stats.totalInFlightMessages).toBe(0)
+      expect(info.connections).toHaveLength(0)
+    })
+  })
+
+  it("parks on nack park and beyond maxRetryCount; parked messages carry the reason and replay", async () => {
+    const category = uniqueCategory("park")
+    const stream = `$ce-${category}`
+    await client.appendToStream(`${category}-1`, [credited(1), credited(2), credited(3)])
+    await client.createPersistentSubscriptionToStream(stream, "g", settings({ maxRetryCount: 1 }))
+    const subscription = client.subscribeToPersistentSubscriptionToStream(stream, "g")
+    const parkedStream = `$persistentsubscription-${stream}::g-parked`
+    const replayed: Array<number> = []
+    let replaying = false
+    for await (const e of subscription) {
+      const amount = (e.event!.data as { amount: number }).amount
+      if (replaying) {
+        replayed.push(amount)
+        expect(e.link!.streamId).toBe(parkedStream)
+        await subscription.ack(e)
+        if (replayed.length === 2) break
+        continue
+      }
+      if (amount === 1) await subscription.nack("park", "poison", e)
+      else if (amount === 2) await subscription.nack("retry", "flaky", e)
+      else await subscription.ack(e)
+      const parked = await collect(client.readStream(parkedStream, { resolveLinkTos: true })).catch(() => [])
+      if (parked.length < 2) continue
+      expect(parked.map((p) => (p.event!.data as { amount: number }).amount).sort()).toEqual([1, 2])
+      const reasons = parked.map((p) => JSON.stringify(p.link!.metadata))
+      expect(reasons.some((r) => r.includes("poison"))).toBe(true)
+      expect(reasons.some((r) => r.includes("flaky"))).toBe(true)
+      const info = await client.getPersistentSubscriptionToStreamInfo(stream, "g")
+      expect(info.stats.parkedMessageCount).toBe(2n)
+      replaying = true
+      await client.replayParkedMessagesToStream(stream, "g")
+    }
+    expect(replayed.sort()).toEqual([1, 2])
+    await subscription.unsubscribe()
+  })
+
+  it("retries messages that time out, with a growing retry count", async () => {
+    const stream = `${uniqueCategory("timeout")}-1`
+    await client.appendToStream(stream, credited(1))
+    await client.createPersistentSubscriptionToStream(stream, "g", settings({ messageTimeout: 200, maxRetryCount: 5 }))
+    const subscription = client.subscribeToPersistentSubscriptionToStream(stream, "g")
+    const counts: Array<number> = []
+    for await (const e of subscription) {
+      counts.push(e.retryCount)
+      if (counts.length === 3) {
+        await subscription.ack(e)
+        break
+      }
+    }
+    expect(counts).toEqual([0, 1, 2])
+    await subscription.unsubscribe()
+  })
+
+  it("shares a group between two subscribers (round robin): every event once", async () => {
+    const stream = `${uniqueCategory("rr")}-1`
+    await client.appendToStream(stream, Array.from({ length: 20 }, (_, i) => credited(i)))
+    await client.createPersistentSubscriptionToStream(stream, "g", settings({ consumerStrategyName: ROUND_ROBIN }))
+    const seen = new Map<number, number>()
+    const subscribers = [0, 1].map(() => client.subscribeToPersistentSubscriptionToStream(stream, "g", { bufferSize: 2 }))
+    const perSubscriber = [0, 0]
+    let finish!: () => void
+    const finished = new Promise<void>((resolve) => (finish = resolve))
+    const loops = subscribers.map(async (s, i) => {
+      for await (const e of s) {
+        const amount = (e.event!.data as { amount: number }).amount
+        seen.set(amount, (seen.get(amount) ?? 0) + 1)
+        perSubscriber[i]!++
+        await s.ack(e)
+        if (seen.size === 20) finish()
+      }
+    })
+    await finished
+    await Promise.all(subscribers.map((s) => s.unsubscribe()))
+    await Promise.all(loops)
+    expect([...seen.values()].every((n) => n === 1)).toBe(true)
+    expect(perSubscriber.every((n) => n > 0)).toBe(true)
+  })
+
+  it("checkpoints and resumes from the checkpoint when the group restarts", async () => {
+    const stream = `${uniqueCategory("cp")}-1`
+    await client.appendToStream(stream, Array.from({ length: 5 }, (_, i) => credited(i)))
+    await client.createPersistentSubscriptionToStream(
+      stream,
+      "g",
+      settings({ checkPointLowerBound: 1, checkPointUpperBound: 2, checkPointAfter: 100 })
+    )
+    const first = client.subscribeToPersistentSubscriptionToStream(stream, "g")
+    let n = 0
+    for await (const e of first) {
+      await first.ack(e)
+      if (++n === 4) break
+    }
+    await first.unsubscribe()
+    await eventually(async () => {
+      const info = await client.getPersistentSubscriptionToStreamInfo(stream, "g")
+      expect(info.stats.lastCheckpointedEventRevision).toBe(3n)
+    })
+    const checkpoints = await collect(client.readStream(`$persistentsubscription-${stream}::g-checkpoint`, { direction: BACKWARDS, fromRevision: END, maxCount: 1 }))
+    expect(checkpoints).toHaveLength(1)
+    // updating the group restarts it from its checkpoint
+    await client.updatePersistentSubscriptionToStream(stream, "g", settings({ checkPointLowerBound: 1, checkPointUpperBound: 2 }))
+    const second = client.subscribeToPersistentSubscriptionToStream(stream, "g")
+    const [next] = await take(second, 1)
+    expect((next!.event!.data as { amount: number }).amount).toBe(4)
+    await second.ack(next!)
+    await second.unsubscribe()
+  })
+
+  it("rejects subscribing to a missing group", async () => {
+    const subscription = client.subscribeToPersistentSubscriptionToStream(`${uniqueCategory("none")}-1`, "nope")
+    const error = await take(subscription, 1).catch((e) => e)
+    expect(error).toBeInstanceOf(PersistentSubscriptionDoesNotExistError)
+  })
+})
+
+describe.skipIf(external !== undefined)("embedded server only", () => {
+  it("keeps events, groups and checkpoints in a data directory across restarts", async () => {
+    const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "esdb-"))
+    try {
+      const first = await start({ dataDir })
+      const c1 = EventStoreDBClient.connectionString(`esdb://127.0.0.1:${first.port}?tls=false`)
+      await c1.appendToStream("order-1", [credited(1), credited(2)])
+      await c1.createPersistentSubscriptionToStream(
+        "$ce-order",
+        "g",
+        settings({ checkPointLowerBound: 1, checkPointAfter: 0 })
+      )
+      const sub = c1.subscribeToPersistentSubscriptionToStream("$ce-order", "g", { bufferSize: 1 })
+      for await (const e of sub) {
+        await sub.ack(e)
+        break
+      }
+      // acks are asynchronous: wait until the server has checkpointed it
+      await eventually(async () => {
+        const info = await c1.getPersistentSubscriptionToStreamInfo("$ce-order", "g")
+        expect(info.stats.lastCheckpointedEventRevision).toBe(0n)
+      })
+      await sub.unsubscribe()
+      await c1.dispose()
+      await first.close()
+
+      const second = await start({ dataDir })
+      const c2 = EventStoreDBClient.connectionString(`esdb://127.0.0.1:${second.port}?tls=false`)
+      try {
+        const events = await collect(c2.readStream("$ce-order", { resolveLinkTos: true }))
+        expect(events.map((e) => (e.event!.data as { amount: number }).amount)).toEqual([1, 2])
+        const again = c2.subscribeToPersistentSubscriptionToStream("$ce-order", "g")
+        const [next] = await take(again, 1)
+        expect((next!.event!.data as { amount: number }).amount).toBe(2)
+        await again.ack(next!)
+        await again.unsubscribe()
+        const appended = await c2.appendToStream("order-1", credited(3), { expectedRevision: 1n })
+        expect(appended.nextExpectedRevision).toBe(2n)
+      } finally {
+        await c2.dispose()
+        await second.close()
+      }
+    } finally {
+      fs.rmSync(dataDir, { recursive: true, force: true })
+    }
+  })
+})
+
+function settings(changes: Parameters<typeof persistentSubscriptionToStreamSettingsFromDefaults>[0] = {}) {
+  return persistentSubscriptionToStreamSettingsFromDefaults({ startFrom: START, resolveLinkTos: true, ...changes })
+}
+
+export type { PersistentSubscriptionToStreamResolvedEvent }
