@@ -1,0 +1,414 @@
+/**
+ * The {@link ReadModelStore} over MongoDB, through the official `mongodb` driver.
+ *
+ * Layout: a read model's document is its encoded body at top level with `_id` =
+ * the document id, and the engine's bookkeeping in the reserved field
+ * `_reconciler`: `{ version, position, streams: [{ s, r }], deleted, token }`.
+ * Positions and revisions are stored as BSON `Long` (read back as `bigint`);
+ * stream ids are values, not field names, so any stream id is safe. A tombstone
+ * keeps only `_id` and `_reconciler`.
+ *
+ * Guarantees:
+ * - `load` is one `find({ _id: { $in } })`.
+ * - `write` is one unordered `bulkWrite` of guarded replacements: version 0 is an
+ *   upsert whose filter requires the document to be new (an existing `_id` raises
+ *   11000: a conflict); version n replaces only `{ _id, "_reconciler.version": n }`.
+ *   Conflicts are reported, never applied; everything else is durable on return.
+ * - A batch's checkpoint commits in the same transaction as its documents when the
+ *   deployment supports transactions (replica set or mongos), otherwise after them.
+ *   Checkpoints never move backwards (`$max`).
+ * - Transient driver errors (retryable/transient labels, network, pool cleared,
+ *   server selection) become `StoreError { transient: true }`; the rest
+ *   `transient: false`, with the driver error as `cause`.
+ * - After the layer's scope closes, every call fails with a non-transient
+ *   `StoreError` saying so.
+ *
+ * @since 0.1.0
+ */
+import { randomUUID } from "node:crypto"
+import { Config, Effect, Layer, Option, Redacted } from "effect"
+import {
+  type AnyBulkWriteOperation,
+  Binary,
+  type BulkWriteResult,
+  type ClientSession,
+  type Collection,
+  type Db,
+  type Document,
+  Long,
+  MongoBulkWriteError,
+  MongoClient,
+  type MongoClientOptions,
+  MongoError,
+  MongoNetworkError,
+  MongoServerSelectionError,
+  MongoTopologyClosedError,
+  MongoClientClosedError,
+  MongoNotConnectedError
+} from "mongodb"
+import {
+  type Checkpoint,
+  type DeadLetter,
+  type DocumentMeta,
+  type DocumentWrite,
+  ReadModelStore,
+  StoreError,
+  type StoredDocument,
+  type WriteBatch,
+  type WriteResult
+} from "./ReadModelStore.js"
+
+/** The reserved field holding the engine's bookkeeping. @since 0.1.0 */
+export const META_FIELD = "_reconciler"
+/** @since 0.1.0 */
+export const CHECKPOINTS = "reconciler_checkpoints"
+/** @since 0.1.0 */
+export const DEAD_LETTERS = "reconciler_dead_letters"
+
+/** @since 0.1.0 */
+export interface Options {
+  /** The connection string; kept redacted, never logged. */
+  readonly uri: string | Redacted.Redacted<string>
+  /** Default `read_models`. */
+  readonly database?: string | undefined
+  /** Extra driver options (`useBigInt64` is always on). */
+  readonly clientOptions?: MongoClientOptions | undefined
+  /** `auto` (default): transactions when the server is a replica-set member or mongos. */
+  readonly transactions?: "auto" | "always" | "never" | undefined
+}
+
+/** Configuration from the environment: `MONGODB_URI` (redacted) and `MONGODB_DATABASE` (default `read_models`). @since 0.1.0 */
+export const config: Config.Config<Options> = Config.all({
+  uri: Config.redacted("MONGODB_URI"),
+  database: Config.string("MONGODB_DATABASE").pipe(Config.withDefault("read_models"))
+})
+
+const transientCodes = new Set([6, 7, 89, 91, 112, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 251])
+
+const closedError = () =>
+  new StoreError({ message: "MongoReadModelStore used after its scope closed (the MongoClient is closed)", transient: false })
+
+/** Classifies a driver error. @since 0.1.0 */
+export const toStoreError = (operation: string, cause: unknown, closed = false): StoreError => {
+  if (closed || cause instanceof MongoTopologyClosedError || cause instanceof MongoClientClosedError || cause instanceof MongoNotConnectedError) {
+    return closed
+      ? closedError()
+      : new StoreError({ message: `${operation}: the MongoClient is closed`, transient: false, cause })
+  }
+  const transient =
+    cause instanceof MongoNetworkError ||
+    cause instanceof MongoServerSelectionError ||
+    (cause instanceof MongoError &&
+      (cause.hasErrorLabel("RetryableWriteError") ||
+        cause.hasErrorLabel("TransientTransactionError") ||
+        cause.hasErrorLabel("UnknownTransactionCommitResult") ||
+        cause.hasErrorLabel("ResetPool") ||
+        cause.hasErrorLabel("PoolRequestedRetry") ||
+        (typeof cause.code === "number" && transientCodes.has(cause.code)) ||
+        cause.name === "MongoPoolClearedError"))
+  const detail = cause instanceof Error ? cause.message : String(cause)
+  return new StoreError({ message: `${operation} failed: ${detail}`, transient, cause })
+}
+
+const toLong = (n: bigint): Long => Long.fromBigInt(n)
+
+const toBigInt = (v: unknown): bigint | undefined => {
+  if (v === undefined || v === null) return undefined
+  if (typeof v === "bigint") return v
+  if (typeof v === "number") return BigInt(Math.trunc(v))
+  if (typeof v === "string") return BigInt(v)
+  if (v instanceof Long) return v.toBigInt()
+  return undefined
+}
+
+const encodeMeta = (meta: DocumentMeta, token: string): Document => ({
+  version: meta.version,
+  position: meta.position === undefined ? null : toLong(meta.position),
+  streams: Object.entries(meta.streams).map(([s, r]) => ({ s, r: toLong(r) })),
+  deleted: meta.deleted,
+  token
+})
+
+const decodeMeta = (raw: unknown): DocumentMeta => {
+  if (raw === null || typeof raw !== "object") return { version: 0, position: undefined, streams: {}, deleted: false }
+  const m = raw as Document
+  const streams: Record<string, bigint> = {}
+  if (Array.isArray(m.streams)) {
+    for (const e of m.streams as Array<Document>) {
+      const r = toBigInt(e.r)
+      if (typeof e.s === "string" && r !== undefined) streams[e.s] = r
+    }
+  }
+  return { version: Number(m.version ?? 0), position: toBigInt(m.position), streams, deleted: m.deleted === true }
+}
+
+/** The stored form of one write (throws on a body that uses a reserved field). */
+const encodeDocument = (w: DocumentWrite, token: string): Document => {
+  const meta = encodeMeta(w.meta, token)
+  if (w.body === undefined || w.meta.deleted) return { _id: w.id, [META_FIELD]: meta }
+  if ("_id" in w.body || META_FIELD in w.body) {
+    throw new StoreError({ message: `document ${w.id}: the body uses a reserved field (_id or ${META_FIELD})`, transient: false })
+  }
+  return { _id: w.id, ...w.body, [META_FIELD]: meta }
+}
+
+const decodeDocument = (doc: Document): StoredDocument => {
+  const { _id, [META_FIELD]: meta, ...body } = doc
+  const decoded = decodeMeta(meta)
+  return { id: String(_id), body: decoded.deleted ? undefined : body, meta: decoded }
+}
+
+/** A duplicate key on the `_id` index (bulk write errors carry only the message, as the server words it). */
+const isIdDuplicate = (e: { code?: unknown; keyPattern?: unknown; errmsg?: unknown }): boolean => {
+  if (e.code !== 11000) return false
+  const pattern = e.keyPattern as Document | undefined
+  if (pattern !== undefined && pattern !== null) return Object.keys(pattern).length === 1 && "_id" in pattern
+  return typeof e.errmsg === "string" && /index: _id_ /.test(e.errmsg)
+}
+
+interface WriteError {
+  readonly index: number
+  readonly code: number | undefined
+  readonly errmsg: string
+  readonly keyPattern: unknown
+  readonly keyValue: unknown
+}
+
+const writeErrorsOf = (e: MongoBulkWriteError): Array<WriteError> => {
+  const list = Array.isArray(e.writeErrors) ? e.writeErrors : [e.writeErrors]
+  return list.map((w) => {
+    const err = ((w as unknown as { err?: Document }).err ?? {}) as Document
+    return {
+      index: w.index,
+      code: w.code,
+      errmsg: w.errmsg ?? "",
+      keyPattern: err.keyPattern,
+      keyValue: err.keyValue
+    }
+  })
+}
+
+/**
+ * Makes the store in the current scope: connects, ensures indexes, and closes the
+ * client when the scope closes.
+ *
+ * @since 0.1.0
+ */
+export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Options) {
+  let closed = false
+  const client = yield* Effect.acquireRelease(
+    Effect.tryPromise({
+      try: () => {
+        const uri = Redacted.isRedacted(options.uri) ? Redacted.value(options.uri) : options.uri
+        return new MongoClient(uri, { ...options.clientOptions, useBigInt64: true }).connect()
+      },
+      catch: (cause) => toStoreError("connect", cause)
+    }),
+    (client) =>
+      Effect.promise(() => {
+        closed = true
+        return client.close()
+      })
+  )
+  const db: Db = client.db(options.database ?? "read_models")
+  const checkpoints = db.collection<Document>(CHECKPOINTS)
+  const letters = db.collection<Document>(DEAD_LETTERS)
+
+  const call = <A>(operation: string, f: () => Promise<A>): Effect.Effect<A, StoreError> =>
+    Effect.suspend(() =>
+      closed
+        ? Effect.fail(closedError())
+        : Effect.tryPromise({ try: f, catch: (cause) => (cause instanceof StoreError ? cause : toStoreError(operation, cause, closed)) })
+    )
+
+  const supportsTransactions = yield* call("hello", async () => {
+    if (options.transactions === "always") return true
+    if (options.transactions === "never") return false
+    const hello = await client.db("admin").command({ hello: 1 })
+    return hello.logicalSessionTimeoutMinutes != null && (typeof hello.setName === "string" || hello.msg === "isdbgrid")
+  })
+
+  yield* call("ensureIndexes", () => letters.createIndex({ projection: 1, at: 1 }, { name: "projection_at" }))
+
+  const commitCheckpointWith = async (checkpoint: Checkpoint, session: ClientSession | undefined) => {
+    const filter = { _id: checkpoint.projection }
+    const update = { $max: { position: toLong(checkpoint.position) } }
+    try {
+      await checkpoints.updateOne(filter as Document, update, { upsert: true, ...(session ? { session } : {}) })
+    } catch (e) {
+      // Two first commits raced on the upsert: the other one inserted; `$max` again.
+      if (session === undefined && e instanceof MongoError && e.code === 11000) await checkpoints.updateOne(filter as Document, update)
+      else throw e
+    }
+  }
+
+  /** Runs the guarded bulk write; returns the conflicting ids; throws on anything else. */
+  const guardedWrite = async (
+    collection: Collection<Document>,
+    writes: ReadonlyArray<DocumentWrite>,
+    session: ClientSession | undefined
+  ): Promise<{ conflicts: Set<number>; idConflictsOnly: boolean; error?: unknown }> => {
+    const nonce = randomUUID()
+    const tokens = writes.map((_, i) => `${nonce}:${i}`)
+    const ops: Array<AnyBulkWriteOperation<Document>> = writes.map((w, i) => {
+      const replacement = encodeDocument(w, tokens[i]!)
+      return w.expectedVersion === 0
+        ? { replaceOne: { filter: { _id: w.id, [`${META_FIELD}.version`]: { $exists: false } } as Document, replacement, upsert: true } }
+        : { replaceOne: { filter: { _id: w.id, [`${META_FIELD}.version`]: w.expectedVersion } as Document, replacement } }
+    })
+    const conflicts = new Set<number>()
+    let result: BulkWriteResult
+    try {
+      result = await collection.bulkWrite(ops, { ordered: false, ...(session ? { session } : {}) })
+    } catch (e) {
+      if (!(e instanceof MongoBulkWriteError)) throw e
+      const errors = writeErrorsOf(e)
+      const others = errors.filter((w) => !(isIdDuplicate(w) && writes[w.index]!.expectedVersion === 0))
+      for (const w of errors) if (!others.includes(w)) conflicts.add(w.index)
+      if (others.length > 0) {
+        const first = others[0]!
+        const unique = first.code === 11000
+        throw new StoreError({
+          message: unique
+            ? `write to ${collection.collectionName}: unique index violation for document ${writes[first.index]!.id}: ${first.errmsg}`
+            : `write to ${collection.collectionName} failed for document ${writes[first.index]!.id}: ${first.errmsg}`,
+          transient: first.code !== undefined && transientCodes.has(first.code) && !unique,
+          cause: e
+        })
+      }
+      if (session !== undefined) return { conflicts, idConflictsOnly: true, error: e }
+      result = e.result
+    }
+    const settled = result.matchedCount + result.upsertedCount + conflicts.size
+    if (settled < writes.length) {
+      // Some guarded replacement matched nothing: read back the undecided ids by their tokens.
+      const upserted = new Set(Object.keys(result.upsertedIds).map(Number))
+      const undecided = writes.map((_, i) => i).filter((i) => !conflicts.has(i) && !upserted.has(i))
+      const found = await collection
+        .find({ _id: { $in: undecided.map((i) => writes[i]!.id) } } as Document, {
+          projection: { [`${META_FIELD}.token`]: 1 },
+          ...(session ? { session } : {})
+        })
+        .toArray()
+      const tokenOf = new Map(found.map((d) => [String(d._id), (d[META_FIELD] as Document | undefined)?.token]))
+      for (const i of undecided) if (tokenOf.get(writes[i]!.id) !== tokens[i]) conflicts.add(i)
+    }
+    return { conflicts, idConflictsOnly: true }
+  }
+
+  const write = async (batch: WriteBatch): Promise<WriteResult> => {
+    const collection = db.collection<Document>(batch.collection)
+    const writes = batch.writes
+    if (batch.checkpoint === undefined || !supportsTransactions) {
+      const outcome = writes.length === 0 ? { conflicts: new Set<number>() } : await guardedWrite(collection, writes, undefined)
+      if (batch.checkpoint !== undefined) await commitCheckpointWith(batch.checkpoint, undefined)
+      return { conflicts: [...outcome.conflicts].sort((a, b) => a - b).map((i) => writes[i]!.id) }
+    }
+    // In a transaction a duplicate key aborts everything: drop the conflicting writes and run it again.
+    const session = client.startSession()
+    try {
+      const known = new Set<number>()
+      for (;;) {
+        const remaining = writes.map((_, i) => i).filter((i) => !known.has(i))
+        session.startTransaction({ readConcern: { level: "snapshot" }, writeConcern: { w: "majority" } })
+        try {
+          const outcome =
+            remaining.length === 0
+              ? { conflicts: new Set<number>(), error: undefined }
+              : await guardedWrite(collection, remaining.map((i) => writes[i]!), session)
+          if (outcome.error !== undefined) {
+            await session.abortTransaction().catch(() => undefined)
+            if (outcome.conflicts.size === 0) throw outcome.error
+            for (const j of outcome.conflicts) known.add(remaining[j]!)
+            continue
+          }
+          for (const j of outcome.conflicts) known.add(remaining[j]!)
+          await commitCheckpointWith(batch.checkpoint, session)
+          await session.commitTransaction()
+          return { conflicts: [...known].sort((a, b) => a - b).map((i) => writes[i]!.id) }
+        } catch (e) {
+          if (session.inTransaction()) await session.abortTransaction().catch(() => undefined)
+          throw e
+        }
+      }
+    } finally {
+      await session.endSession().catch(() => undefined)
+    }
+  }
+
+  const port: ReadModelStore["Type"] = {
+    load: Effect.fn("MongoReadModelStore.load")(function*(collection: string, ids: ReadonlyArray<string>) {
+      if (ids.length === 0) return new Map<string, StoredDocument>()
+      const docs = yield* call("load", () =>
+        db.collection<Document>(collection).find({ _id: { $in: [...ids] } } as Document).toArray()
+      )
+      const out = new Map<string, StoredDocument>()
+      for (const d of docs) {
+        const stored = decodeDocument(d)
+        out.set(stored.id, stored)
+      }
+      return out as ReadonlyMap<string, StoredDocument>
+    }),
+    write: Effect.fn("MongoReadModelStore.write")(function*(batch: WriteBatch) {
+      return yield* call("write", () => write(batch))
+    }),
+    readCheckpoint: Effect.fn("MongoReadModelStore.readCheckpoint")(function*(projection: string) {
+      const doc = yield* call("readCheckpoint", () => checkpoints.findOne({ _id: projection } as Document))
+      return Option.fromNullable(toBigInt(doc?.position))
+    }),
+    commitCheckpoint: Effect.fn("MongoReadModelStore.commitCheckpoint")(function*(checkpoint: Checkpoint) {
+      yield* call("commitCheckpoint", () => commitCheckpointWith(checkpoint, undefined))
+    }),
+    deadLetter: Effect.fn("MongoReadModelStore.deadLetter")(function*(letter: DeadLetter) {
+      const { id, ...rest } = letter
+      const doc: Document = {
+        ...rest,
+        revision: toLong(letter.revision),
+        position: toLong(letter.position),
+        data: new Binary(letter.data),
+        metadata: new Binary(letter.metadata)
+      }
+      yield* call("deadLetter", async () => {
+        try {
+          await letters.updateOne({ _id: id } as Document, { $setOnInsert: doc }, { upsert: true })
+        } catch (e) {
+          if (!(e instanceof MongoError && e.code === 11000)) throw e // a concurrent identical letter won
+        }
+      })
+    }),
+    deadLetters: Effect.fn("MongoReadModelStore.deadLetters")(function*(projection: string) {
+      const docs = yield* call("deadLetters", () => letters.find({ projection }).sort({ at: 1, _id: 1 }).toArray())
+      return docs.map(
+        (d): DeadLetter => ({
+          id: String(d._id),
+          projection: String(d.projection),
+          eventId: String(d.eventId),
+          eventType: String(d.eventType),
+          streamId: String(d.streamId),
+          revision: toBigInt(d.revision) ?? 0n,
+          position: toBigInt(d.position) ?? 0n,
+          data: bytes(d.data),
+          metadata: bytes(d.metadata),
+          reason: String(d.reason),
+          at: d.at instanceof Date ? d.at : new Date(String(d.at))
+        })
+      )
+    }),
+    removeDeadLetter: Effect.fn("MongoReadModelStore.removeDeadLetter")(function*(id: string) {
+      yield* call("removeDeadLetter", () => letters.deleteOne({ _id: id } as Document))
+    })
+  }
+  return port
+})
+
+const bytes = (v: unknown): Uint8Array =>
+  v instanceof Binary ? new Uint8Array(v.buffer) : v instanceof Uint8Array ? v : new Uint8Array()
+
+/** The store as a layer owning its `MongoClient`. @since 0.1.0 */
+export const layer = (options: Options): Layer.Layer<ReadModelStore, StoreError> => Layer.scoped(ReadModelStore, make(options))
+
+/** The store configured from {@link config} (or the given `Config`). @since 0.1.0 */
+export const layerConfig = (
+  options: Config.Config<Options> = config
+): Layer.Layer<ReadModelStore, StoreError | import("effect/ConfigError").ConfigError> =>
+  Layer.scoped(ReadModelStore, Effect.flatMap(options, (o) => make(o)))
