@@ -6,8 +6,7 @@
  * @internal
  */
 import { ObjectId } from "bson"
-import { Aggregator, Query } from "mingo"
-import { update as mingoUpdate, updateOne as mingoUpdateOne } from "mingo/updater"
+import { Aggregator, Query, update as mingoUpdate, updateOne as mingoUpdateOne } from "mingo"
 import {
   CommandError,
   badValue,

@@ -1,0 +1,499 @@
+/**
+ * Conformance of the embedded MongoDB server, written against the official driver
+ * only. Runs against the embedded server by default and against a real server
+ * when `MONGODB_URI` is set (embedded-only checks are skipped then).
+ */
+import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { Effect, Exit, Scope } from "effect"
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import {
+  Binary,
+  Decimal128,
+  Double,
+  Int32,
+  Long,
+  MongoBulkWriteError,
+  MongoClient,
+  MongoServerError,
+  ObjectId,
+  UUID,
+  type Collection,
+  type Db,
+  type Document
+} from "mongodb"
+import * as MongoServer from "../../src/embedded/MongoServer.js"
+
+const realUri = process.env.MONGODB_URI
+const embedded = realUri === undefined
+
+let scope: Scope.CloseableScope
+let client: MongoClient
+let db: Db
+const dbName = `conformance_${process.pid}_${Date.now()}`
+
+beforeAll(async () => {
+  scope = Effect.runSync(Scope.make())
+  const uri = realUri ?? (await Effect.runPromise(Scope.extend(MongoServer.make(), scope))).uri
+  client = await new MongoClient(uri).connect()
+  db = client.db(dbName)
+})
+
+afterAll(async () => {
+  await db?.dropDatabase().catch(() => undefined)
+  await client?.close()
+  await Effect.runPromise(Scope.close(scope, Exit.void))
+})
+
+/** Documents with any `_id` type (the driver's default typing assumes ObjectId). */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type AnyDoc = { _id: any; [key: string]: any }
+
+const fresh = (() => {
+  let n = 0
+  return (prefix = "c") => db.collection<AnyDoc>(`${prefix}_${++n}`) as unknown as Collection<any>
+})()
+
+const serverError = async (p: Promise<unknown>): Promise<MongoServerError> => {
+  try {
+    await p
+  } catch (e) {
+    if (e instanceof MongoServerError) return e
+    throw e
+  }
+  throw new Error("expected a server error")
+}
+
+describe("handshake", () => {
+  it("presents a writable replica-set primary with sessions", async () => {
+    const hello = await db.admin().command({ hello: 1 })
+    expect(hello.isWritablePrimary).toBe(true)
+    expect(typeof hello.setName).toBe("string")
+    expect(hello.logicalSessionTimeoutMinutes).toBeGreaterThan(0)
+    expect(hello.maxWireVersion).toBeGreaterThanOrEqual(9)
+    expect(hello.compression).toBeUndefined()
+    expect((await db.command({ ping: 1 })).ok).toBe(1)
+    expect(typeof (await db.admin().command({ buildInfo: 1 })).version).toBe("string")
+  })
+
+  it("answers an unknown command with CommandNotFound at once", async () => {
+    const e = await serverError(db.command({ noSuchCommandAtAll: 1 }))
+    expect(e.code).toBe(59)
+    expect(e.codeName).toBe("CommandNotFound")
+  })
+})
+
+describe("values", () => {
+  it("keeps any _id type as given and finds it by _id", async () => {
+    const c = fresh()
+    const ids: Array<unknown> = ["s", 42, 1.5, new ObjectId(), new UUID(), new Binary(Buffer.from([1, 2, 3]), 0), { a: 1, b: "x" }, new Date(0)]
+    await c.insertMany(ids.map((_id, i) => ({ _id, i }) as Document))
+    for (const [i, _id] of ids.entries()) {
+      const found = await c.findOne({ _id } as Document)
+      expect(found?.i).toBe(i)
+      expect(found?._id).toEqual(_id)
+    }
+    const many = await c.find({ _id: { $in: [ids[0], ids[3], "missing"] } } as Document).toArray()
+    expect(many.map((d) => d.i).sort()).toEqual([0, 3])
+  })
+
+  it("treats numeric _ids of any width as the same key", async () => {
+    const c = fresh()
+    await c.insertOne({ _id: 7 } as Document)
+    const e = await serverError(c.insertOne({ _id: Long.fromNumber(7) } as Document))
+    expect(e.code).toBe(11000)
+    expect(await c.findOne({ _id: new Double(7) } as Document)).not.toBeNull()
+  })
+
+  it("preserves Long, Decimal128, Double, Int32 and Date", async () => {
+    const c = fresh()
+    const big = Long.fromString("9007199254740993")
+    await c.insertOne({ _id: 1, l: big, d: Decimal128.fromString("12.345678901234567890"), f: new Double(2), i: new Int32(3), t: new Date(1234) })
+    const doc = await c.findOne({ _id: 1 }, { promoteValues: false })
+    expect(doc?.l).toBeInstanceOf(Long)
+    expect((doc?.l as Long).toString()).toBe("9007199254740993")
+    expect((doc?.d as Decimal128).toString()).toBe("12.345678901234567890")
+    expect(doc?.f).toBeInstanceOf(Double)
+    expect(doc?.i).toBeInstanceOf(Int32)
+    expect(doc?.t).toEqual(new Date(1234))
+    // An update elsewhere in the document keeps untouched values exact.
+    await c.updateOne({ _id: 1 }, { $set: { other: 1 } })
+    const after = await c.findOne({ _id: 1 }, { promoteValues: false })
+    expect((after?.l as Long).toString()).toBe("9007199254740993")
+    // Arithmetic on a Long keeps a Long.
+    await c.updateOne({ _id: 1 }, { $set: { n: Long.fromNumber(5) } })
+    await c.updateOne({ _id: 1 }, { $inc: { n: 2 } })
+    const inc = await c.findOne({ _id: 1 }, { promoteValues: false })
+    expect(inc?.n).toBeInstanceOf(Long)
+    expect((inc?.n as Long).toNumber()).toBe(7)
+  })
+
+  it("compares numbers across BSON types", async () => {
+    const c = fresh()
+    await c.insertMany([
+      { _id: 1, v: Long.fromNumber(5) },
+      { _id: 2, v: new Int32(4) },
+      { _id: 3, v: 3.5 },
+      { _id: 4, v: Decimal128.fromString("7") },
+      { _id: 5, v: 2 },
+      { _id: 6, v: "9" }
+    ])
+    const found = await c.find({ v: { $gt: 3 } }).toArray()
+    expect(found.map((d) => d._id).sort()).toEqual([1, 2, 3, 4])
+    expect(await c.countDocuments({ v: Long.fromNumber(4) })).toBe(1)
+  })
+
+  it("sorts across types in BSON order", async () => {
+    const c = fresh()
+    const oid = new ObjectId()
+    await c.insertMany([
+      { _id: 1, v: true },
+      { _id: 2, v: "b" },
+      { _id: 3, v: 10 },
+      { _id: 4, v: null },
+      { _id: 5, v: new Date(0) },
+      { _id: 6, v: oid },
+      { _id: 7, v: { a: 1 } },
+      { _id: 8, v: "a" },
+      { _id: 9, v: -1.5 },
+      { _id: 10, v: new Binary(Buffer.from([1])) }
+    ])
+    const asc = await c.find({}).sort({ v: 1 }).toArray()
+    expect(asc.map((d) => d._id)).toEqual([4, 9, 3, 8, 2, 7, 10, 6, 1, 5])
+    const desc = await c.find({}).sort({ v: -1, _id: 1 }).toArray()
+    expect(desc.map((d) => d._id)).toEqual([5, 1, 6, 10, 7, 2, 8, 3, 9, 4])
+  })
+})
+
+describe("find and cursors", () => {
+  it("filters, projects, skips, limits and batches with getMore", async () => {
+    const c = fresh()
+    await c.insertMany(Array.from({ length: 250 }, (_, i) => ({ _id: i, n: i, even: i % 2 === 0, tag: `t${i % 5}` })))
+    const all = await c.find({}, { batchSize: 7 }).toArray()
+    expect(all.length).toBe(250)
+    const page = await c.find({ even: true }).sort({ n: -1 }).skip(10).limit(5).project({ n: 1, _id: 0 }).toArray()
+    expect(page).toEqual([{ n: 228 }, { n: 226 }, { n: 224 }, { n: 222 }, { n: 220 }])
+    const regex = await c.countDocuments({ tag: { $regex: "^t[12]$" } })
+    expect(regex).toBe(100)
+    const cursor = c.find({}, { batchSize: 3 })
+    expect((await cursor.next())?._id).toBe(0)
+    await cursor.close()
+    const killed = await db.command({ find: c.collectionName, batchSize: 2 })
+    const id = killed.cursor.id
+    const result = await db.command({ killCursors: c.collectionName, cursors: [id] })
+    expect(result.cursorsKilled.length).toBe(1)
+    const e = await serverError(db.command({ getMore: id, collection: c.collectionName }))
+    expect(e.code).toBe(43)
+  })
+
+  it("counts, distinct and aggregates", async () => {
+    const c = fresh()
+    await c.insertMany(Array.from({ length: 30 }, (_, i) => ({ _id: i, g: i % 3, v: i })))
+    expect(await c.countDocuments()).toBe(30)
+    expect(await c.countDocuments({ g: 1 })).toBe(10)
+    expect(await c.countDocuments({ g: 1 }, { skip: 2, limit: 5 })).toBe(5)
+    expect(await c.estimatedDocumentCount()).toBe(30)
+    expect((await c.distinct("g")).sort()).toEqual([0, 1, 2])
+    const groups = await c.aggregate([{ $match: { v: { $gte: 3 } } }, { $group: { _id: "$g", total: { $sum: "$v" } } }, { $sort: { _id: 1 } }]).toArray()
+    expect(groups).toEqual([
+      { _id: 0, total: 3 + 6 + 9 + 12 + 15 + 18 + 21 + 24 + 27 },
+      { _id: 1, total: 4 + 7 + 10 + 13 + 16 + 19 + 22 + 25 + 28 },
+      { _id: 2, total: 5 + 8 + 11 + 14 + 17 + 20 + 23 + 26 + 29 }
+    ])
+  })
+})
+
+describe("writes", () => {
+  it("updates with operators, array filters, multi, replacement and upserts", async () => {
+    const c = fresh()
+    await c.insertOne({ _id: "a", n: 1, items: [{ k: 1, v: 1 }, { k: 2, v: 2 }], tags: ["x"] })
+    await c.updateOne({ _id: "a" }, { $inc: { n: 2 }, $push: { tags: "y" } as Document, $set: { "items.$[e].v": 20 } }, { arrayFilters: [{ "e.k": 2 }] })
+    expect(await c.findOne({ _id: "a" })).toEqual({ _id: "a", n: 3, items: [{ k: 1, v: 1 }, { k: 2, v: 20 }], tags: ["x", "y"] })
+    await c.updateOne({ _id: "a", "items.k": 1 }, { $set: { "items.$.v": 10 }, $unset: { tags: "" } })
+    expect(await c.findOne({ _id: "a" })).toEqual({ _id: "a", n: 3, items: [{ k: 1, v: 10 }, { k: 2, v: 20 }] })
+    const up = await c.updateOne({ _id: "b" }, { $set: { n: 1 }, $setOnInsert: { created: true } }, { upsert: true })
+    expect(up.upsertedId).toBe("b")
+    await c.updateOne({ _id: "b" }, { $set: { n: 2 }, $setOnInsert: { created: false } }, { upsert: true })
+    expect(await c.findOne({ _id: "b" })).toEqual({ _id: "b", n: 2, created: true })
+    const seeded = await c.updateOne({ kind: "seed", level: { $gt: 1 } }, { $set: { v: 1 } }, { upsert: true })
+    const seed = await c.findOne({ _id: seeded.upsertedId! })
+    expect(seed).toMatchObject({ kind: "seed", v: 1 })
+    expect(seed?.level).toBeUndefined()
+    const many = await c.updateMany({ n: { $gte: 1 } }, { $mul: { n: 10 } })
+    expect(many.matchedCount).toBe(2)
+    expect(many.modifiedCount).toBe(2)
+    const same = await c.updateOne({ _id: "b" }, { $set: { n: 20 } })
+    expect(same.matchedCount).toBe(1)
+    expect(same.modifiedCount).toBe(0)
+    await c.replaceOne({ _id: "b" }, { only: true })
+    expect(await c.findOne({ _id: "b" })).toEqual({ _id: "b", only: true })
+    const e = await serverError(c.updateOne({ _id: "b" }, { $set: { _id: "z" } }))
+    expect(e.code).toBe(66)
+    const pipeline = await c.updateOne({ _id: "a" }, [{ $set: { m: { $add: ["$n", 1] } } }])
+    expect(pipeline.modifiedCount).toBe(1)
+    expect((await c.findOne({ _id: "a" }))?.m).toBe(31)
+  })
+
+  it("raises 11000 when a guarded upsert misses an existing _id", async () => {
+    const c = fresh()
+    await c.insertOne({ _id: "x", version: 2 } as Document)
+    const e = await serverError(c.replaceOne({ _id: "x", version: 1 } as Document, { version: 2 }, { upsert: true }))
+    expect(e.code).toBe(11000)
+  })
+
+  it("deletes one or many", async () => {
+    const c = fresh()
+    await c.insertMany([{ _id: 1, g: 1 }, { _id: 2, g: 1 }, { _id: 3, g: 2 }])
+    expect((await c.deleteOne({ g: 1 })).deletedCount).toBe(1)
+    expect((await c.deleteMany({ g: { $in: [1, 2] } })).deletedCount).toBe(2)
+    expect(await c.countDocuments()).toBe(0)
+  })
+
+  it("finds and modifies", async () => {
+    const c = fresh()
+    await c.insertOne({ _id: 1, n: 1 })
+    expect(await c.findOneAndUpdate({ _id: 1 }, { $inc: { n: 1 } }, { returnDocument: "after" })).toEqual({ _id: 1, n: 2 })
+    expect(await c.findOneAndUpdate({ _id: 1 }, { $inc: { n: 1 } }, { returnDocument: "before" })).toEqual({ _id: 1, n: 2 })
+    expect(await c.findOneAndUpdate({ _id: 2 }, { $set: { n: 9 } }, { upsert: true, returnDocument: "after" })).toEqual({ _id: 2, n: 9 })
+    expect(await c.findOneAndReplace({ _id: 2 }, { r: 1 }, { returnDocument: "after" })).toEqual({ _id: 2, r: 1 })
+    expect(await c.findOneAndDelete({ _id: 1 })).toEqual({ _id: 1, n: 3 })
+    expect(await c.findOneAndDelete({ _id: 1 })).toBeNull()
+  })
+
+  it("bulk writes: unordered continues past errors, ordered stops", async () => {
+    const c = fresh()
+    await c.insertOne({ _id: 1 })
+    const ops = [
+      { insertOne: { document: { _id: 1 } } },
+      { insertOne: { document: { _id: 2 } } },
+      { updateOne: { filter: { _id: 3 }, update: { $set: { a: 1 } }, upsert: true } },
+      { deleteOne: { filter: { _id: 2 } } }
+    ]
+    const unordered = await c.bulkWrite(ops, { ordered: false }).catch((e: unknown) => e)
+    expect(unordered).toBeInstanceOf(MongoBulkWriteError)
+    const u = unordered as MongoBulkWriteError
+    expect(u.insertedCount).toBe(1)
+    expect(u.upsertedCount).toBe(1)
+    expect(u.deletedCount).toBe(1)
+    expect((Array.isArray(u.writeErrors) ? u.writeErrors : [u.writeErrors]).map((w) => [w.index, w.code])).toEqual([[0, 11000]])
+    const d = fresh()
+    await d.insertOne({ _id: 1 })
+    const ordered = (await d.bulkWrite(ops, { ordered: true }).catch((e: unknown) => e)) as MongoBulkWriteError
+    expect(ordered).toBeInstanceOf(MongoBulkWriteError)
+    expect(await d.countDocuments()).toBe(1)
+  })
+})
+
+describe("indexes", () => {
+  it("enforces unique indexes with keyPattern and keyValue", async () => {
+    const c = fresh()
+    expect(await c.createIndex({ email: 1 }, { unique: true })).toBe("email_1")
+    await c.insertOne({ _id: 1, email: "a@x" })
+    const e = await serverError(c.insertOne({ _id: 2, email: "a@x" }))
+    expect(e.code).toBe(11000)
+    expect(e.keyPattern).toEqual({ email: 1 })
+    expect(e.keyValue).toEqual({ email: "a@x" })
+    const u = await serverError(c.updateOne({ _id: 3 }, { $set: { email: "a@x" } }, { upsert: true }))
+    expect(u.code).toBe(11000)
+    // Freeing the value makes it available again.
+    await c.updateOne({ _id: 1 }, { $set: { email: "b@x" } })
+    await c.insertOne({ _id: 2, email: "a@x" })
+    const names = (await c.listIndexes().toArray()).map((i) => [i.name, i.unique === true])
+    expect(names).toEqual([["_id_", false], ["email_1", true]])
+    await c.dropIndex("email_1")
+    await c.insertOne({ _id: 4, email: "a@x" })
+    const e2 = await serverError(c.createIndex({ email: 1 }, { unique: true }))
+    expect(e2.code).toBe(11000)
+  })
+
+  it("enforces compound unique indexes and lets sparse ones skip missing fields", async () => {
+    const c = fresh()
+    await c.createIndex({ a: 1, b: 1 }, { unique: true })
+    await c.createIndex({ s: 1 }, { unique: true, sparse: true })
+    await c.insertMany([{ _id: 1, a: 1, b: 1 }, { _id: 2, a: 1, b: 2 }, { _id: 3, a: 2, b: 1 }])
+    const e = await serverError(c.insertOne({ _id: 4, a: 1, b: 2 }))
+    expect(e.keyPattern).toEqual({ a: 1, b: 1 })
+    expect(e.keyValue).toEqual({ a: 1, b: 2 })
+  })
+})
+
+describe("collections and databases", () => {
+  it("creates, lists and drops", async () => {
+    const name = `made_${Date.now()}`
+    await db.createCollection(name)
+    const e = await serverError(db.createCollection(name))
+    expect(e.code).toBe(48)
+    expect((await db.listCollections({ name }).toArray()).map((c) => c.name)).toEqual([name])
+    expect(await db.collection(name).drop()).toBe(true)
+    expect(await db.listCollections({ name }).toArray()).toEqual([])
+    const other = client.db(`${dbName}_x`)
+    await other.collection("c").insertOne({ _id: 1 } as Document)
+    const dbs = (await client.db("admin").admin().listDatabases()).databases.map((d) => d.name)
+    expect(dbs).toContain(`${dbName}_x`)
+    await other.dropDatabase()
+    const after = (await client.db("admin").admin().listDatabases()).databases.map((d) => d.name)
+    expect(after).not.toContain(`${dbName}_x`)
+  })
+})
+
+describe("transactions", () => {
+  it("commits atomically and isolates until commit", async () => {
+    const c = fresh("txn")
+    await c.insertOne({ _id: 0, n: 0 })
+    const session = client.startSession()
+    try {
+      session.startTransaction()
+      await c.insertOne({ _id: 1 }, { session })
+      await c.updateOne({ _id: 0 }, { $inc: { n: 1 } }, { session })
+      expect(await c.countDocuments({}, { session })).toBe(2)
+      expect(await c.countDocuments({})).toBe(1)
+      expect((await c.findOne({ _id: 0 }))?.n).toBe(0)
+      await session.commitTransaction()
+    } finally {
+      await session.endSession()
+    }
+    expect(await c.countDocuments({})).toBe(2)
+    expect((await c.findOne({ _id: 0 }))?.n).toBe(1)
+  })
+
+  it("rolls back inserts, updates and deletes on abort", async () => {
+    const c = fresh("txn")
+    await c.insertMany([{ _id: 1, n: 1 }, { _id: 2, n: 2 }])
+    const session = client.startSession()
+    try {
+      session.startTransaction()
+      await c.insertOne({ _id: 3 }, { session })
+      await c.updateOne({ _id: 1 }, { $set: { n: 100 } }, { session })
+      await c.deleteOne({ _id: 2 }, { session })
+      await session.abortTransaction()
+    } finally {
+      await session.endSession()
+    }
+    expect(await c.find({}).sort({ _id: 1 }).toArray()).toEqual([{ _id: 1, n: 1 }, { _id: 2, n: 2 }])
+  })
+
+  it("reads a snapshot: commits made after the transaction started are not visible", async () => {
+    const c = fresh("txn")
+    await c.insertMany([{ _id: 1, n: 1 }, { _id: 2, n: 2 }])
+    const session = client.startSession()
+    try {
+      session.startTransaction({ readConcern: { level: "snapshot" } })
+      expect((await c.findOne({ _id: 1 }, { session }))?.n).toBe(1)
+      await c.updateOne({ _id: 2 }, { $set: { n: 20 } })
+      await c.deleteOne({ _id: 1 })
+      await c.insertOne({ _id: 3 })
+      expect((await c.findOne({ _id: 2 }, { session }))?.n).toBe(2)
+      expect((await c.find({}, { session }).sort({ _id: 1 }).toArray()).map((d) => d._id)).toEqual([1, 2])
+      await session.commitTransaction()
+    } finally {
+      await session.endSession()
+    }
+    expect((await c.find({}).sort({ _id: 1 }).toArray()).map((d) => d._id)).toEqual([2, 3])
+  })
+
+  it("reports write conflicts as 112 with TransientTransactionError", async () => {
+    const c = fresh("txn")
+    await c.insertOne({ _id: 1, n: 0 })
+    const s1 = client.startSession()
+    const s2 = client.startSession()
+    try {
+      s1.startTransaction()
+      s2.startTransaction()
+      await c.updateOne({ _id: 1 }, { $inc: { n: 1 } }, { session: s1 })
+      const e = await serverError(c.updateOne({ _id: 1 }, { $inc: { n: 10 } }, { session: s2 }))
+      expect(e.code).toBe(112)
+      expect(e.hasErrorLabel("TransientTransactionError")).toBe(true)
+      await s2.abortTransaction().catch(() => undefined)
+      await s1.commitTransaction()
+    } finally {
+      await s1.endSession()
+      await s2.endSession()
+    }
+    expect((await c.findOne({ _id: 1 }))?.n).toBe(1)
+  })
+
+  it("conflicts with a commit made after the snapshot, and withTransaction retries", async () => {
+    const c = fresh("txn")
+    await c.insertOne({ _id: 1, n: 0 })
+    const session = client.startSession()
+    let attempts = 0
+    try {
+      await session.withTransaction(async () => {
+        attempts++
+        await c.findOne({ _id: 1 }, { session })
+        if (attempts === 1) await c.updateOne({ _id: 1 }, { $inc: { n: 100 } })
+        await c.updateOne({ _id: 1 }, { $inc: { n: 1 } }, { session })
+      })
+    } finally {
+      await session.endSession()
+    }
+    expect(attempts).toBe(2)
+    expect((await c.findOne({ _id: 1 }))?.n).toBe(101)
+  })
+
+  it("a duplicate key inside a transaction aborts it", async () => {
+    const c = fresh("txn")
+    await c.insertOne({ _id: 1 })
+    const session = client.startSession()
+    try {
+      session.startTransaction()
+      await c.insertOne({ _id: 2 }, { session })
+      const e = await serverError(c.insertOne({ _id: 1 }, { session }))
+      expect(e.code).toBe(11000)
+      const commit = await serverError(session.commitTransaction())
+      expect(commit.code).toBe(251)
+    } finally {
+      await session.endSession()
+    }
+    expect(await c.countDocuments({ _id: 2 })).toBe(0)
+  })
+})
+
+describe.skipIf(!embedded)("embedded server only", () => {
+  it("keeps data and indexes in a data directory across restarts", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "embedded-mongo-"))
+    try {
+      const session = (f: (db: Db) => Promise<void>) =>
+        Effect.runPromise(
+          Effect.scoped(
+            Effect.gen(function*() {
+              const { uri } = yield* MongoServer.make({ dataDir: dir })
+              yield* Effect.promise(async () => {
+                const c = await new MongoClient(uri).connect()
+                try {
+                  await f(c.db("durable"))
+                } finally {
+                  await c.close()
+                }
+              })
+            })
+          )
+        )
+      await session(async (d) => {
+        await d.collection("c").createIndex({ u: 1 }, { unique: true })
+        await d.collection("c").insertMany([{ _id: 1, u: "a", l: Long.fromString("9007199254740993") }, { _id: 2, u: "b" }] as Array<Document>)
+        await d.collection("c").deleteOne({ _id: 2 } as Document)
+        await d.collection("c").updateOne({ _id: 1 } as Document, { $set: { v: 1 } })
+        await d.collection("gone").insertOne({ _id: 1 } as Document)
+        await d.collection("gone").drop()
+      })
+      await session(async (d) => {
+        const docs = await d.collection("c").find({}, { promoteLongs: false }).toArray()
+        expect(docs.length).toBe(1)
+        expect(docs[0]!.v).toBe(1)
+        expect((docs[0]!.l as Long).toString()).toBe("9007199254740993")
+        const e = await serverError(d.collection("c").insertOne({ _id: 3, u: "a" } as Document))
+        expect(e.code).toBe(11000)
+        expect((await d.listCollections().toArray()).map((c) => c.name)).toEqual(["c"])
+      })
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
+
+  it("refuses change streams at once with an error", async () => {
+    const e = await serverError(db.command({ aggregate: "c_1", pipeline: [{ $changeStream: {} }], cursor: {} }))
+    expect(e.code).toBe(115)
+  })
+})
