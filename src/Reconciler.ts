@@ -378,6 +378,8 @@ export const run = (
           yield* Fiber.interrupt(committer)
           yield* Effect.forEach(queues, (queue) => Queue.offer(queue, "end"), { discard: true })
           const drained = yield* Fiber.joinAll(lanes).pipe(
+            // Finalizers are uninterruptible: without this the timeout could not cut the wait.
+            Effect.interruptible,
             Effect.timeoutOption(drainTimeout),
             Effect.exit
           )
@@ -401,6 +403,10 @@ export const run = (
       // The source runs until it ends (finite sources) or fails; a failing lane stops it.
       const laneFailure = Fiber.joinAll(lanes).pipe(Effect.zipRight(Effect.never))
       yield* Effect.raceFirst(pull, laneFailure)
+      // The source ended: finish what is queued and surface any lane's failure.
+      yield* Effect.forEach(queues, (queue) => Queue.offer(queue, "end"), { discard: true })
+      yield* Fiber.joinAll(lanes)
+      yield* commit
     })
   ).pipe(Effect.withSpan("Reconciler.run", { attributes: { projection: runnable.name } }))
 

@@ -1,0 +1,261 @@
+import { describe, expect, it } from "@effect/vitest"
+import type { Duration } from "effect"
+import { Cause, Deferred, Effect, Exit, Fiber, Metric, Option, Schedule, Schema, TestClock } from "effect"
+import { EventSource, InMemory, Projection, ReadModelStore, Reconciler } from "../src/index.js"
+import type { Step } from "./support/ledger.js"
+import { appendHistory, ledger, referenceFold } from "./support/ledger.js"
+
+const credits = (count: number, docs: number, streams = docs): ReadonlyArray<Step> =>
+  Array.from({ length: count }, (_, i) => ({ kind: "Credited", stream: i % streams, doc: i % docs, amount: i }))
+
+const bodies = (store: InMemory.MemoryStore) =>
+  Object.fromEntries([...store.documents(ledger.collection)].map(([id, doc]) => [id, doc.body]))
+
+type Port = ReadModelStore.ReadModelStore["Type"]
+
+const runWith = (log: InMemory.EventLog, port: Port, options: Reconciler.RunOptions = {}) =>
+  Reconciler.run(ledger, { retrySchedule: Schedule.forever, ...options }).pipe(
+    Effect.provideService(EventSource.EventSource, log.port),
+    Effect.provideService(ReadModelStore.ReadModelStore, port)
+  )
+
+/** Drives virtual time until the fiber is done. */
+const driveToEnd = <A, E>(fiber: Fiber.Fiber<A, E>, step: Duration.DurationInput = "10 millis") =>
+  Effect.gen(function*() {
+    let steps = 0
+    while (Option.isNone(yield* Fiber.poll(fiber))) {
+      yield* TestClock.adjust(step)
+      steps++
+    }
+    return { exit: yield* Fiber.await(fiber), steps }
+  })
+
+describe("Reconciler", () => {
+  it.scoped("lanes really run in parallel, and per-document order still holds", () =>
+    Effect.gen(function*() {
+      const history = credits(400, 16, 8)
+      const concurrency = (lanes: number) =>
+        Effect.gen(function*() {
+          const log = yield* InMemory.makeEventLog({ endAtHead: true })
+          yield* appendHistory(log, history)
+          const store = yield* InMemory.makeStore()
+          let active = 0
+          let most = 0
+          const port: Port = {
+            ...store.port,
+            write: (batch) =>
+              Effect.gen(function*() {
+                most = Math.max(most, ++active)
+                // Let other fibers run while this write is "on the wire".
+                for (let i = 0; i < 5; i++) yield* Effect.yieldNow()
+                active--
+                return yield* store.port.write(batch)
+              })
+          }
+          yield* runWith(log, port, { lanes, batchSize: 5 })
+          expect(bodies(store)).toEqual(Object.fromEntries(referenceFold(history)))
+          return most
+        })
+      expect(yield* concurrency(1)).toBe(1)
+      expect(yield* concurrency(4)).toBeGreaterThan(1)
+    }))
+
+  it.scoped("backpressure: deliveries pulled and not settled never exceed lanes × lane buffer + batch size", () =>
+    Effect.gen(function*() {
+      const lanes = 3
+      const laneBuffer = 4
+      const batchSize = 5
+      const log = yield* InMemory.makeEventLog({ endAtHead: true })
+      const history = credits(500, 40)
+      yield* appendHistory(log, history)
+      const store = yield* InMemory.makeStore()
+      // A slow store: every write takes 10 ms of (virtual) time.
+      const port: Port = { ...store.port, write: (batch) => Effect.sleep("10 millis").pipe(Effect.zipRight(store.port.write(batch))) }
+      const fiber = yield* Effect.fork(runWith(log, port, { lanes, laneBuffer, batchSize }))
+      const { exit } = yield* driveToEnd(fiber)
+      expect(Exit.isSuccess(exit)).toBe(true)
+      expect(bodies(store)).toEqual(Object.fromEntries(referenceFold(history)))
+      const bound = lanes * laneBuffer + batchSize
+      expect(log.unsettled().max).toBeLessThanOrEqual(bound)
+      // The bound was actually reached: the source really was held back.
+      expect(log.unsettled().max).toBe(bound)
+    }))
+
+  it.effect("interrupted mid-batch: drains in-flight work, commits the checkpoint, never calls the store after release", () =>
+    Effect.gen(function*() {
+      const rejections: Array<unknown> = []
+      const onRejection = (reason: unknown) => rejections.push(reason)
+      process.on("unhandledRejection", onRejection)
+      const log = yield* InMemory.makeEventLog() // live: the subscription never ends by itself
+      const history = credits(200, 10)
+      yield* appendHistory(log, history)
+      const writing = yield* Deferred.make<void>()
+      const proceed = yield* Deferred.make<void>()
+      let observed: InMemory.MemoryStore | undefined
+      const fiber = yield* Effect.gen(function*() {
+        const store = yield* InMemory.InMemoryStore
+        observed = store
+        const port: Port = {
+          ...store.port,
+          write: (batch) =>
+            Deferred.succeed(writing, undefined).pipe(
+              Effect.zipRight(Deferred.await(proceed)),
+              Effect.zipRight(store.port.write(batch))
+            )
+        }
+        yield* runWith(log, port, { lanes: 2, batchSize: 10 })
+      }).pipe(Effect.provide(InMemory.storeLayer()), Effect.fork)
+      yield* Deferred.await(writing)
+      const stopping = yield* Effect.fork(Fiber.interrupt(fiber))
+      yield* Deferred.succeed(proceed, undefined)
+      yield* Fiber.join(stopping)
+      const store = observed!
+      expect(store.callsAfterClose()).toBe(0)
+      // The batches in flight were finished, not cut: some documents were written…
+      const written = [...store.documents(ledger.collection).values()]
+      expect(written.length).toBeGreaterThan(0)
+      // …and the committed checkpoint covers exactly what the documents hold.
+      const checkpoint = store.checkpoint("ledger@1")!
+      expect(checkpoint).toBeGreaterThan(0n)
+      const appliedIds = new Set(written.flatMap((doc) => (doc.body as { applied: Array<string> }).applied))
+      for (let i = 0; i < Number(checkpoint); i++) expect(appliedIds.has(`e${i}`)).toBe(true)
+      expect(log.unsettled().now).toBe(0)
+      yield* Effect.promise(() => new Promise((resolve) => setImmediate(resolve)))
+      process.off("unhandledRejection", onRejection)
+      expect(rejections).toEqual([])
+    }))
+
+  it.scoped("persistent mode: a drain that times out abandons the batch and nacks it for retry; a restart converges", () =>
+    Effect.gen(function*() {
+      const log = yield* InMemory.makeEventLog({ endAtHead: true })
+      const history = credits(60, 6)
+      yield* appendHistory(log, history)
+      const store = yield* InMemory.makeStore()
+      const stuck: Port = { ...store.port, write: () => Effect.never }
+      const writing = yield* Deferred.make<void>()
+      const fiber = yield* Effect.fork(
+        runWith(log, { ...stuck, load: (c, ids) => Deferred.succeed(writing, undefined).pipe(Effect.zipRight(store.port.load(c, ids))) }, {
+          mode: "persistent",
+          drainTimeout: "5 seconds"
+        })
+      )
+      yield* Deferred.await(writing)
+      const stopping = yield* Effect.fork(Fiber.interrupt(fiber))
+      const { steps } = yield* driveToEnd(stopping, "1 second")
+      // It waited out the drain timeout before giving up on the stuck write.
+      expect(steps).toBeGreaterThanOrEqual(5)
+      // Everything received was handed back: nothing is held, nothing was applied.
+      expect(log.unsettled().now).toBe(0)
+      expect(store.documents(ledger.collection).size).toBe(0)
+      yield* runWith(log, store.port, { mode: "persistent" })
+      expect(bodies(store)).toEqual(Object.fromEntries(referenceFold(history)))
+      expect(log.parked("ledger@1")).toEqual([])
+    }))
+
+  it.scoped("transient store errors are retried on the default jittered exponential schedule", () =>
+    Effect.gen(function*() {
+      const log = yield* InMemory.makeEventLog({ endAtHead: true })
+      const history = credits(20, 4)
+      yield* appendHistory(log, history)
+      const store = yield* InMemory.makeStore()
+      store.failNext(4)
+      const projection = Projection.make({ ...ledger, name: "ledger-retries" })
+      const fiber = yield* Reconciler.run(projection).pipe(
+        Effect.provideService(EventSource.EventSource, log.port),
+        Effect.provideService(ReadModelStore.ReadModelStore, store.port),
+        Effect.fork
+      )
+      const { exit, steps } = yield* driveToEnd(fiber)
+      expect(Exit.isSuccess(exit)).toBe(true)
+      // Four failures with growing pauses from 50 ms: well over 10 steps of 10 ms of waiting.
+      expect(steps).toBeGreaterThan(10)
+      const retries = yield* Metric.value(Metric.tagged(Reconciler.metrics.retries, "projection", "ledger-retries"))
+      expect(retries.count).toBe(4)
+      expect(bodies(store)).toEqual(Object.fromEntries(referenceFold(history)))
+    }))
+
+  it.scoped("a non-transient store error stops the engine with a typed error, after committing what was applied", () =>
+    Effect.gen(function*() {
+      const log = yield* InMemory.makeEventLog({ endAtHead: true })
+      yield* appendHistory(log, credits(30, 3))
+      const store = yield* InMemory.makeStore()
+      let writes = 0
+      const port: Port = {
+        ...store.port,
+        write: (batch) =>
+          ++writes > 2
+            ? Effect.fail(new ReadModelStore.StoreError({ message: "disk full", transient: false }))
+            : store.port.write(batch)
+      }
+      const exit = yield* Effect.exit(runWith(log, port, { lanes: 1, batchSize: 5 }))
+      expect(Exit.isFailure(exit)).toBe(true)
+      const error = Exit.isFailure(exit) ? Cause.failureOption(exit.cause) : Option.none()
+      expect(Option.map(error, (e) => e._tag)).toEqual(Option.some("ReconcilerError"))
+      expect(Option.map(error, (e) => e.message.includes("disk full"))).toEqual(Option.some(true))
+      // What was applied before the failure is committed: exactly that, no more.
+      const applied = [...store.documents(ledger.collection).values()]
+        .reduce((n, doc) => n + (doc.body as { applied: Array<string> }).applied.length, 0)
+      expect(applied).toBeGreaterThan(0)
+      expect(store.checkpoint("ledger@1")).toBe(BigInt(applied))
+    }))
+
+  it.effect("a wrong option is a typed error", () =>
+    Effect.gen(function*() {
+      const log = yield* InMemory.makeEventLog({ endAtHead: true })
+      const store = yield* InMemory.makeStore()
+      const error = yield* Effect.flip(runWith(log, store.port, { lanes: 0 }))
+      expect(error._tag).toBe("InvalidRunOptions")
+      expect(error.message).toContain("lanes")
+    }).pipe(Effect.scoped))
+
+  it.scoped("unknown event types are skipped and counted; events of other categories are not seen", () =>
+    Effect.gen(function*() {
+      const log = yield* InMemory.makeEventLog({ endAtHead: true })
+      yield* log.append("ledger-1", [{ type: "Renamed", data: { doc: "doc-1" } }, { type: "Credited", data: { doc: "doc-1", amount: 5 } }])
+      yield* log.append("other-1", [{ type: "Credited", data: { doc: "doc-2", amount: 5 } }])
+      const store = yield* InMemory.makeStore()
+      const projection = Projection.make({ ...ledger, name: "ledger-skips" })
+      yield* Reconciler.run(projection).pipe(
+        Effect.provideService(EventSource.EventSource, log.port),
+        Effect.provideService(ReadModelStore.ReadModelStore, store.port)
+      )
+      const skipped = yield* Metric.value(Metric.tagged(Reconciler.metrics.skipped, "projection", "ledger-skips"))
+      expect(skipped.count).toBe(1)
+      expect([...store.documents(ledger.collection).keys()]).toEqual(["doc-1"])
+      expect(store.letters()).toEqual([])
+      expect(store.checkpoint("ledger-skips@1")).toBe(2n)
+    }))
+
+  it.scoped("handlers: at-least-once, retried, in order per key, dead-lettered when they keep failing", () =>
+    Effect.gen(function*() {
+      const log = yield* InMemory.makeEventLog({ endAtHead: true })
+      yield* log.append("mail-1", [
+        { type: "Requested", data: { to: "a@example.org" } },
+        { type: "Requested", data: { to: "flaky@example.org" } },
+        { type: "Requested", data: { to: "broken@example.org" } },
+        { type: "Requested", data: { to: "b@example.org" } }
+      ])
+      const store = yield* InMemory.makeStore()
+      const sent: Array<string> = []
+      let flaky = 0
+      const mailer = Projection.handler({
+        name: "mailer",
+        categories: ["mail"],
+        events: { Requested: Schema.Struct({ to: Schema.String }) },
+        handle: (event) =>
+          Effect.suspend(() => {
+            if (event.data.to === "broken@example.org") return Effect.fail("mailbox does not exist")
+            if (event.data.to === "flaky@example.org" && flaky++ < 2) return Effect.fail("try again")
+            sent.push(event.data.to)
+            return Effect.void
+          })
+      })
+      yield* Reconciler.run(mailer, { handlerAttempts: 3 }).pipe(
+        Effect.provideService(EventSource.EventSource, log.port),
+        Effect.provideService(ReadModelStore.ReadModelStore, store.port)
+      )
+      expect(sent).toEqual(["a@example.org", "flaky@example.org", "b@example.org"])
+      expect(store.letters().map((l) => l.reason.includes("mailbox does not exist"))).toEqual([true])
+      expect(store.checkpoint("mailer@1")).toBe(4n)
+    }))
+})
