@@ -1,0 +1,383 @@
+/**
+ * The MongoDB store through the real driver against the embedded server: guard
+ * semantics, checkpoints, crash between documents and checkpoint, typed errors,
+ * use after close, and the engine's property re-run at small sizes.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { Cause, Deferred, Effect, Exit, FastCheck as fc, Fiber, Layer, Option, Schedule, Scope } from "effect"
+import { MongoClient, MongoError, MongoNetworkError, MongoServerError, type Document } from "mongodb"
+import * as MongoServer from "../src/embedded/MongoServer.js"
+import { EventSource, InMemory, Reconciler } from "../src/index.js"
+import * as MongoReadModelStore from "../src/MongoReadModelStore.js"
+import {
+  type DocumentMeta,
+  type DocumentWrite,
+  ReadModelStore,
+  StoreError
+} from "../src/ReadModelStore.js"
+import { appendHistory, historyArbitrary, ledger, poisonIds, propertySeed, referenceFold } from "./support/ledger.js"
+
+let scope: Scope.CloseableScope
+let uri: string
+let admin: MongoClient
+let databases = 0
+
+beforeAll(async () => {
+  scope = Effect.runSync(Scope.make())
+  uri = process.env.MONGODB_URI ?? (await Effect.runPromise(Scope.extend(MongoServer.make(), scope))).uri
+  admin = await new MongoClient(uri).connect()
+})
+
+afterAll(async () => {
+  await admin?.close()
+  await Effect.runPromise(Scope.close(scope, Exit.void))
+})
+
+const freshDatabase = () => `store_${process.pid}_${++databases}`
+
+/** A store on a fresh database, for the test's scope. */
+const store = (options: Partial<MongoReadModelStore.Options> = {}) =>
+  Effect.gen(function*() {
+    const database = freshDatabase()
+    const port = yield* MongoReadModelStore.make({ uri, database, ...options })
+    return { port, database, raw: admin.db(database) }
+  })
+
+const meta = (version: number, position?: bigint, streams: Record<string, bigint> = {}, deleted = false): DocumentMeta => ({
+  version,
+  position,
+  streams,
+  deleted
+})
+
+const put = (id: string, expectedVersion: number, body: Record<string, unknown> | undefined, m: DocumentMeta): DocumentWrite => ({
+  id,
+  expectedVersion,
+  body,
+  meta: m
+})
+
+describe("MongoReadModelStore", () => {
+  it.scoped("writes and loads documents with their bookkeeping; bigints and any stream id round-trip", () =>
+    Effect.gen(function*() {
+      const { port, raw } = yield* store()
+      const big = 2n ** 62n + 7n
+      const streams = { "order-1": 3n, "a.b$c": big }
+      const result = yield* port.write({
+        collection: "orders",
+        writes: [put("o1", 0, { total: 5, items: ["x"], when: "2024-01-01" }, meta(1, big, streams))]
+      })
+      expect(result.conflicts).toEqual([])
+      const loaded = yield* port.load("orders", ["o1", "missing"])
+      expect([...loaded.keys()]).toEqual(["o1"])
+      expect(loaded.get("o1")).toEqual({ id: "o1", body: { total: 5, items: ["x"], when: "2024-01-01" }, meta: meta(1, big, streams) })
+      // Layout: body at top level, bookkeeping in the reserved field.
+      const stored = yield* Effect.promise(() => raw.collection("orders").findOne({ _id: "o1" } as Document))
+      expect(Object.keys(stored!)).toEqual(["_id", "total", "items", "when", MongoReadModelStore.META_FIELD])
+      expect(yield* port.load("orders", [])).toEqual(new Map())
+    }))
+
+  it.scoped("reports stale writes as conflicts and applies the rest of the batch", () =>
+    Effect.gen(function*() {
+      const { port } = yield* store()
+      yield* port.write({ collection: "c", writes: [put("a", 0, { n: 1 }, meta(1, 1n)), put("b", 0, { n: 1 }, meta(1, 1n))] })
+      const result = yield* port.write({
+        collection: "c",
+        writes: [
+          put("a", 0, { n: 99 }, meta(1, 9n)), // already exists: conflict (duplicate key on the guarded upsert)
+          put("b", 1, { n: 2 }, meta(2, 2n)), // current: applied
+          put("c", 0, { n: 1 }, meta(1, 2n)), // new: applied
+          put("d", 3, { n: 1 }, meta(4, 2n)) // never existed at version 3: conflict
+        ]
+      })
+      expect(result.conflicts).toEqual(["a", "d"])
+      const docs = yield* port.load("c", ["a", "b", "c", "d"])
+      expect(docs.get("a")?.body).toEqual({ n: 1 })
+      expect(docs.get("b")?.body).toEqual({ n: 2 })
+      expect(docs.get("b")?.meta.version).toBe(2)
+      expect(docs.get("c")?.body).toEqual({ n: 1 })
+      expect(docs.has("d")).toBe(false)
+      // A stale replacement (version moved on) is a conflict too.
+      const stale = yield* port.write({ collection: "c", writes: [put("b", 1, { n: 3 }, meta(2, 3n))] })
+      expect(stale.conflicts).toEqual(["b"])
+      expect((yield* port.load("c", ["b"])).get("b")?.body).toEqual({ n: 2 })
+    }))
+
+  it.scoped("a redelivered batch is a no-op", () =>
+    Effect.gen(function*() {
+      const { port } = yield* store()
+      const batch = { collection: "c", writes: [put("a", 0, { n: 1 }, meta(1, 5n)), put("b", 0, { n: 2 }, meta(1, 5n))] }
+      expect((yield* port.write(batch)).conflicts).toEqual([])
+      const before = yield* port.load("c", ["a", "b"])
+      expect((yield* port.write(batch)).conflicts).toEqual(["a", "b"])
+      expect(yield* port.load("c", ["a", "b"])).toEqual(before)
+    }))
+
+  it.scoped("keeps tombstones with only _id and the bookkeeping", () =>
+    Effect.gen(function*() {
+      const { port, raw } = yield* store()
+      yield* port.write({ collection: "c", writes: [put("a", 0, { n: 1 }, meta(1, 1n))] })
+      yield* port.write({ collection: "c", writes: [put("a", 1, undefined, meta(2, 2n, {}, true))] })
+      const loaded = (yield* port.load("c", ["a"])).get("a")
+      expect(loaded).toEqual({ id: "a", body: undefined, meta: meta(2, 2n, {}, true) })
+      const stored = yield* Effect.promise(() => raw.collection("c").findOne({ _id: "a" } as Document))
+      expect(Object.keys(stored!)).toEqual(["_id", MongoReadModelStore.META_FIELD])
+      // A redelivered create cannot bring it back.
+      expect((yield* port.write({ collection: "c", writes: [put("a", 0, { n: 1 }, meta(1, 1n))] })).conflicts).toEqual(["a"])
+    }))
+
+  for (const transactions of ["auto", "never"] as const) {
+    it.scoped(`checkpoints never move backwards (transactions: ${transactions})`, () =>
+      Effect.gen(function*() {
+        const { port } = yield* store({ transactions })
+        expect(yield* port.readCheckpoint("p@1")).toEqual(Option.none())
+        yield* port.commitCheckpoint({ projection: "p@1", position: 10n })
+        yield* port.commitCheckpoint({ projection: "p@1", position: 5n })
+        expect(yield* port.readCheckpoint("p@1")).toEqual(Option.some(10n))
+        yield* port.write({ collection: "c", writes: [put("a", 0, { n: 1 }, meta(1, 12n))], checkpoint: { projection: "p@1", position: 12n } })
+        expect(yield* port.readCheckpoint("p@1")).toEqual(Option.some(12n))
+        yield* port.write({ collection: "c", writes: [put("a", 1, { n: 2 }, meta(2, 13n))], checkpoint: { projection: "p@1", position: 11n } })
+        expect(yield* port.readCheckpoint("p@1")).toEqual(Option.some(12n))
+        expect((yield* port.load("c", ["a"])).get("a")?.body).toEqual({ n: 2 })
+        const big = 2n ** 60n + 1n
+        yield* port.commitCheckpoint({ projection: "q@1", position: big })
+        expect(yield* port.readCheckpoint("q@1")).toEqual(Option.some(big))
+        // Only conflicts in the batch: the checkpoint still commits.
+        const r = yield* port.write({ collection: "c", writes: [put("a", 0, { n: 9 }, meta(1, 20n))], checkpoint: { projection: "p@1", position: 20n } })
+        expect(r.conflicts).toEqual(["a"])
+        expect(yield* port.readCheckpoint("p@1")).toEqual(Option.some(20n))
+      }))
+  }
+
+  it.scoped("commits the checkpoint in the same transaction as the documents", () =>
+    Effect.gen(function*() {
+      const { port, raw } = yield* store({ transactions: "auto" })
+      yield* Effect.promise(() => raw.collection("c").createIndex({ email: 1 }, { unique: true, sparse: true }))
+      yield* port.write({ collection: "c", writes: [put("x", 0, { email: "e" }, meta(1, 1n))] })
+      // The second document violates the unique index: nothing of the batch, and not the checkpoint, is committed.
+      const failed = yield* port
+        .write({
+          collection: "c",
+          writes: [put("a", 0, { n: 1 }, meta(1, 2n)), put("b", 0, { email: "e" }, meta(1, 2n))],
+          checkpoint: { projection: "p@1", position: 2n }
+        })
+        .pipe(Effect.flip)
+      expect(failed.transient).toBe(false)
+      expect(yield* port.readCheckpoint("p@1")).toEqual(Option.none())
+      expect((yield* port.load("c", ["a", "b"])).size).toBe(0)
+    }))
+
+  it.scoped("a unique-index violation is a typed, non-transient error", () =>
+    Effect.gen(function*() {
+      const { port, raw } = yield* store({ transactions: "never" })
+      yield* Effect.promise(() => raw.collection("users").createIndex({ email: 1 }, { unique: true }))
+      yield* port.write({ collection: "users", writes: [put("u1", 0, { email: "a@x" }, meta(1, 1n))] })
+      const error = yield* port.write({ collection: "users", writes: [put("u2", 0, { email: "a@x" }, meta(1, 2n))] }).pipe(Effect.flip)
+      expect(error).toBeInstanceOf(StoreError)
+      expect(error.transient).toBe(false)
+      expect(error.message).toMatch(/unique index violation for document u2/)
+      expect(error.message).toMatch(/E11000/)
+    }))
+
+  it.scoped("refuses a body that uses a reserved field", () =>
+    Effect.gen(function*() {
+      const { port } = yield* store()
+      const error = yield* port.write({ collection: "c", writes: [put("a", 0, { _reconciler: 1 }, meta(1))] }).pipe(Effect.flip)
+      expect(error.transient).toBe(false)
+      expect(error.message).toMatch(/reserved field/)
+    }))
+
+  it.scoped("keeps dead letters once, with their raw bytes", () =>
+    Effect.gen(function*() {
+      const { port } = yield* store()
+      const letter = {
+        id: "p@1:e1",
+        projection: "p@1",
+        eventId: "e1",
+        eventType: "Credited",
+        streamId: "ledger-1",
+        revision: 3n,
+        position: 2n ** 55n,
+        data: new Uint8Array([123, 0, 255]),
+        metadata: new Uint8Array([]),
+        reason: "bad payload",
+        at: new Date(1000)
+      }
+      yield* port.deadLetter(letter)
+      yield* port.deadLetter({ ...letter, reason: "second time" })
+      yield* port.deadLetter({ ...letter, id: "q@1:e1", projection: "q@1" })
+      expect(yield* port.deadLetters("p@1")).toEqual([letter])
+      yield* port.removeDeadLetter("p@1:e1")
+      expect(yield* port.deadLetters("p@1")).toEqual([])
+      expect((yield* port.deadLetters("q@1")).length).toBe(1)
+    }))
+
+  it.effect("fails with a clear typed error when used after its scope closed", () =>
+    Effect.gen(function*() {
+      const port = yield* Effect.scoped(MongoReadModelStore.make({ uri, database: freshDatabase() }))
+      const error = yield* port.load("c", ["a"]).pipe(Effect.flip)
+      expect(error.transient).toBe(false)
+      expect(error.message).toMatch(/after its scope closed/)
+      const write = yield* port.write({ collection: "c", writes: [] }).pipe(Effect.flip)
+      expect(write.message).toMatch(/after its scope closed/)
+    }))
+
+  it.effect("the layer provides the port and owns the client", () =>
+    Effect.gen(function*() {
+      const layer = MongoReadModelStore.layer({ uri, database: freshDatabase() })
+      const port = yield* Effect.scoped(Layer.build(layer).pipe(Effect.map((ctx) => ctx.unsafeMap.get(ReadModelStore.key) as ReadModelStore["Type"])))
+      const error = yield* port.readCheckpoint("p").pipe(Effect.flip)
+      expect(error.message).toMatch(/after its scope closed/)
+    }))
+
+  it.effect("a lost server is a transient error", () =>
+    Effect.gen(function*() {
+      const serverScope = yield* Scope.make()
+      const server = yield* Scope.extend(MongoServer.make(), serverScope)
+      yield* Effect.scoped(
+        Effect.gen(function*() {
+          const port = yield* MongoReadModelStore.make({
+            uri: server.uri,
+            database: "lost",
+            clientOptions: { serverSelectionTimeoutMS: 300, retryWrites: false, retryReads: false }
+          })
+          yield* port.write({ collection: "c", writes: [put("a", 0, { n: 1 }, meta(1, 1n))] })
+          yield* Scope.close(serverScope, Exit.void)
+          const error = yield* port.load("c", ["a"]).pipe(Effect.flip)
+          expect(error.transient).toBe(true)
+        })
+      )
+    }))
+
+  it("classifies driver errors", () => {
+    expect(MongoReadModelStore.toStoreError("op", new MongoNetworkError("reset")).transient).toBe(true)
+    const labelled = new MongoServerError({ message: "conflict", code: 112, errorLabels: ["TransientTransactionError"] })
+    expect(MongoReadModelStore.toStoreError("op", labelled).transient).toBe(true)
+    const retryable = new MongoServerError({ message: "stepdown", code: 11602 })
+    retryable.addErrorLabel("RetryableWriteError")
+    expect(MongoReadModelStore.toStoreError("op", retryable).transient).toBe(true)
+    const bad = new MongoServerError({ message: "bad", code: 2 })
+    const error = MongoReadModelStore.toStoreError("op", bad)
+    expect(error.transient).toBe(false)
+    expect(error.cause).toBe(bad)
+    expect(MongoReadModelStore.toStoreError("op", new Error("x")).transient).toBe(false)
+    expect(new MongoError("x")).toBeInstanceOf(Error)
+  })
+})
+
+// ---- with the engine --------------------------------------------------------------
+
+const immediate = Schedule.forever
+
+/** The read model as stored (tombstones excluded), by id. */
+const readModel = (database: string) =>
+  Effect.promise(async () => {
+    const docs = await admin.db(database).collection(ledger.collection).find({}).toArray()
+    return Object.fromEntries(
+      docs
+        .filter((d) => (d[MongoReadModelStore.META_FIELD] as Document).deleted !== true)
+        .map((d) => [String(d._id), { total: d.total, applied: d.applied }])
+    )
+  })
+
+describe("MongoReadModelStore with the engine", () => {
+  it.scoped("a crash between the documents and the checkpoint: the replay converges with no double apply", () =>
+    Effect.gen(function*() {
+      const history = [
+        { kind: "Credited" as const, stream: 0, doc: 0, amount: 5 },
+        { kind: "Credited" as const, stream: 1, doc: 1, amount: 7 },
+        { kind: "Linked" as const, stream: 0, a: 0, b: 1 },
+        { kind: "Credited" as const, stream: 2, doc: 0, amount: -2 },
+        { kind: "Closed" as const, stream: 1, doc: 1 },
+        { kind: "Credited" as const, stream: 1, doc: 2, amount: 1 }
+      ]
+      const log = yield* InMemory.makeEventLog({ endAtHead: true })
+      yield* appendHistory(log, history)
+      const { port, database, raw } = yield* store({ transactions: "never" })
+      const run = Reconciler.run(ledger, { batchSize: 2, lanes: 2, retrySchedule: immediate, resubscribeSchedule: immediate }).pipe(
+        Effect.provideService(EventSource.EventSource, log.port),
+        Effect.provideService(ReadModelStore, port)
+      )
+      yield* run
+      const expected = Object.fromEntries(referenceFold(history))
+      expect(yield* readModel(database)).toEqual(expected)
+      // The crash: documents are durable, the checkpoint is not (as if the process died before committing it).
+      yield* Effect.promise(() => raw.collection(MongoReadModelStore.CHECKPOINTS).deleteMany({}))
+      yield* run
+      expect(yield* readModel(database)).toEqual(expected)
+      expect(yield* port.readCheckpoint("ledger@1")).toEqual(Option.some(BigInt(history.length)))
+    }))
+
+  const paramsArbitrary = fc.record({
+    lanes: fc.integer({ min: 1, max: 4 }),
+    batchSize: fc.integer({ min: 1, max: 6 }),
+    duplicateRate: fc.constantFrom(0, 0.2),
+    failureRate: fc.constantFrom(0, 0.15),
+    transactions: fc.constantFrom("auto" as const, "never" as const),
+    restarts: fc.array(fc.integer({ min: 1, max: 10 }), { maxLength: 2 }),
+    seed: fc.integer({ min: 1, max: 1_000_000 })
+  })
+
+  const seed = propertySeed("MongoReadModelStore catch-up")
+  it.effect.prop(
+    "catch-up over random histories: the read model equals the reference fold under duplicates, transient failures and restarts",
+    [historyArbitrary({ maxEvents: 25, maxStreams: 4, docs: 4 }), paramsArbitrary],
+    ([history, params]) =>
+      Effect.scoped(
+        Effect.gen(function*() {
+          const log = yield* InMemory.makeEventLog({ endAtHead: true, faults: { seed: params.seed, duplicateRate: params.duplicateRate } })
+          yield* appendHistory(log, history)
+          const { port, database } = yield* store({ transactions: params.transactions })
+          // Transient failures, before the call or after it succeeded (the acknowledgement lost).
+          let state = params.seed
+          const random = () => ((state = (state * 48271) % 0x7fffffff) / 0x7fffffff)
+          const flaky = <A>(effect: Effect.Effect<A, StoreError>) =>
+            Effect.suspend(() => {
+              const r = random()
+              if (r < params.failureRate / 2) return Effect.fail(new StoreError({ message: "injected before", transient: true }))
+              const after = r < params.failureRate
+              return Effect.flatMap(effect, (a) => (after ? Effect.fail(new StoreError({ message: "injected after", transient: true })) : Effect.succeed(a)))
+            })
+          const flakyPort: ReadModelStore["Type"] = {
+            ...port,
+            load: (c, ids) => flaky(port.load(c, ids)),
+            write: (batch) => flaky(port.write(batch)),
+            commitCheckpoint: (cp) => flaky(port.commitCheckpoint(cp)),
+            deadLetter: (l) => flaky(port.deadLetter(l))
+          }
+          const options: Reconciler.RunOptions = {
+            lanes: params.lanes,
+            batchSize: params.batchSize,
+            retrySchedule: immediate,
+            resubscribeSchedule: immediate
+          }
+          const run = Reconciler.run(ledger, options).pipe(
+            Effect.provideService(EventSource.EventSource, log.port),
+            Effect.provideService(ReadModelStore, flakyPort)
+          )
+          for (const afterWrites of params.restarts) {
+            let writes = 0
+            const reached = yield* Deferred.make<void>()
+            const counting: ReadModelStore["Type"] = {
+              ...flakyPort,
+              write: (batch) => Effect.tap(flakyPort.write(batch), () => (++writes === afterWrites ? Deferred.succeed(reached, undefined) : Effect.void))
+            }
+            const fiber = yield* Reconciler.run(ledger, options).pipe(
+              Effect.provideService(EventSource.EventSource, log.port),
+              Effect.provideService(ReadModelStore, counting),
+              Effect.fork
+            )
+            yield* Effect.raceFirst(Deferred.await(reached), Fiber.await(fiber))
+            yield* Fiber.interrupt(fiber)
+          }
+          const exit = yield* Effect.exit(run)
+          if (Exit.isFailure(exit)) throw new Error(Cause.pretty(exit.cause))
+          expect(yield* readModel(database)).toEqual(Object.fromEntries(referenceFold(history)))
+          const letters = yield* port.deadLetters("ledger@1")
+          expect(new Set(letters.map((l) => l.eventId))).toEqual(new Set(poisonIds(history)))
+          expect(yield* port.readCheckpoint("ledger@1")).toEqual(Option.some(BigInt(history.length)))
+        })
+      ),
+    { fastCheck: { seed, numRuns: Number(process.env.PROPERTY_RUNS_MONGO ?? 25) } }
+  )
+})
