@@ -5,6 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Scope } from "effect"
+import { spawn } from "node:child_process"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -490,6 +491,33 @@ describe.skipIf(!embedded)("embedded server only", () => {
     } finally {
       rmSync(dir, { recursive: true, force: true })
     }
+  })
+
+  it("runs standalone from the command line until SIGTERM", async () => {
+    const child = spawn(process.execPath, ["--import", "tsx", "src/bin/embedded-mongo.ts", "--port", "0"], {
+      stdio: ["ignore", "pipe", "pipe"]
+    })
+    const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)))
+    try {
+      const uri = await new Promise<string>((resolve, reject) => {
+        let out = ""
+        child.stdout.on("data", (chunk: Buffer) => {
+          out += chunk.toString()
+          const match = /listening on (mongodb:\/\/\S+)/.exec(out)
+          if (match) resolve(match[1]!)
+        })
+        child.once("exit", (code) => reject(new Error(`exited with ${code} before listening: ${out}`)))
+      })
+      const c = await new MongoClient(uri).connect()
+      try {
+        expect((await c.db("x").command({ ping: 1 })).ok).toBe(1)
+      } finally {
+        await c.close()
+      }
+    } finally {
+      child.kill("SIGTERM")
+    }
+    expect(await exited).toBe(0)
   })
 
   it("refuses change streams at once with an error", async () => {
