@@ -26,7 +26,7 @@
  * @since 0.1.0
  */
 import { randomUUID } from "node:crypto"
-import { Config, Effect, Layer, Option, Redacted } from "effect"
+import { Config, ConfigError, Effect, Layer, Option, Redacted } from "effect"
 import {
   type AnyBulkWriteOperation,
   Binary,
@@ -410,5 +410,5 @@ export const layer = (options: Options): Layer.Layer<ReadModelStore, StoreError>
 /** The store configured from {@link config} (or the given `Config`). @since 0.1.0 */
 export const layerConfig = (
   options: Config.Config<Options> = config
-): Layer.Layer<ReadModelStore, StoreError | import("effect/ConfigError").ConfigError> =>
+): Layer.Layer<ReadModelStore, StoreError | ConfigError.ConfigError> =>
   Layer.scoped(ReadModelStore, Effect.flatMap(options, (o) => make(o)))
