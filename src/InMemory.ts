@@ -6,7 +6,7 @@
  *
  * @since 0.1.0
  */
-import { Chunk, Context, Deferred, Effect, Layer, Option, Stream } from "effect"
+import { Chunk, Context, Deferred, Effect, FiberId, Layer, Option, Stream } from "effect"
 import type { Delivery, Settlement, Subscription } from "./EventSource.js"
 import { categoryOf, EventSource, EventSourceError } from "./EventSource.js"
 import type { Checkpoint, DeadLetter, StoredDocument, WriteBatch, WriteResult } from "./ReadModelStore.js"
@@ -99,7 +99,7 @@ interface Group {
   readonly parked: Array<Parked>
 }
 
-const encoder = new TextEncoder()
+const noMetadata = new Uint8Array(0)
 
 /**
  * Makes an in-memory event log serving the {@link EventSource} port.
@@ -115,13 +115,18 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
     const maxRetryCount = options.maxRetryCount ?? 10
     const faults = options.faults ?? {}
     const next = random(faults.seed ?? 1)
-    let signal = Deferred.unsafeMake<void>(undefined as never)
+    // Made only when a subscriber waits, so that appends and settles stay cheap.
+    let signal: Deferred.Deferred<void> | undefined
     const wake = () => {
+      if (signal === undefined) return
       const current = signal
-      signal = Deferred.unsafeMake<void>(undefined as never)
+      signal = undefined
       Deferred.unsafeDone(current, Effect.void)
     }
-    const waitForChange = Effect.suspend(() => Deferred.await(signal))
+    const waitForChange = Effect.suspend(() => {
+      signal ??= Deferred.unsafeMake<void>(FiberId.none)
+      return Deferred.await(signal)
+    })
     let unsettledNow = 0
     let unsettledMax = 0
 
@@ -138,8 +143,9 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
             category: categoryOf(streamId),
             revision,
             position: BigInt(log.length + 1),
-            data: bytes ? event.data as Uint8Array : encoder.encode(JSON.stringify(event.data)),
-            metadata: encoder.encode(JSON.stringify(event.metadata ?? {})),
+            // Buffer.from packs small payloads into shared slabs: a large log stays compact.
+            data: bytes ? event.data as Uint8Array : Buffer.from(JSON.stringify(event.data)),
+            metadata: event.metadata === undefined ? noMetadata : Buffer.from(JSON.stringify(event.metadata)),
             isJson: !bytes,
             created: new Date()
           }

@@ -154,18 +154,10 @@ export type Runnable = Projection<any, any> | Handler<any, any>
 export const checkpointId = (runnable: Runnable): string => `${runnable.name}@${runnable.version}`
 
 /**
- * Why an event could not be decoded for a projection.
- *
- * @since 0.1.0
- */
-export type DecodeOutcome =
-  | { readonly _tag: "Decoded"; readonly event: Event }
-  | { readonly _tag: "Unknown" }
-  | { readonly _tag: "Invalid"; readonly reason: string }
-
-/**
  * Builds the decoder of a projection's events from raw bytes: JSON-parses the
- * data and decodes it with the schema of its type.
+ * data and decodes it with the schema of its type. The decoder returns the event,
+ * `undefined` for a type the projection does not declare, or the reason a
+ * declared event is invalid (a string). No wrapper objects: it runs per event.
  *
  * @since 0.1.0
  */
@@ -183,30 +175,25 @@ export const decoder = (events: EventSchemas) => {
     readonly revision: bigint
     readonly position: bigint
     readonly created: Date
-  }): DecodeOutcome => {
+  }): Event | string | undefined => {
     const decode = decoders.get(raw.type)
-    if (decode === undefined) return { _tag: "Unknown" }
+    if (decode === undefined) return undefined
     let json: unknown
     try {
       json = JSON.parse(text.decode(raw.data))
     } catch (error) {
-      return { _tag: "Invalid", reason: `data is not JSON: ${String(error)}` }
+      return `data is not JSON: ${String(error)}`
     }
     const decoded = decode(json)
-    if (Either.isLeft(decoded)) {
-      return { _tag: "Invalid", reason: `data does not match the schema of ${raw.type}: ${decoded.left.message}` }
-    }
+    if (Either.isLeft(decoded)) return `data does not match the schema of ${raw.type}: ${decoded.left.message}`
     return {
-      _tag: "Decoded",
-      event: {
-        type: raw.type,
-        data: decoded.right,
-        id: raw.id,
-        streamId: raw.streamId,
-        revision: raw.revision,
-        position: raw.position,
-        created: raw.created
-      }
+      type: raw.type,
+      data: decoded.right,
+      id: raw.id,
+      streamId: raw.streamId,
+      revision: raw.revision,
+      position: raw.position,
+      created: raw.created
     }
   }
 }

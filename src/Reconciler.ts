@@ -17,16 +17,16 @@
  *
  * @since 0.1.0
  */
-import { Cause, Data, Duration, Effect, ExecutionStrategy, Exit, Fiber, Metric, MetricBoundaries, Option, Queue, Schedule, Scope, Stream } from "effect"
+import { Cause, Data, Duration, Effect, Either, ExecutionStrategy, Exit, Fiber, Metric, MetricBoundaries, Option, Schedule, Scope, Stream } from "effect"
 import type { Delivery } from "./EventSource.js"
 import { ack, EventSource, EventSourceError, nack } from "./EventSource.js"
 import type { Event, Handler, Projection, Runnable } from "./Projection.js"
 import { checkpointId, decoder } from "./Projection.js"
-import type { DocumentWrite, StoredDocument } from "./ReadModelStore.js"
+import type { DocumentWrite } from "./ReadModelStore.js"
 import { ReadModelStore, StoreError } from "./ReadModelStore.js"
-import type { Mode } from "./internal/fold.js"
-import { describe, documentCodec, foldDocument } from "./internal/fold.js"
-import { laneOf } from "./internal/lanes.js"
+import type { Current, FoldResult, Mode } from "./internal/fold.js"
+import { decodeStored, describe, documentCodec, foldDocument } from "./internal/fold.js"
+import { Gate, Lane, laneOf } from "./internal/lanes.js"
 import { Watermark } from "./internal/watermark.js"
 
 /**
@@ -55,6 +55,8 @@ export interface RunOptions {
   readonly group?: string | undefined
   /** Persistent mode: deliveries the server may push ahead. Default: the in-flight bound. */
   readonly bufferSize?: number | undefined
+  /** Documents each lane keeps decoded between batches (saves loads and decodes). Default 10 000. */
+  readonly cacheSize?: number | undefined
   /** Handlers: attempts before an event is dead-lettered or parked. Default 5. */
   readonly handlerAttempts?: number | undefined
 }
@@ -111,13 +113,18 @@ interface Tracked {
   readonly ticket: number
   remaining: number
   poison: string | undefined
-  settled: boolean
 }
 
 interface Part {
   readonly tracked: Tracked
   readonly event: Event
   readonly key: string
+}
+
+/** Marks one part of its delivery done; returns the delivery when that was the last part. */
+const partDone = (tracked: Tracked, poison: string | undefined): Tracked | undefined => {
+  if (poison !== undefined && tracked.poison === undefined) tracked.poison = poison
+  return --tracked.remaining === 0 ? tracked : undefined
 }
 
 /**
@@ -139,30 +146,32 @@ export const run = (
       const laneCount = yield* positiveInt("lanes", options.lanes ?? 4)
       const batchSize = yield* positiveInt("batchSize", options.batchSize ?? 100)
       const laneBuffer = yield* positiveInt("laneBuffer", options.laneBuffer ?? 256)
+      const cacheSize = yield* positiveInt("cacheSize", options.cacheSize ?? 10_000)
       if (mode !== "catch-up" && mode !== "persistent") {
         return yield* new InvalidRunOptions({ message: `mode must be "catch-up" or "persistent", got ${String(mode)}` })
       }
-      const maxInFlight = laneCount * laneBuffer + batchSize
       const drainTimeout = Duration.decode(options.drainTimeout ?? "10 seconds")
       const commitInterval = Duration.decode(options.commitInterval ?? "1 second")
       const retrySchedule = options.retrySchedule ?? defaultRetry
       const id = checkpointId(runnable)
       const tag = <A extends Metric.Metric<any, any, any>>(metric: A): A => Metric.tagged(metric, "projection", runnable.name) as A
-      const processed = tag(metrics.processed)
+      const counters: Counters = {
+        processed: tag(metrics.processed),
+        duplicates: tag(metrics.duplicates),
+        batchSizes: tag(metrics.batchSize),
+        lag: tag(metrics.lag),
+        retries: tag(metrics.retries)
+      }
       const skipped = tag(metrics.skipped)
-      const duplicates = tag(metrics.duplicates)
       const deadLettered = tag(metrics.deadLettered)
-      const retries = tag(metrics.retries)
-      const batchSizes = tag(metrics.batchSize)
-      const lag = tag(metrics.lag)
 
       const fail = (message: string) => (cause: StoreError | EventSourceError) =>
         new ReconcilerError({ projection: runnable.name, message: `${message}: ${cause.message}`, cause })
 
       /** A store call, retried while its error is transient. */
-      const durably = <A>(effect: Effect.Effect<A, StoreError>, what: string) =>
+      const durably: Durably = (effect, what) =>
         effect.pipe(
-          Effect.tapError((error) => error.transient ? Metric.increment(retries) : Effect.void),
+          Effect.tapError((error) => error.transient ? Metric.increment(counters.retries) : Effect.void),
           Effect.retry({ schedule: retrySchedule, while: (error) => error.transient }),
           Effect.mapError(fail(what))
         )
@@ -176,7 +185,7 @@ export const run = (
       let committed = Option.getOrUndefined(checkpoint)
       let lastDispatched = Option.getOrUndefined(checkpoint)
       const inFlight = new Set<Tracked>()
-      const permits = yield* Effect.makeSemaphore(maxInFlight)
+      const gate = new Gate(laneCount * laneBuffer + batchSize)
 
       const commit = Effect.suspend(() => {
         const position = watermark.current
@@ -208,102 +217,92 @@ export const run = (
           "dead-lettering"
         )
 
-      /** Settles a delivery whose parts are all done. Poison is dead-lettered (catch-up) or parked (persistent). */
-      const settle = (tracked: Tracked): Effect.Effect<void, ReconcilerError> => {
-        if (tracked.settled) return Effect.void
-        tracked.settled = true
-        inFlight.delete(tracked)
-        const poison = tracked.poison
-        const record = poison === undefined
-          ? Effect.void
-          : Metric.increment(deadLettered).pipe(
-            Effect.zipRight(
-              mode === "catch-up"
-                ? deadLetter(tracked.delivery, poison).pipe(Effect.zipRight(tracked.delivery.settle(ack)))
-                : tracked.delivery.settle(nack("park", poison))
-            )
+      /**
+       * Settles deliveries whose parts are all done: poison is dead-lettered
+       * (catch-up) or parked (persistent) first, then each is acked, then the
+       * watermark moves and the gate lets more in.
+       */
+      const settle = (finished: ReadonlyArray<Tracked>): Effect.Effect<void, ReconcilerError> =>
+        finished.length === 0 ? Effect.void : Effect.gen(function*() {
+          for (const tracked of finished) {
+            if (tracked.poison === undefined) continue
+            yield* Metric.increment(deadLettered)
+            if (mode === "catch-up") yield* deadLetter(tracked.delivery, tracked.poison)
+          }
+          yield* Effect.forEach(
+            finished,
+            (tracked) =>
+              tracked.delivery.settle(
+                tracked.poison !== undefined && mode === "persistent" ? nack("park", tracked.poison) : ack
+              ),
+            { discard: true }
+          ).pipe(
+            // What the source could not take is redelivered later; the markers make that harmless.
+            Effect.catchAll((error) => Effect.logWarning("settling deliveries failed", error.message))
           )
-        const ackIt = poison === undefined ? tracked.delivery.settle(ack) : Effect.void
-        return record.pipe(
-          Effect.zipRight(ackIt),
-          // A settle the source cannot deliver is redelivered later; the markers make that harmless.
-          Effect.catchTag("EventSourceError", (error) => Effect.logWarning("settling a delivery failed", error)),
-          Effect.zipRight(Effect.sync(() => {
+          for (const tracked of finished) {
+            inFlight.delete(tracked)
             if (mode === "catch-up") watermark.complete(tracked.ticket)
-          })),
-          Effect.zipRight(permits.release(1))
-        )
-      }
-
-      const partDone = (tracked: Tracked, poison?: string) => {
-        if (poison !== undefined && tracked.poison === undefined) tracked.poison = poison
-        tracked.remaining--
-        return tracked.remaining === 0 ? settle(tracked) : Effect.void
-      }
+          }
+          gate.leave(finished.length)
+        })
 
       // ---- lanes ------------------------------------------------------------
-      // The in-flight permits bound what is queued (a delivery holds one permit
-      // however many documents it touches), so offering never blocks a drain.
-      const queues = yield* Effect.forEach(
-        Array.from({ length: laneCount }),
-        () => Queue.unbounded<Part | "end">()
-      )
+      const lanes = Array.from({ length: laneCount }, () => new Lane<Part>())
 
-      const processBatch = runnable._tag === "Projection"
-        ? projectionBatch(runnable, mode, store, durably, partDone, { processed, duplicates, batchSizes, lag }, () => watermark.current, id)
-        : handlerBatch(runnable, options.handlerAttempts ?? 5, partDone, processed, retries)
+      const makeBatch = (): Batch =>
+        runnable._tag === "Projection"
+          ? projectionBatch(runnable, mode, store, durably, counters, cacheSize, () =>
+            mode === "catch-up" && watermark.current !== undefined ? { projection: id, position: watermark.current } : undefined)
+          : handlerBatch(runnable, options.handlerAttempts ?? 5, counters)
 
-      const laneLoop = (queue: Queue.Queue<Part | "end">) =>
+      const laneLoop = (lane: Lane<Part>) =>
         Effect.gen(function*() {
+          const processBatch = makeBatch()
           while (true) {
-            const taken = yield* Queue.takeBetween(queue, 1, batchSize)
-            const parts: Array<Part> = []
-            let ended = false
-            for (const item of taken) {
-              if (item === "end") ended = true
-              else parts.push(item)
-            }
-            if (parts.length > 0) yield* processBatch(parts)
-            if (ended) return
+            const parts = yield* lane.take(batchSize)
+            if (parts === undefined) return
+            yield* settle(yield* processBatch(parts))
           }
         })
 
       // ---- source -----------------------------------------------------------
       const decode = decoder(runnable.events)
-      const dispatch = (delivery: Delivery): Effect.Effect<void, ReconcilerError> =>
-        Effect.gen(function*() {
-          const tracked: Tracked = {
-            delivery,
-            ticket: mode === "catch-up" ? watermark.track(delivery.position) : 0,
-            remaining: 1,
-            poison: undefined,
-            settled: false
-          }
-          inFlight.add(tracked)
-          lastDispatched = delivery.position
-          const outcome = decode(delivery)
-          if (outcome._tag === "Unknown") {
-            yield* Metric.increment(skipped)
-            return yield* partDone(tracked)
-          }
-          if (outcome._tag === "Invalid") return yield* partDone(tracked, outcome.reason)
-          let keys: ReadonlyArray<string>
-          try {
-            const key = runnable.key(outcome.event as never)
-            keys = typeof key === "string" ? [key] : [...new Set(key)]
-            if (keys.some((k) => typeof k !== "string")) throw new TypeError("key must return strings")
-          } catch (error) {
-            return yield* partDone(tracked, `key threw on ${delivery.type}: ${describe(error)}`)
-          }
-          if (keys.length === 0) {
-            yield* Metric.increment(processed)
-            return yield* partDone(tracked)
-          }
-          tracked.remaining = keys.length
-          for (const key of keys) {
-            yield* Queue.offer(queues[laneOf(key, laneCount)]!, { tracked, event: outcome.event, key })
-          }
-        })
+      let skips = 0
+      /** Takes a delivery in and routes it; returns it when it is already done (skipped or poison). */
+      const route = (delivery: Delivery): Tracked | undefined => {
+        gate.enter()
+        const tracked: Tracked = {
+          delivery,
+          ticket: mode === "catch-up" ? watermark.track(delivery.position) : 0,
+          remaining: 1,
+          poison: undefined
+        }
+        inFlight.add(tracked)
+        lastDispatched = delivery.position
+        const event = decode(delivery)
+        if (event === undefined) {
+          skips++
+          return partDone(tracked, undefined)
+        }
+        if (typeof event === "string") return partDone(tracked, event)
+        let key: string | ReadonlyArray<string>
+        try {
+          key = runnable.key(event as never)
+        } catch (error) {
+          return partDone(tracked, `key threw on ${delivery.type}: ${describe(error)}`)
+        }
+        if (typeof key === "string") {
+          lanes[laneOf(key, laneCount)]!.push({ tracked, event, key })
+          return undefined
+        }
+        const keys = [...new Set(key)]
+        if (keys.some((k) => typeof k !== "string")) return partDone(tracked, `key returned a non-string on ${delivery.type}`)
+        if (keys.length === 0) return partDone(tracked, undefined)
+        tracked.remaining = keys.length
+        for (const k of keys) lanes[laneOf(k, laneCount)]!.push({ tracked, event, key: k })
+        return undefined
+      }
 
       const subscription = () =>
         source.subscribe(
@@ -313,21 +312,18 @@ export const run = (
               mode,
               categories: runnable.categories,
               group: options.group ?? id,
-              bufferSize: options.bufferSize ?? maxInFlight
+              bufferSize: options.bufferSize ?? gate.bound
             }
         )
 
-      // A dropped subscription resumes after the last delivery taken in (catch-up)
-      // or from the group (persistent); what is in flight stays tracked.
       const pullOnce = Effect.gen(function*() {
         const scope = yield* Scope.fork(subscriptions, ExecutionStrategy.sequential)
         const next = yield* Scope.extend(Stream.toPull(subscription()), scope)
         while (true) {
-          // The permit is taken before pulling, so that what was pulled and not
-          // settled never exceeds the in-flight bound (with single-delivery chunks).
-          yield* permits.take(1)
+          // Room is made before pulling, so that what was pulled and not settled
+          // stays within the bound (exactly, with single-delivery chunks).
+          yield* gate.room
           const chunk = yield* next.pipe(
-            Effect.onError(() => permits.release(1)),
             Effect.catchAll((error) =>
               Option.match(error, {
                 onNone: () => Effect.succeed(undefined),
@@ -335,24 +331,27 @@ export const run = (
               })
             )
           )
-          if (chunk === undefined) return yield* permits.release(1)
-          if (chunk.length === 0) {
-            yield* permits.release(1)
-            continue
-          }
-          let first = true
+          if (chunk === undefined) return
+          const done: Array<Tracked> = []
           for (const delivery of chunk) {
-            if (!first) yield* permits.take(1)
-            first = false
-            yield* dispatch(delivery)
+            const tracked = route(delivery)
+            if (tracked !== undefined) done.push(tracked)
           }
+          if (skips > 0) {
+            yield* Metric.incrementBy(skipped, skips)
+            skips = 0
+          }
+          yield* settle(done)
         }
       })
+
+      // A dropped subscription resumes after the last delivery taken in (catch-up)
+      // or from the group (persistent); what is in flight stays tracked.
       const pull = pullOnce.pipe(
         Effect.tapError((error) =>
           error._tag === "EventSourceError" && error.retryable
             ? Effect.logWarning("subscription dropped; resubscribing", error.message).pipe(
-              Effect.zipRight(Metric.increment(retries))
+              Effect.zipRight(Metric.increment(counters.retries))
             )
             : Effect.void
         ),
@@ -364,7 +363,7 @@ export const run = (
       )
 
       // ---- lifetime ---------------------------------------------------------
-      const lanes = yield* Effect.forEach(queues, (queue) => Effect.forkScoped(laneLoop(queue)))
+      const laneFibers = yield* Effect.forEach(lanes, (lane) => Effect.forkScoped(laneLoop(lane)))
       const committer = yield* commit.pipe(
         Effect.zipRight(Effect.sleep(commitInterval)),
         Effect.forever,
@@ -376,8 +375,8 @@ export const run = (
       yield* Effect.addFinalizer(() =>
         Effect.gen(function*() {
           yield* Fiber.interrupt(committer)
-          yield* Effect.forEach(queues, (queue) => Queue.offer(queue, "end"), { discard: true })
-          const drained = yield* Fiber.joinAll(lanes).pipe(
+          for (const lane of lanes) lane.end()
+          const drained = yield* Fiber.joinAll(laneFibers).pipe(
             // Finalizers are uninterruptible: without this the timeout could not cut the wait.
             Effect.interruptible,
             Effect.timeoutOption(drainTimeout),
@@ -386,7 +385,7 @@ export const run = (
           if (Exit.isSuccess(drained) && Option.isNone(drained.value)) {
             yield* Effect.logWarning(`drain timed out after ${Duration.format(drainTimeout)}; abandoning in-flight work`)
           }
-          yield* Effect.forEach(lanes, Fiber.interrupt, { discard: true })
+          yield* Effect.forEach(laneFibers, Fiber.interrupt, { discard: true })
           yield* commit.pipe(Effect.catchAll((error) => Effect.logError("final checkpoint commit failed", error)))
           // Received but not applied: hand back for redelivery (catch-up resumes from the checkpoint anyway).
           yield* Effect.forEach(
@@ -401,11 +400,11 @@ export const run = (
       )
 
       // The source runs until it ends (finite sources) or fails; a failing lane stops it.
-      const laneFailure = Fiber.joinAll(lanes).pipe(Effect.zipRight(Effect.never))
+      const laneFailure = Fiber.joinAll(laneFibers).pipe(Effect.zipRight(Effect.never))
       yield* Effect.raceFirst(pull, laneFailure)
       // The source ended: finish what is queued and surface any lane's failure.
-      yield* Effect.forEach(queues, (queue) => Queue.offer(queue, "end"), { discard: true })
-      yield* Fiber.joinAll(lanes)
+      for (const lane of lanes) lane.end()
+      yield* Fiber.joinAll(laneFibers)
       yield* commit
     })
   ).pipe(Effect.withSpan("Reconciler.run", { attributes: { projection: runnable.name } }))
@@ -413,27 +412,43 @@ export const run = (
 // ---- projections --------------------------------------------------------------
 
 type Durably = <A>(effect: Effect.Effect<A, StoreError>, what: string) => Effect.Effect<A, ReconcilerError>
-type PartDone = (tracked: Tracked, poison?: string) => Effect.Effect<void, ReconcilerError>
+/** Processes a lane's batch; returns the deliveries it finished. */
+type Batch = (parts: ReadonlyArray<Part>) => Effect.Effect<ReadonlyArray<Tracked>, ReconcilerError>
 
+interface Counters {
+  readonly processed: Metric.Metric.Counter<number>
+  readonly duplicates: Metric.Metric.Counter<number>
+  readonly batchSizes: Metric.Metric.Histogram<number>
+  readonly lag: Metric.Metric.Gauge<number>
+  readonly retries: Metric.Metric.Counter<number>
+}
+
+/**
+ * A lane's batch of a projection: fold per document, one guarded write.
+ *
+ * Each lane caches the documents it wrote last (a lane owns its keys, so it is
+ * their usual writer). The cache is only a guess of the stored version: every
+ * write is still guarded, and a conflict evicts the entry and reloads.
+ */
 const projectionBatch = (
   projection: Projection<any, any>,
   mode: Mode,
   store: ReadModelStore["Type"],
   durably: Durably,
-  partDone: PartDone,
-  m: {
-    readonly processed: Metric.Metric.Counter<number>
-    readonly duplicates: Metric.Metric.Counter<number>
-    readonly batchSizes: Metric.Metric.Histogram<number>
-    readonly lag: Metric.Metric.Gauge<number>
-  },
-  currentWatermark: () => bigint | undefined,
-  id: string
-) => {
+  counters: Counters,
+  cacheSize: number,
+  checkpoint: () => { readonly projection: string; readonly position: bigint } | undefined
+): Batch => {
   const codec = documentCodec(projection)
-  return (parts: ReadonlyArray<Part>): Effect.Effect<void, ReconcilerError> =>
+  const cache = new Map<string, Current | undefined>()
+  const remember = (id: string, current: Current | undefined) => {
+    cache.delete(id)
+    cache.set(id, current)
+    if (cache.size > cacheSize) cache.delete(cache.keys().next().value!)
+  }
+  return (parts) =>
     Effect.gen(function*() {
-      yield* Metric.update(m.batchSizes, parts.length)
+      yield* Metric.update(counters.batchSizes, parts.length)
       // Group by document, keeping delivery order within each document.
       const byDocument = new Map<string, Array<Part>>()
       for (const part of parts) {
@@ -441,75 +456,88 @@ const projectionBatch = (
         if (group === undefined) byDocument.set(part.key, [part])
         else group.push(part)
       }
-      let pending = [...byDocument.keys()]
-      const poisoned: Array<{ part: Part; reason: string }> = []
+      const poison = new Map<Part, string>()
       let applied = 0
-      let duplicateCount = 0
+      let duplicates = 0
+      let pending = [...byDocument.keys()]
       // Guard conflicts mean another writer moved the document: reload and fold again.
-      for (let attempt = 0; pending.length > 0; attempt++) {
-        const loaded: ReadonlyMap<string, StoredDocument> = yield* durably(
-          store.load(projection.collection, pending),
-          "loading documents"
-        )
+      while (pending.length > 0) {
+        const missing = pending.filter((docId) => !cache.has(docId))
+        if (missing.length > 0) {
+          const loaded = yield* durably(store.load(projection.collection, missing), "loading documents")
+          for (const docId of missing) {
+            const decoded = decodeStored(projection, codec, loaded.get(docId))
+            if (Either.isRight(decoded)) remember(docId, decoded.right)
+            else {
+              for (const part of byDocument.get(docId)!) poison.set(part, decoded.left)
+              byDocument.delete(docId)
+            }
+          }
+        }
         const writes: Array<DocumentWrite> = []
-        const results = new Map<string, ReturnType<typeof foldDocument<Part>>>()
+        const results = new Map<string, FoldResult<Part>>()
         for (const docId of pending) {
-          const result = foldDocument(projection, codec, mode, docId, loaded.get(docId), byDocument.get(docId)!)
+          const parts = byDocument.get(docId)
+          if (parts === undefined) continue
+          const result = foldDocument(projection, codec, mode, docId, cache.get(docId), parts)
           results.set(docId, result)
           if (result.write !== undefined) writes.push(result.write)
         }
-        const watermark = currentWatermark()
         const outcome = writes.length === 0
           ? { conflicts: [] as ReadonlyArray<string> }
           : yield* durably(
-            store.write({
-              collection: projection.collection,
-              writes,
-              checkpoint: mode === "catch-up" && watermark !== undefined ? { projection: id, position: watermark } : undefined
-            }),
+            store.write({ collection: projection.collection, writes, checkpoint: checkpoint() }),
             "writing documents"
           )
         const conflicts = new Set(outcome.conflicts)
         for (const [docId, result] of results) {
-          if (conflicts.has(docId)) continue
-          applied += result.applied.length
-          duplicateCount += result.duplicates.length
-          poisoned.push(...result.poisoned)
+          if (conflicts.has(docId)) {
+            cache.delete(docId)
+            continue
+          }
+          applied += result.applied
+          duplicates += result.duplicates
+          for (const { part, reason } of result.poisoned) poison.set(part, reason)
+          // A throwing evolve may have changed its input: forget it rather than trust it.
+          if (result.poisoned.length > 0) cache.delete(docId)
+          else remember(docId, result.next)
         }
         pending = [...conflicts]
-        if (attempt > 0 && pending.length > 0) yield* Effect.yieldNow()
       }
-      yield* Metric.incrementBy(m.processed, applied)
-      yield* Metric.incrementBy(m.duplicates, duplicateCount)
-      const newest = parts[parts.length - 1]!.event.created.getTime()
-      yield* Metric.set(m.lag, Math.max(0, Date.now() - newest))
-      const poisonOf = new Map(poisoned.map(({ part, reason }) => [part, reason]))
-      for (const part of parts) yield* partDone(part.tracked, poisonOf.get(part))
+      yield* Metric.incrementBy(counters.processed, applied)
+      if (duplicates > 0) yield* Metric.incrementBy(counters.duplicates, duplicates)
+      yield* Metric.set(counters.lag, Math.max(0, Date.now() - parts[parts.length - 1]!.event.created.getTime()))
+      const finished: Array<Tracked> = []
+      for (const part of parts) {
+        const done = partDone(part.tracked, poison.get(part))
+        if (done !== undefined) finished.push(done)
+      }
+      return finished
     })
 }
 
 // ---- handlers -----------------------------------------------------------------
 
-const handlerBatch = (
-  handler: Handler<any, any>,
-  attempts: number,
-  partDone: PartDone,
-  processed: Metric.Metric.Counter<number>,
-  retries: Metric.Metric.Counter<number>
-) =>
-(parts: ReadonlyArray<Part>): Effect.Effect<void, ReconcilerError> =>
-  Effect.forEach(parts, (part) =>
-    handler.handle(part.event as never).pipe(
-      Effect.tapError(() => Metric.increment(retries)),
-      Effect.retry({ times: Math.max(0, attempts - 1) }),
-      Effect.matchCauseEffect({
-        onSuccess: () => Metric.increment(processed).pipe(Effect.zipRight(partDone(part.tracked))),
-        onFailure: (cause) =>
-          Cause.isInterruptedOnly(cause)
-            ? Effect.interrupt
-            : partDone(part.tracked, `handler ${handler.name} failed on ${part.event.type}: ${Cause.pretty(cause)}`)
-      })
-    ), { discard: true })
+const handlerBatch = (handler: Handler<any, any>, attempts: number, counters: Counters): Batch => (parts) =>
+  Effect.gen(function*() {
+    const finished: Array<Tracked> = []
+    for (const part of parts) {
+      const poison = yield* handler.handle(part.event as never).pipe(
+        Effect.tapError(() => Metric.increment(counters.retries)),
+        Effect.retry({ times: Math.max(0, attempts - 1) }),
+        Effect.matchCauseEffect({
+          onSuccess: () => Metric.increment(counters.processed).pipe(Effect.as(undefined)),
+          onFailure: (cause) =>
+            Cause.isInterruptedOnly(cause)
+              ? Effect.interrupt
+              : Effect.succeed(`handler ${handler.name} failed on ${part.event.type}: ${Cause.pretty(cause)}`)
+        })
+      )
+      const done = partDone(part.tracked, poison)
+      if (done !== undefined) finished.push(done)
+    }
+    return finished
+  })
 
 const positiveInt = (name: string, value: number): Effect.Effect<number, InvalidRunOptions> =>
   Number.isInteger(value) && value >= 1

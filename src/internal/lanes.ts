@@ -1,4 +1,12 @@
 /**
+ * Lanes and the in-flight gate: the engine's hot path, kept to plain arrays and
+ * counters with a Deferred only for the rare wait. An Effect `Queue` per lane and
+ * a `Semaphore` per delivery cost more than the work they guard (measured in
+ * bench/engine.ts); the bound they give is kept by {@link Gate}.
+ */
+import { Deferred, Effect, FiberId } from "effect"
+
+/**
  * The lane of a document key: FNV-1a over the key's UTF-16 code units, so one key
  * always lands in the same lane and keys spread evenly.
  */
@@ -9,4 +17,82 @@ export const laneOf = (key: string, lanes: number): number => {
     hash = Math.imul(hash, 0x01000193)
   }
   return (hash >>> 0) % lanes
+}
+
+/** A wake-up signal made only when somebody waits. */
+class Signal {
+  private deferred: Deferred.Deferred<void> | undefined
+  wait(): Effect.Effect<void> {
+    this.deferred ??= Deferred.unsafeMake<void>(FiberId.none)
+    return Deferred.await(this.deferred)
+  }
+  wake(): void {
+    const deferred = this.deferred
+    if (deferred === undefined) return
+    this.deferred = undefined
+    Deferred.unsafeDone(deferred, Effect.void)
+  }
+}
+
+/** A FIFO lane: pushed synchronously, taken in batches by one fiber. */
+export class Lane<A> {
+  private items: Array<A> = []
+  private head = 0
+  private ended = false
+  private readonly signal = new Signal()
+
+  push(item: A): void {
+    this.items.push(item)
+    this.signal.wake()
+  }
+
+  /** No more items will come; `take` returns `undefined` once the lane is empty. */
+  end(): void {
+    this.ended = true
+    this.signal.wake()
+  }
+
+  /** Up to `max` items in order, waiting for at least one; `undefined` when ended and empty. */
+  take(max: number): Effect.Effect<Array<A> | undefined> {
+    return Effect.suspend(() => {
+      const available = this.items.length - this.head
+      if (available > 0) {
+        const end = this.head + Math.min(max, available)
+        const batch = this.items.slice(this.head, end)
+        this.head = end
+        if (this.head === this.items.length) {
+          this.items = []
+          this.head = 0
+        }
+        return Effect.succeed(batch)
+      }
+      if (this.ended) return Effect.succeed(undefined)
+      return Effect.zipRight(this.signal.wait(), this.take(max))
+    })
+  }
+}
+
+/** Counts deliveries in flight and holds the source back at the bound. */
+export class Gate {
+  private count = 0
+  private readonly signal = new Signal()
+  constructor(readonly bound: number) {}
+
+  get inFlight(): number {
+    return this.count
+  }
+
+  /** Waits until there is room for one more delivery. */
+  readonly room: Effect.Effect<void> = Effect.suspend(() =>
+    this.count < this.bound ? Effect.void : Effect.zipRight(this.signal.wait(), this.room)
+  )
+
+  enter(): void {
+    this.count++
+  }
+
+  leave(n: number): void {
+    this.count -= n
+    if (n > 0) this.signal.wake()
+  }
 }
