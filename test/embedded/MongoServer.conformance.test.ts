@@ -243,6 +243,22 @@ describe("writes", () => {
     expect(e.code).toBe(11000)
   })
 
+  it("answers a retried write (same session and txnNumber) without running it again", async () => {
+    const c = fresh()
+    await c.insertOne({ _id: 1, n: 0 })
+    const session = client.startSession()
+    try {
+      const command = { update: c.collectionName, updates: [{ q: { _id: 1 }, u: { $inc: { n: 1 } } }], txnNumber: Long.fromNumber(7) }
+      const first = await db.command(command, { session })
+      const again = await db.command(command, { session })
+      expect(first.nModified).toBe(1)
+      expect(again.nModified).toBe(1)
+    } finally {
+      await session.endSession()
+    }
+    expect((await c.findOne({ _id: 1 }))?.n).toBe(1)
+  })
+
   it("deletes one or many", async () => {
     const c = fresh()
     await c.insertMany([{ _id: 1, g: 1 }, { _id: 2, g: 1 }, { _id: 3, g: 2 }])

@@ -49,7 +49,11 @@ interface Cursor {
 
 interface Session {
   txn: Transaction | undefined
+  /** Replies of retryable writes by txnNumber: a retried write is answered, not run again. */
+  readonly retried: Map<number, Doc>
 }
+
+const retryableWrites = new Set(["insert", "update", "delete", "findAndModify", "findandmodify"])
 
 export interface EngineOptions {
   readonly setName: string
@@ -126,7 +130,18 @@ export class Engine {
       }
       const access = this.access(command, name)
       txn = access instanceof TransactionAccess ? access.txn : undefined
+      const retryable =
+        txn === undefined && command.lsid !== undefined && command.txnNumber !== undefined && retryableWrites.has(name)
+          ? { session: this.session(command.lsid), txnNumber: num(command.txnNumber, -1) }
+          : undefined
+      const previous = retryable?.session.retried.get(retryable.txnNumber)
+      if (previous !== undefined) return this.withTimes({ ...previous })
       const reply = this.dispatch(name, command, db, access)
+      if (retryable !== undefined) {
+        retryable.session.retried.set(retryable.txnNumber, reply)
+        // Only the latest txnNumbers can be retried.
+        for (const n of retryable.session.retried.keys()) if (n < retryable.txnNumber - 16) retryable.session.retried.delete(n)
+      }
       if (txn !== undefined && Array.isArray(reply.writeErrors) && reply.writeErrors.length > 0) this.storage.end(txn, "aborted")
       return this.withTimes(reply)
     } catch (e) {
@@ -140,7 +155,7 @@ export class Engine {
     const key = keyOf(isPlainObject(lsid) ? lsid.id : lsid)
     let s = this.sessions.get(key)
     if (s === undefined) {
-      s = { txn: undefined }
+      s = { txn: undefined, retried: new Map() }
       this.sessions.set(key, s)
     }
     return s
