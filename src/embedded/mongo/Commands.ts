@@ -37,6 +37,7 @@ import { type Doc, bool, isPlainObject, keyOf, num, toView, valuesAt } from "./V
 /** The wire version we announce (MongoDB 7.0). */
 export const MAX_WIRE_VERSION = 21
 const DEFAULT_BATCH = 101
+const TRANSACTION_LIFETIME_MS = 60_000
 const MAX_BATCH_BYTES = 8 * 1024 * 1024
 
 interface Cursor {
@@ -128,6 +129,7 @@ export class Engine {
         case "ismaster":
           return this.hello(command, connectionId, legacy)
       }
+      if (this.storage.active.size > 0) this.storage.expire(TRANSACTION_LIFETIME_MS)
       const access = this.access(command, name)
       txn = access instanceof TransactionAccess ? access.txn : undefined
       const retryable =

@@ -194,6 +194,7 @@ export class Transaction {
   readonly writes = new Map<Collection, Map<string, Version | undefined>>()
   /** Per collection and unique index: tuple → key, for the transaction's own writes. */
   readonly uniques = new Map<Index, Map<string, string>>()
+  readonly startedAt = Date.now()
 
   constructor(
     readonly lsid: string,
@@ -244,6 +245,11 @@ export class Storage {
 
   dropDatabase(db: string): void {
     if (this.dbs.delete(db)) this.journal?.([{ t: "dd", db }])
+  }
+
+  /** Aborts transactions open longer than `limitMs` (MongoDB's transactionLifetimeLimitSeconds, 60 s). */
+  expire(limitMs: number, now = Date.now()): void {
+    for (const t of this.active) if (now - t.startedAt > limitMs) this.end(t, "aborted")
   }
 
   begin(lsid: string, txnNumber: number): Transaction {
