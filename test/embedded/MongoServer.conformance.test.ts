@@ -188,6 +188,15 @@ describe("find and cursors", () => {
     expect(e.code).toBe(43)
   })
 
+  it("moves large documents and large results in several messages", async () => {
+    const c = fresh()
+    const big = "x".repeat(1024 * 1024)
+    await c.insertMany(Array.from({ length: 40 }, (_, i) => ({ _id: i, big })))
+    const all = await c.find({}).toArray()
+    expect(all.length).toBe(40)
+    expect(all.every((d) => d.big === big)).toBe(true)
+  })
+
   it("counts, distinct and aggregates", async () => {
     const c = fresh()
     await c.insertMany(Array.from({ length: 30 }, (_, i) => ({ _id: i, g: i % 3, v: i })))

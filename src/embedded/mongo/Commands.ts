@@ -5,7 +5,7 @@
  *
  * @internal
  */
-import { Binary, Long, ObjectId, Timestamp } from "bson"
+import { Binary, Long, ObjectId, Timestamp, calculateObjectSize } from "bson"
 import { Query } from "mingo"
 import {
   CommandError,
@@ -616,16 +616,14 @@ const collectionName = (command: Doc, name: string): string => {
 /** Up to `size` documents from `pos`, capped at a few MB so a reply stays under the message limit. */
 const takeBatch = (docs: Array<Doc>, pos: number, size: number): Array<Doc> => {
   const end = Math.min(docs.length, pos + size)
-  if (end - pos <= 1000) return docs.slice(pos, end)
+  if (end - pos <= 16) return docs.slice(pos, end)
   const out: Array<Doc> = []
   let bytes = 0
   for (let i = pos; i < end; i++) {
     const d = docs[i]!
-    bytes += estimate(d)
+    bytes += calculateObjectSize(d)
     if (out.length > 0 && bytes > MAX_BATCH_BYTES) break
     out.push(d)
   }
   return out
 }
-
-const estimate = (d: Doc): number => JSON.stringify(d, (_k, v) => (typeof v === "bigint" ? Number(v) : v))?.length ?? 64

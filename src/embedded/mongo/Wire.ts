@@ -37,25 +37,31 @@ export interface Request {
   readonly collection?: string
 }
 
-/** Splits a byte stream into whole messages. */
+/** Splits a byte stream into whole messages (chunks are joined once per message, not per chunk). */
 export class Framer {
   private buffers: Array<Buffer> = []
   private size = 0
+  private expected: number | undefined = undefined
 
   push(chunk: Buffer): Array<Buffer> {
     this.buffers.push(chunk)
     this.size += chunk.length
     const out: Array<Buffer> = []
-    while (this.size >= 4) {
-      const head = this.buffers.length === 1 ? this.buffers[0]! : Buffer.concat(this.buffers, this.size)
-      this.buffers = [head]
-      const length = head.readInt32LE(0)
-      if (length < 16 || length > 48_000_000) throw new Error(`invalid message length ${length}`)
-      if (this.size < length) break
-      out.push(head.subarray(0, length))
-      const rest = head.subarray(length)
+    for (;;) {
+      if (this.expected === undefined) {
+        if (this.size < 4) break
+        if (this.buffers[0]!.length < 4) this.buffers = [Buffer.concat(this.buffers, this.size)]
+        const length = this.buffers[0]!.readInt32LE(0)
+        if (length < 16 || length > 48_000_000) throw new Error(`invalid message length ${length}`)
+        this.expected = length
+      }
+      if (this.size < this.expected) break
+      const all = this.buffers.length === 1 ? this.buffers[0]! : Buffer.concat(this.buffers, this.size)
+      out.push(all.subarray(0, this.expected))
+      const rest = all.subarray(this.expected)
       this.buffers = rest.length > 0 ? [rest] : []
       this.size = rest.length
+      this.expected = undefined
     }
     return out
   }
