@@ -309,6 +309,29 @@ describe("MongoReadModelStore with the engine", () => {
       expect(yield* port.readCheckpoint("ledger@1")).toEqual(Option.some(BigInt(history.length)))
     }))
 
+  it.scoped("a stored document that fails its Schema comes back as a typed failure: the event is dead-lettered, the document untouched", () =>
+    Effect.gen(function*() {
+      const history = [
+        { kind: "Credited" as const, stream: 0, doc: 0, amount: 5 },
+        { kind: "Credited" as const, stream: 0, doc: 1, amount: 7 }
+      ]
+      const log = yield* InMemory.makeEventLog({ endAtHead: true })
+      yield* appendHistory(log, history)
+      const { port, database, raw } = yield* store()
+      const corrupt = { _id: "doc-0", total: "not a number", applied: [], [MongoReadModelStore.META_FIELD]: { version: 1, position: null, streams: [], deleted: false } }
+      yield* Effect.promise(() => raw.collection(ledger.collection).insertOne(corrupt as Document))
+      yield* Reconciler.run(ledger, { retrySchedule: immediate, resubscribeSchedule: immediate }).pipe(
+        Effect.provideService(EventSource.EventSource, log.port),
+        Effect.provideService(ReadModelStore, port)
+      )
+      const letters = yield* port.deadLetters("ledger@1")
+      expect(letters.map((l) => l.eventId)).toEqual(["e0"])
+      expect(letters[0]!.reason).toMatch(/does not match its schema/)
+      const model = yield* readModel(database)
+      expect(model["doc-0"]).toEqual({ total: "not a number", applied: [] })
+      expect(model["doc-1"]).toEqual({ total: 7, applied: ["e1"] })
+    }))
+
   const paramsArbitrary = fc.record({
     lanes: fc.integer({ min: 1, max: 4 }),
     batchSize: fc.integer({ min: 1, max: 6 }),
