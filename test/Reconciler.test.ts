@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import type { Duration } from "effect"
-import { Cause, Deferred, Effect, Exit, Fiber, Metric, Option, Schedule, Schema, TestClock } from "effect"
+import { Cause, Deferred, Effect, Exit, Fiber, FiberId, Metric, Option, Schedule, Schema, TestClock } from "effect"
 import { EventSource, InMemory, Projection, ReadModelStore, Reconciler } from "../src/index.js"
 import type { Step } from "./support/ledger.js"
 import { appendHistory, ledger, referenceFold } from "./support/ledger.js"
@@ -257,5 +257,53 @@ describe("Reconciler", () => {
       expect(sent).toEqual(["a@example.org", "flaky@example.org", "b@example.org"])
       expect(store.letters().map((l) => l.reason.includes("mailbox does not exist"))).toEqual([true])
       expect(store.checkpoint("mailer@1")).toBe(4n)
+    }))
+  it.scoped("a guard conflict reloads the document and folds again: the lane's cached copy is never trusted over the store", () =>
+    Effect.gen(function*() {
+      const log = yield* InMemory.makeEventLog() // live
+      const store = yield* InMemory.makeStore()
+      // Signals when the engine's writes have applied `count` events to doc-1.
+      const waiting = new Map<number, Deferred.Deferred<void>>()
+      const applied = (count: number) => {
+        const deferred = Deferred.unsafeMake<void>(FiberId.none)
+        waiting.set(count, deferred)
+        return Deferred.await(deferred)
+      }
+      const port: Port = {
+        ...store.port,
+        write: (batch) =>
+          store.port.write(batch).pipe(Effect.tap(() => {
+            const doc = store.documents(ledger.collection).get("doc-1")?.body as { applied: Array<string> } | undefined
+            const deferred = waiting.get(doc?.applied.filter((id) => id !== "external").length ?? 0)
+            if (deferred !== undefined) Deferred.unsafeDone(deferred, Effect.void)
+          }))
+      }
+      const fiber = yield* Effect.fork(runWith(log, port, { lanes: 2 }))
+      const first = applied(2)
+      yield* log.append("ledger-1", [
+        { id: "e0", type: "Credited", data: { doc: "doc-1", amount: 1 } },
+        { id: "e1", type: "Credited", data: { doc: "doc-1", amount: 2 } }
+      ])
+      yield* first
+      // Another writer moves the document behind the engine's back.
+      const current = store.stored(ledger.collection).get("doc-1")!
+      const result = yield* store.port.write({
+        collection: ledger.collection,
+        writes: [{
+          id: "doc-1",
+          expectedVersion: current.meta.version,
+          body: { total: 1003, applied: ["e0", "e1", "external"] },
+          meta: { ...current.meta, version: current.meta.version + 1 }
+        }]
+      })
+      expect(result.conflicts).toEqual([])
+      const second = applied(3)
+      yield* log.append("ledger-1", [{ id: "e2", type: "Credited", data: { doc: "doc-1", amount: 4 } }])
+      yield* second
+      yield* Fiber.interrupt(fiber)
+      expect(store.documents(ledger.collection).get("doc-1")!.body).toEqual({
+        total: 1007,
+        applied: ["e0", "e1", "external", "e2"]
+      })
     }))
 })
