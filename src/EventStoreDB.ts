@@ -219,19 +219,22 @@ const pull = <A, B>(
 ): Stream.Stream<B, EventSourceError> =>
   Stream.unwrapScoped(
     Effect.gen(function*() {
-      const subscription = yield* Effect.acquireRelease(
-        Effect.try({ try: open, catch: sourceError(what) }),
-        (s) =>
-          Effect.promise(async () => {
-            await s.unsubscribe()
-          }).pipe(Effect.timeout("5 seconds"), Effect.ignore)
-      )
+      const subscription = yield* Effect.try({ try: open, catch: sourceError(what) })
       keepRawBytes(subscription)
       const iterator = subscription[Symbol.asyncIterator]()
+      // Closing: cancel the call first (so a pending pull can end), then release the iterator.
+      // Finalizers are uninterruptible: each step is made interruptible so its timeout holds.
       yield* Effect.addFinalizer(() =>
-        Effect.promise(async () => {
-          await iterator.return?.()
-        }).pipe(Effect.timeout("5 seconds"), Effect.ignore)
+        Effect.promise(() => subscription.unsubscribe()).pipe(
+          Effect.interruptible,
+          Effect.timeout("5 seconds"),
+          Effect.ignore,
+          Effect.zipRight(
+            Effect.promise(async () => {
+              await iterator.return?.()
+            }).pipe(Effect.interruptible, Effect.timeout("5 seconds"), Effect.ignore)
+          )
+        )
       )
       return Stream.repeatEffectOption(
         Effect.tryPromise({ try: () => iterator.next(), catch: (e) => Option.some(sourceError(what)(e)) }).pipe(
@@ -258,7 +261,7 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
         // The client leaves its channel open after dispose; close it so no handle lingers.
         const getChannel = (client as unknown as { getChannel?: () => Promise<{ close(): void }> }).getChannel
         if (typeof getChannel === "function") (await getChannel()).close()
-      }).pipe(Effect.timeout("5 seconds"), Effect.ignore)
+      }).pipe(Effect.interruptible, Effect.timeout("5 seconds"), Effect.ignore)
   )
   const resubscribe = options.resubscribe ?? defaultResubscribe
   const groupSettings = persistentSubscriptionToStreamSettingsFromDefaults({
@@ -373,24 +376,26 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
   const newest = (category: string) =>
     Effect.tryPromise({
       try: async () => {
+        // read the page to its end (leaving a read half-consumed keeps its call open)
+        const page: Array<ResolvedEvent> = []
         try {
           for await (
             const resolved of client.readStream(categoryStream(category), {
               direction: BACKWARDS,
               fromRevision: END,
-              maxCount: 64,
+              maxCount: 16,
               resolveLinkTos: true
             })
-          ) {
-            const link = resolved.link ?? resolved.event
-            if (!link) continue
-            return { revision: link.revision, commit: resolved.event?.position?.commit }
-          }
-          return undefined
+          ) page.push(resolved)
         } catch (e) {
           if (errorType(e) === "stream-not-found") return undefined
           throw e
         }
+        const newestLink = page[0]?.link ?? page[0]?.event
+        if (!newestLink) return undefined
+        // the newest event still there, for its commit position
+        const resolvable = page.find((r) => r.event?.position !== undefined)
+        return { revision: newestLink.revision, commit: resolvable?.event?.position?.commit }
       },
       catch: sourceError(`reading the head of ${categoryStream(category)}`)
     })

@@ -1,0 +1,470 @@
+/**
+ * The EventStoreDB event source, through the real client, against the embedded
+ * server (or a real one when EVENTSTORE_CONNECTION_STRING is set; tests that
+ * restart the server or write raw protocol messages are then skipped).
+ */
+import { binaryEvent, EventStoreDBClient, jsonEvent } from "@eventstore/db-client"
+import type { AppendResult, EventData } from "@eventstore/db-client"
+import { describe, expect, it } from "@effect/vitest"
+import * as grpc from "@grpc/grpc-js"
+import {
+  ConfigProvider,
+  Context,
+  Deferred,
+  Effect,
+  Exit,
+  Fiber,
+  Layer,
+  Option,
+  Queue,
+  Redacted,
+  Schedule,
+  Schema,
+  Scope,
+  Stream
+} from "effect"
+import { randomUUID } from "node:crypto"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import * as EventStoreServer from "../src/embedded/EventStoreServer.js"
+import type { Delivery, Subscription } from "../src/EventSource.js"
+import { ack, EventSource, EventSourceError, nack } from "../src/EventSource.js"
+import * as EventStoreDB from "../src/EventStoreDB.js"
+import { ReadModelStore } from "../src/ReadModelStore.js"
+import { InMemory, Projection, Reconciler } from "../src/index.js"
+import streamsGrpc from "@eventstore/db-client/generated/streams_grpc_pb.js"
+import streams from "@eventstore/db-client/generated/streams_pb.js"
+import shared from "@eventstore/db-client/generated/shared_pb.js"
+
+const external = process.env.EVENTSTORE_CONNECTION_STRING
+/** Tests that restart the server or write raw protocol messages run against the embedded server only. */
+const skipExternal = external !== undefined
+
+/** Quick resubscription for tests (real time: the gRPC calls need it). */
+const fast: Schedule.Schedule<unknown, EventSourceError> = Schedule.spaced("20 millis").pipe(
+  Schedule.intersect(Schedule.recurs(500))
+)
+
+const uniqueCategory = (name: string) => `${name}${randomUUID().replace(/-/g, "").slice(0, 10)}`
+const credited = (doc: string, amount: number) => jsonEvent({ type: "Credited", data: { doc, amount } })
+
+/** A client for appending, disposed with the scope. */
+const makeClient = (connectionString: string) =>
+  Effect.acquireRelease(
+    Effect.sync(() => EventStoreDBClient.connectionString(connectionString)),
+    (client) => Effect.promise(() => client.dispose())
+  )
+
+/** An embedded server (or the external one), a source over it, and a client. */
+const setup = (options: { readonly dataDir?: string; readonly port?: number } = {}) =>
+  Effect.gen(function*() {
+    const connectionString = external ?? (yield* EventStoreServer.make(options)).connectionString
+    const source = yield* Layer.build(
+      EventStoreDB.layer({ connectionString: Redacted.make(connectionString), resubscribe: fast })
+    ).pipe(Effect.map(Context.get(EventSource)))
+    const client = yield* makeClient(connectionString)
+    const append = (stream: string, events: EventData | Array<EventData>) =>
+      Effect.promise((): Promise<AppendResult> => client.appendToStream(stream, events))
+    return { connectionString, source, client, append }
+  })
+
+/** Runs a subscription into a queue in the background (scoped). */
+const collectInto = (stream: Stream.Stream<Delivery, EventSourceError>) =>
+  Effect.gen(function*() {
+    const queue = yield* Queue.unbounded<Delivery>()
+    const fiber = yield* stream.pipe(Stream.runForEach((d) => Queue.offer(queue, d)), Effect.forkScoped)
+    return { queue, fiber, take: (n: number) => Effect.forEach(Array.from({ length: n }), () => Queue.take(queue)) }
+  })
+
+const json = (d: Delivery) => JSON.parse(new TextDecoder().decode(d.data))
+
+/** Polls an effect until it succeeds, at most `attempts` times. */
+const eventually = <A, E, R>(effect: Effect.Effect<A, E, R>, attempts = 200) =>
+  effect.pipe(Effect.retry(Schedule.spaced("25 millis").pipe(Schedule.intersect(Schedule.recurs(attempts)))))
+
+const catchUp = (categories: ReadonlyArray<string>, after: Option.Option<bigint> = Option.none()): Subscription => ({
+  mode: "catch-up",
+  categories,
+  after
+})
+
+describe("EventStoreDB event source", () => {
+  describe("catch-up", () => {
+    it.scopedLive("one category: $ce links resolved, positioned by link revision, resumes after a position, then live", () =>
+      Effect.gen(function*() {
+        const { append, source } = yield* setup()
+        const category = uniqueCategory("acc")
+        yield* append(`${category}-1`, [credited("a", 1), credited("a", 2)])
+        yield* append(`${category}-2`, credited("b", 3))
+        const all = yield* collectInto(source.subscribe(catchUp([category])))
+        const first = yield* all.take(3)
+        expect(first.map((d) => [d.streamId, d.revision, d.position, d.type])).toEqual([
+          [`${category}-1`, 0n, 0n, "Credited"],
+          [`${category}-1`, 1n, 1n, "Credited"],
+          [`${category}-2`, 0n, 2n, "Credited"]
+        ])
+        expect(first.map(json)).toEqual([{ doc: "a", amount: 1 }, { doc: "a", amount: 2 }, { doc: "b", amount: 3 }])
+        expect(first.every((d) => d.isJson && d.retryCount === 0 && d.created.getTime() > 0)).toBe(true)
+        yield* append(`${category}-3`, credited("c", 4))
+        const [live] = yield* all.take(1)
+        expect(live!.position).toBe(3n)
+
+        const resumed = yield* collectInto(source.subscribe(catchUp([category], Option.some(1n))))
+        const again = yield* resumed.take(2)
+        expect(again.map((d) => d.position)).toEqual([2n, 3n])
+        // settling a catch-up delivery is a no-op ack (the engine checkpoints)
+        yield* again[0]!.settle(ack)
+      }))
+
+    it.scopedLive("several categories: filtered $all, positioned by commit position", () =>
+      Effect.gen(function*() {
+        const { append, source } = yield* setup()
+        const a = uniqueCategory("ca")
+        const b = uniqueCategory("cb")
+        const other = uniqueCategory("co")
+        yield* append(`${a}-1`, credited("a", 1))
+        yield* append(`${other}-1`, credited("x", 0))
+        const rb = yield* append(`${b}-1`, credited("b", 2))
+        yield* append(`${a}-2`, credited("a", 3))
+        const sub = yield* collectInto(source.subscribe(catchUp([a, b])))
+        const got = yield* sub.take(3)
+        expect(got.map((d) => d.streamId)).toEqual([`${a}-1`, `${b}-1`, `${a}-2`])
+        expect(got[0]!.position < got[1]!.position && got[1]!.position < got[2]!.position).toBe(true)
+        expect(got[1]!.position).toBe(rb.position!.commit)
+        const after = yield* collectInto(source.subscribe(catchUp([a, b], Option.some(got[1]!.position))))
+        const [next] = yield* after.take(1)
+        expect(next!.streamId).toBe(`${a}-2`)
+        const head = yield* source.head([a, b])
+        expect(head).toEqual(Option.some(got[2]!.position))
+      }))
+
+    it.scopedLive("head: none for an empty category, else the newest link revision", () =>
+      Effect.gen(function*() {
+        const { append, source } = yield* setup()
+        const category = uniqueCategory("head")
+        expect(yield* source.head([category])).toEqual(Option.none())
+        yield* append(`${category}-1`, [credited("a", 1), credited("a", 2)])
+        yield* append(`${category}-2`, credited("b", 1))
+        yield* eventually(source.head([category]).pipe(Effect.filterOrFail(Option.isSome)))
+        expect(yield* source.head([category])).toEqual(Option.some(2n))
+      }))
+
+    it.scopedLive("bad input becomes deliveries: binary data, garbage metadata, links to deleted events", () =>
+      Effect.gen(function*() {
+        const { append, client, source } = yield* setup()
+        const category = uniqueCategory("bad")
+        yield* append(`${category}-1`, binaryEvent({ type: "Blob", data: new Uint8Array([0, 159, 146, 150]), metadata: new Uint8Array([255, 0]) }))
+        yield* append(`${category}-2`, credited("gone", 1))
+        yield* Effect.promise(() => client.deleteStream(`${category}-2`))
+        yield* append(`${category}-3`, credited("ok", 2))
+        const sub = yield* collectInto(source.subscribe(catchUp([category])))
+        const [blob, gone, ok] = yield* sub.take(3)
+        expect(blob!.isJson).toBe(false)
+        expect([...blob!.data]).toEqual([0, 159, 146, 150])
+        expect([...blob!.metadata]).toEqual([255, 0])
+        // the link survives its deleted event: handed over as the link itself, for the engine to skip
+        expect(gone!.type).toBe("$>")
+        expect(gone!.position).toBe(1n)
+        expect(gone!.streamId).toBe(`$ce-${category}`)
+        expect(ok!.position).toBe(2n)
+        expect(json(ok!)).toEqual({ doc: "ok", amount: 2 })
+      }))
+
+    it.scopedLive.skipIf(skipExternal)("malformed JSON and missing metadata reach the engine as recorded", () =>
+      Effect.gen(function*() {
+        const { connectionString, source } = yield* setup()
+        const category = uniqueCategory("raw")
+        yield* appendRaw(connectionString, `${category}-1`, [
+          { type: "Credited", contentType: "application/json", data: "{not json", metadata: "" },
+          { contentType: "application/json", data: "{\"doc\":\"a\",\"amount\":1}", metadata: "{garbage" }
+        ])
+        const sub = yield* collectInto(source.subscribe(catchUp([category])))
+        const [broken, untyped] = yield* sub.take(2)
+        expect(broken!.isJson).toBe(true)
+        expect(new TextDecoder().decode(broken!.data)).toBe("{not json")
+        expect(broken!.metadata.length).toBe(0)
+        expect(untyped!.type).toBe("")
+        expect(new TextDecoder().decode(untyped!.metadata)).toBe("{garbage")
+        expect(json(untyped!)).toEqual({ doc: "a", amount: 1 })
+      }))
+
+    it.scopedLive.skipIf(skipExternal)("resubscribes after the server restarts: no loss, no duplicates", () =>
+      Effect.gen(function*() {
+        const dataDir = yield* tempDir
+        const category = uniqueCategory("rs")
+        const serverScope = yield* Scope.make()
+        const first = yield* EventStoreServer.make({ dataDir }).pipe(Scope.extend(serverScope))
+        const source = yield* Layer.build(
+          EventStoreDB.layer({ connectionString: Redacted.make(first.connectionString), resubscribe: fast })
+        ).pipe(Effect.map(Context.get(EventSource)))
+        const client = yield* makeClient(first.connectionString)
+        const append = (stream: string, amount: number) =>
+          eventually(Effect.tryPromise(() => client.appendToStream(stream, credited("a", amount))))
+        yield* append(`${category}-1`, 1)
+        yield* append(`${category}-1`, 2)
+        const sub = yield* collectInto(source.subscribe(catchUp([category])))
+        yield* sub.take(2)
+        yield* Scope.close(serverScope, Exit.void)
+        yield* EventStoreServer.make({ dataDir, port: first.port })
+        yield* append(`${category}-2`, 3)
+        yield* append(`${category}-2`, 4)
+        const rest = yield* sub.take(2)
+        expect(rest.map((d) => d.position)).toEqual([2n, 3n])
+        yield* append(`${category}-3`, 5)
+        const [sentinel] = yield* sub.take(1)
+        expect(sentinel!.position).toBe(4n)
+      }))
+
+    it.scopedLive("fails with a retryable error once resubscribing gives up", () =>
+      Effect.gen(function*() {
+        const serverScope = yield* Scope.make()
+        const server = yield* EventStoreServer.make().pipe(Scope.extend(serverScope))
+        yield* Scope.close(serverScope, Exit.void)
+        const source = yield* Layer.build(
+          EventStoreDB.layer({
+            connectionString: Redacted.make(server.connectionString),
+            resubscribe: Schedule.spaced("10 millis").pipe(Schedule.intersect(Schedule.recurs(2)))
+          })
+        ).pipe(Effect.map(Context.get(EventSource)))
+        const exit = yield* source.subscribe(catchUp(["nothing"])).pipe(Stream.runDrain, Effect.exit)
+        expect(Exit.isFailure(exit)).toBe(true)
+        const error = Exit.isFailure(exit) ? exit.cause : undefined
+        const failure = error && (yield* Effect.flip(Effect.failCause(error)))
+        expect(failure).toBeInstanceOf(EventSourceError)
+        expect((failure as EventSourceError).retryable).toBe(true)
+        expect((failure as EventSourceError).message).not.toContain("tls=false")
+      }))
+  })
+
+  describe("persistent", () => {
+    const persistent = (categories: ReadonlyArray<string>, group: string, bufferSize = 10): Subscription => ({
+      mode: "persistent",
+      categories,
+      group,
+      bufferSize
+    })
+
+    it.scopedLive("creates the group (Pinned, links resolved, from the start), acks, retries, idempotent settle", () =>
+      Effect.gen(function*() {
+        const { append, client, source } = yield* setup()
+        const category = uniqueCategory("ps")
+        yield* append(`${category}-1`, [credited("a", 1), credited("a", 2)])
+        const sub = yield* collectInto(source.subscribe(persistent([category], "g")))
+        const [one, two] = yield* sub.take(2)
+        expect([one!.streamId, one!.revision, json(one!)]).toEqual([`${category}-1`, 0n, { doc: "a", amount: 1 }])
+        const info = yield* Effect.promise(() => client.getPersistentSubscriptionToStreamInfo(`$ce-${category}`, "g"))
+        expect(info.settings.consumerStrategyName).toBe("Pinned")
+        expect(info.settings.resolveLinkTos).toBe(true)
+        yield* one!.settle(ack)
+        yield* one!.settle(nack("retry", "ignored: already settled"))
+        yield* two!.settle(nack("retry", "transient"))
+        const [again] = yield* sub.take(1)
+        expect(again!.id).toBe(two!.id)
+        expect(again!.retryCount).toBe(1)
+        yield* again!.settle(ack)
+        yield* eventually(
+          Effect.promise(() => client.getPersistentSubscriptionToStreamInfo(`$ce-${category}`, "g")).pipe(
+            Effect.filterOrFail((i) => i.stats.totalInFlightMessages === 0 && i.stats.retryBufferCount === 0)
+          )
+        )
+        // an existing group is fine: a second subscription joins it
+        const second = yield* collectInto(source.subscribe(persistent([category], "g")))
+        yield* append(`${category}-1`, credited("a", 3))
+        const next = yield* Effect.race(sub.take(1), second.take(1))
+        expect(json(next[0]!)).toEqual({ doc: "a", amount: 3 })
+      }))
+
+    it.scopedLive("parks poison events with their reason; parked events replay", () =>
+      Effect.gen(function*() {
+        const { append, client, source } = yield* setup()
+        const category = uniqueCategory("park")
+        yield* append(`${category}-1`, [credited("a", 1), credited("a", 2)])
+        const sub = yield* collectInto(source.subscribe(persistent([category], "g")))
+        const [poison, good] = yield* sub.take(2)
+        yield* poison!.settle(nack("park", "cannot decode Credited: amount is missing"))
+        yield* good!.settle(ack)
+        const parkedStream = `$persistentsubscription-$ce-${category}::g-parked`
+        const parked = yield* eventually(
+          Effect.tryPromise(async () => {
+            const out = []
+            for await (const e of client.readStream(parkedStream, { resolveLinkTos: true })) out.push(e)
+            return out
+          }).pipe(Effect.filterOrFail((p) => p.length === 1))
+        )
+        expect(parked[0]!.event!.id).toBe(poison!.id)
+        expect(parked[0]!.link!.metadata).toMatchObject({ reason: "cannot decode Credited: amount is missing" })
+        yield* Effect.promise(() => client.replayParkedMessagesToStream(`$ce-${category}`, "g"))
+        const [replayed] = yield* sub.take(1)
+        expect(replayed!.id).toBe(poison!.id)
+        expect(json(replayed!)).toEqual({ doc: "a", amount: 1 })
+        yield* replayed!.settle(ack)
+      }))
+
+    it.scopedLive("two subscribers in one group: every event once, each stream pinned to one subscriber", () =>
+      Effect.gen(function*() {
+        const { append, source } = yield* setup()
+        const category = uniqueCategory("two")
+        for (let s = 0; s < 8; s++) yield* append(`${category}-${s}`, [credited("a", 1), credited("a", 2), credited("a", 3)])
+        const seen = new Map<string, Array<number>>()
+        const done = yield* Deferred.make<void>()
+        const consume = (who: number) =>
+          source.subscribe(persistent([category], "g", 2)).pipe(
+            Stream.runForEach((d) =>
+              Effect.gen(function*() {
+                seen.set(d.id, [...(seen.get(d.id) ?? []), who])
+                yield* d.settle(ack)
+                if (seen.size === 24) yield* Deferred.succeed(done, undefined)
+              })
+            ),
+            Effect.forkScoped
+          )
+        yield* consume(0)
+        yield* consume(1)
+        yield* Deferred.await(done)
+        expect([...seen.values()].every((who) => who.length === 1)).toBe(true)
+      }))
+
+    it.scopedLive("several categories: one group per category stream, merged", () =>
+      Effect.gen(function*() {
+        const { append, source } = yield* setup()
+        const a = uniqueCategory("pa")
+        const b = uniqueCategory("pb")
+        yield* append(`${a}-1`, credited("a", 1))
+        yield* append(`${b}-1`, credited("b", 2))
+        const sub = yield* collectInto(source.subscribe(persistent([a, b], "g")))
+        const got = yield* sub.take(2)
+        expect(got.map((d) => d.streamId).sort()).toEqual([`${a}-1`, `${b}-1`].sort())
+        yield* Effect.forEach(got, (d) => d.settle(ack))
+      }))
+
+    it.scopedLive("interruption unsubscribes: the group sees its subscriber leave", () =>
+      Effect.gen(function*() {
+        const { append, client, source } = yield* setup()
+        const category = uniqueCategory("leave")
+        yield* append(`${category}-1`, credited("a", 1))
+        const sub = yield* collectInto(source.subscribe(persistent([category], "g")))
+        yield* sub.take(1)
+        const connections = Effect.promise(() => client.getPersistentSubscriptionToStreamInfo(`$ce-${category}`, "g")).pipe(
+          Effect.map((i) => i.connections.length)
+        )
+        expect(yield* connections).toBe(1)
+        yield* Fiber.interrupt(sub.fiber)
+        yield* eventually(connections.pipe(Effect.filterOrFail((n) => n === 0)))
+      }))
+  })
+
+  describe("configuration", () => {
+    it.scopedLive("layerConfig reads EVENTSTORE_CONNECTION_STRING, redacted", () =>
+      Effect.gen(function*() {
+        const connectionString = external ?? (yield* EventStoreServer.make()).connectionString
+        const source = yield* Layer.build(EventStoreDB.layerConfig()).pipe(
+          Effect.map(Context.get(EventSource)),
+          Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["EVENTSTORE_CONNECTION_STRING", connectionString]])))
+        )
+        expect(yield* source.head([uniqueCategory("none")])).toEqual(Option.none())
+        const config = yield* EventStoreDB.config.pipe(
+          Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["EVENTSTORE_CONNECTION_STRING", "esdb://secret@h:1"]])))
+        )
+        expect(String(config.connectionString)).not.toContain("secret")
+      }))
+
+    it.scoped("an invalid connection string fails the layer, not retryable", () =>
+      Effect.gen(function*() {
+        const error = yield* Layer.build(EventStoreDB.layer({ connectionString: Redacted.make("nonsense://x") })).pipe(Effect.flip)
+        expect(error).toBeInstanceOf(EventSourceError)
+        expect((error as EventSourceError).retryable).toBe(false)
+      }))
+  })
+})
+
+// ---- engine end to end -----------------------------------------------------------
+
+const Account = Schema.Struct({ total: Schema.Number, applied: Schema.Array(Schema.String) })
+
+const accounts = (category: string) =>
+  Projection.make({
+    name: `accounts_${category}`,
+    categories: [category],
+    document: Account,
+    events: { Credited: Schema.Struct({ doc: Schema.String, amount: Schema.Number }) },
+    key: (event) => event.data.doc,
+    evolve: (doc, event) => ({ total: (doc?.total ?? 0) + event.data.amount, applied: [...(doc?.applied ?? []), event.id] })
+  })
+
+describe("engine end to end (in-memory store)", () => {
+  for (const mode of ["catch-up", "persistent"] as const) {
+    it.scopedLive(`${mode}: every event applied once, poison dead-lettered or parked`, () =>
+      Effect.gen(function*() {
+        const { append, source } = yield* setup()
+        const category = uniqueCategory(mode === "catch-up" ? "e2ec" : "e2ep")
+        const store = yield* InMemory.makeStore()
+        const ids: Array<string> = []
+        for (let i = 0; i < 30; i++) {
+          const event = credited(`d${i % 4}`, i)
+          ids.push(event.id)
+          yield* append(`${category}-${i % 5}`, event)
+        }
+        yield* append(`${category}-9`, jsonEvent({ type: "Credited", data: { doc: "d0" } }))
+        const projection = accounts(category)
+        yield* Reconciler.run(projection, { mode, lanes: 3, batchSize: 4, commitInterval: "20 millis" }).pipe(
+          Effect.provideService(EventSource, source),
+          Effect.provideService(ReadModelStore, store.port),
+          Effect.forkScoped
+        )
+        yield* eventually(Effect.try(() => {
+          const docs = store.documents(projection.collection)
+          const applied = [...docs.values()].flatMap((d) => (d.body?.applied as Array<string>) ?? [])
+          if (applied.length < ids.length) throw new Error(`applied ${applied.length}`)
+          return applied
+        }), 400).pipe(Effect.map((applied) => expect([...applied].sort()).toEqual([...ids].sort())))
+      }))
+  }
+})
+
+// ---- helpers ---------------------------------------------------------------------
+
+const tempDir = Effect.acquireRelease(
+  Effect.sync(() => fs.mkdtempSync(path.join(os.tmpdir(), "esdb-adapter-"))),
+  (dir) => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true }))
+)
+
+/** Appends raw protocol messages (what other clients may write), bypassing the client's encoding. */
+const appendRaw = (
+  connectionString: string,
+  stream: string,
+  events: ReadonlyArray<{ readonly type?: string; readonly contentType: string; readonly data: string; readonly metadata: string }>
+) =>
+  Effect.acquireUseRelease(
+    Effect.sync(() => {
+      const address = new URL(connectionString.replace(/^esdb:/, "http:")).host
+      return new streamsGrpc.StreamsClient(address, grpc.credentials.createInsecure())
+    }),
+    (raw) =>
+      Effect.async<void, Error>((resume) => {
+        const call = raw.append((error) => resume(error ? Effect.fail(error) : Effect.void))
+        const header = new streams.AppendReq()
+        const options = new streams.AppendReq.Options()
+        const id = new shared.StreamIdentifier()
+        id.setStreamName(Buffer.from(stream))
+        options.setStreamIdentifier(id)
+        options.setAny(new shared.Empty())
+        header.setOptions(options)
+        call.write(header)
+        for (const e of events) {
+          const req = new streams.AppendReq()
+          const m = new streams.AppendReq.ProposedMessage()
+          const uuid = new shared.UUID()
+          uuid.setString(randomUUID())
+          m.setId(uuid)
+          if (e.type !== undefined) m.getMetadataMap().set("type", e.type)
+          m.getMetadataMap().set("content-type", e.contentType)
+          m.setData(Buffer.from(e.data))
+          m.setCustomMetadata(Buffer.from(e.metadata))
+          req.setProposedMessage(m)
+          call.write(req)
+        }
+        call.end()
+      }),
+    (raw) => Effect.sync(() => raw.close())
+  )
