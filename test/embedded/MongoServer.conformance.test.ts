@@ -145,6 +145,30 @@ describe("values", () => {
     expect(await c.countDocuments({ v: Long.fromNumber(4) })).toBe(1)
   })
 
+  it("supports the query operators", async () => {
+    const c = fresh()
+    await c.insertMany([
+      { _id: 1, tags: ["a", "b"], items: [{ k: 1, v: 10 }, { k: 2, v: 20 }], s: "abc", nested: { x: 1 } },
+      { _id: 2, tags: ["c"], items: [{ k: 1, v: 30 }], s: "xyz", nested: { x: 2 }, opt: null },
+      { _id: 3, tags: [], items: [], s: 5, nested: {} }
+    ])
+    const ids = async (filter: Document) => (await c.find(filter).sort({ _id: 1 }).toArray()).map((d) => d._id)
+    expect(await ids({ tags: "a" })).toEqual([1])
+    expect(await ids({ tags: { $all: ["a", "b"] } })).toEqual([1])
+    expect(await ids({ tags: { $size: 0 } })).toEqual([3])
+    expect(await ids({ items: { $elemMatch: { k: 1, v: { $gt: 15 } } } })).toEqual([2])
+    expect(await ids({ "items.v": 20 })).toEqual([1])
+    expect(await ids({ "nested.x": { $in: [2, 3] } })).toEqual([2])
+    expect(await ids({ opt: { $exists: true } })).toEqual([2])
+    expect(await ids({ opt: null })).toEqual([1, 2, 3])
+    expect(await ids({ s: { $type: "string" } })).toEqual([1, 2])
+    expect(await ids({ $or: [{ s: 5 }, { "nested.x": 1 }] })).toEqual([1, 3])
+    expect(await ids({ $nor: [{ s: 5 }, { "nested.x": 1 }] })).toEqual([2])
+    expect(await ids({ s: { $not: { $regex: "^a" } } })).toEqual([2, 3])
+    expect(await ids({ _id: { $gte: 2 } })).toEqual([2, 3])
+    expect(await ids({ $expr: { $gt: [{ $size: "$tags" }, 1] } })).toEqual([1])
+  })
+
   it("sorts across types in BSON order", async () => {
     const c = fresh()
     const oid = new ObjectId()
@@ -243,6 +267,28 @@ describe("writes", () => {
     const pipeline = await c.updateOne({ _id: "a" }, [{ $set: { m: { $add: ["$n", 1] } } }])
     expect(pipeline.modifiedCount).toBe(1)
     expect((await c.findOne({ _id: "a" }))?.m).toBe(31)
+  })
+
+  it("supports the other update operators", async () => {
+    const c = fresh()
+    await c.insertOne({ _id: 1, a: [1, 2, 3, 2], b: 5, c: 5, old: "x", items: [{ v: 1 }, { v: 2 }], set: ["p"] })
+    await c.updateOne({ _id: 1 }, {
+      $pull: { a: 2 },
+      $min: { b: 3 },
+      $max: { c: 9 },
+      $rename: { old: "renamed" },
+      $set: { "items.$[].seen": true },
+      $addToSet: { set: { $each: ["p", "q"] } },
+      $currentDate: { touched: true }
+    } as Document)
+    const doc = await c.findOne({ _id: 1 })
+    expect(doc).toMatchObject({ a: [1, 3], b: 3, c: 9, renamed: "x", items: [{ v: 1, seen: true }, { v: 2, seen: true }], set: ["p", "q"] })
+    expect(doc?.old).toBeUndefined()
+    expect(doc?.touched).toBeInstanceOf(Date)
+    await c.updateOne({ _id: 1 }, { $push: { a: { $each: [0, 9], $sort: 1 } }, $pop: { set: 1 } } as Document)
+    expect(await c.findOne({ _id: 1 }, { projection: { a: 1, set: 1 } })).toEqual({ _id: 1, a: [0, 1, 3, 9], set: ["p"] })
+    const e = await serverError(c.updateOne({ _id: 1 }, { $frobnicate: { a: 1 } } as Document))
+    expect(e.code).toBe(9)
   })
 
   it("raises 11000 when a guarded upsert misses an existing _id", async () => {
