@@ -3,7 +3,7 @@
  * server (or a real one when EVENTSTORE_CONNECTION_STRING is set; tests that
  * restart the server or write raw protocol messages are then skipped).
  */
-import { binaryEvent, EventStoreDBClient, jsonEvent } from "@eventstore/db-client"
+import { binaryEvent, EventStoreDBClient, jsonEvent, persistentSubscriptionToStreamSettingsFromDefaults } from "@eventstore/db-client"
 import type { AppendResult, EventData } from "@eventstore/db-client"
 import { describe, expect, it } from "@effect/vitest"
 import * as grpc from "@grpc/grpc-js"
@@ -42,9 +42,7 @@ const external = process.env.EVENTSTORE_CONNECTION_STRING
 const skipExternal = external !== undefined
 
 /** Quick resubscription for tests (real time: the gRPC calls need it). */
-const fast: Schedule.Schedule<unknown, EventSourceError> = Schedule.spaced("20 millis").pipe(
-  Schedule.intersect(Schedule.recurs(500))
-)
+const fast = Schedule.spaced("20 millis").pipe(Schedule.intersect(Schedule.recurs(500)))
 
 const uniqueCategory = (name: string) => `${name}${randomUUID().replace(/-/g, "").slice(0, 10)}`
 const credited = (doc: string, amount: number) => jsonEvent({ type: "Credited", data: { doc, amount } })
@@ -301,18 +299,20 @@ describe("EventStoreDB event source", () => {
         yield* replayed!.settle(ack)
       }))
 
-    it.scopedLive("two subscribers in one group: every event once, each stream pinned to one subscriber", () =>
+    it.scopedLive("two subscribers in one group (Pinned): every event once, per-stream order kept", () =>
       Effect.gen(function*() {
         const { append, source } = yield* setup()
         const category = uniqueCategory("two")
         for (let s = 0; s < 8; s++) yield* append(`${category}-${s}`, [credited("a", 1), credited("a", 2), credited("a", 3)])
         const seen = new Map<string, Array<number>>()
+        const revisionsOf = new Map<string, Array<bigint>>()
         const done = yield* Deferred.make<void>()
         const consume = (who: number) =>
           source.subscribe(persistent([category], "g", 2)).pipe(
             Stream.runForEach((d) =>
               Effect.gen(function*() {
                 seen.set(d.id, [...(seen.get(d.id) ?? []), who])
+                revisionsOf.set(d.streamId, [...(revisionsOf.get(d.streamId) ?? []), d.revision])
                 yield* d.settle(ack)
                 if (seen.size === 24) yield* Deferred.succeed(done, undefined)
               })
@@ -323,6 +323,10 @@ describe("EventStoreDB event source", () => {
         yield* consume(1)
         yield* Deferred.await(done)
         expect([...seen.values()].every((who) => who.length === 1)).toBe(true)
+        // Pinned: both subscribers work, and a stream moves between them only when idle, so its order holds
+        const bySubscriber = [0, 1].map((who) => [...seen.values()].filter((w) => w[0] === who).length)
+        expect(bySubscriber.every((n) => n > 0)).toBe(true)
+        expect([...revisionsOf.values()].every((r) => r.join() === "0,1,2")).toBe(true)
       }))
 
     it.scopedLive("several categories: one group per category stream, merged", () =>
@@ -392,11 +396,38 @@ const accounts = (category: string) =>
     evolve: (doc, event) => ({ total: (doc?.total ?? 0) + event.data.amount, applied: [...(doc?.applied ?? []), event.id] })
   })
 
+/** Ids applied to the projection's documents, in document order (a double apply shows twice). */
+const appliedIds = (store: InMemory.MemoryStore, collection: string) =>
+  [...store.documents(collection).values()].flatMap((d) => (d.body?.applied as Array<string> | undefined) ?? [])
+
+/** Waits until `ids.length` applications show, then checks they are exactly `ids`. */
+const expectAppliedOnce = (store: InMemory.MemoryStore, collection: string, ids: ReadonlyArray<string>) =>
+  eventually(
+    Effect.try(() => {
+      const applied = appliedIds(store, collection)
+      if (applied.length < ids.length) throw new Error(`applied ${applied.length} of ${ids.length}`)
+      return applied
+    }),
+    400
+  ).pipe(Effect.map((applied) => expect([...applied].sort()).toEqual([...ids].sort())))
+
+const runEngine = (
+  projection: ReturnType<typeof accounts>,
+  source: EventSource["Type"],
+  store: InMemory.MemoryStore,
+  options: Parameters<typeof Reconciler.run>[1]
+) =>
+  Reconciler.run(projection, { lanes: 3, batchSize: 4, commitInterval: "20 millis", ...options }).pipe(
+    Effect.provideService(EventSource, source),
+    Effect.provideService(ReadModelStore, store.port),
+    Effect.forkScoped
+  )
+
 describe("engine end to end (in-memory store)", () => {
   for (const mode of ["catch-up", "persistent"] as const) {
-    it.scopedLive(`${mode}: every event applied once, poison dead-lettered or parked`, () =>
+    it.scopedLive(`${mode}: every event applied once; the poison event ${mode === "catch-up" ? "dead-lettered" : "parked with its reason, replayable"}`, () =>
       Effect.gen(function*() {
-        const { append, source } = yield* setup()
+        const { append, client, source } = yield* setup()
         const category = uniqueCategory(mode === "catch-up" ? "e2ec" : "e2ep")
         const store = yield* InMemory.makeStore()
         const ids: Array<string> = []
@@ -405,21 +436,110 @@ describe("engine end to end (in-memory store)", () => {
           ids.push(event.id)
           yield* append(`${category}-${i % 5}`, event)
         }
-        yield* append(`${category}-9`, jsonEvent({ type: "Credited", data: { doc: "d0" } }))
+        const poison = jsonEvent({ type: "Credited", data: { doc: "d0" } })
+        yield* append(`${category}-9`, poison)
         const projection = accounts(category)
-        yield* Reconciler.run(projection, { mode, lanes: 3, batchSize: 4, commitInterval: "20 millis" }).pipe(
-          Effect.provideService(EventSource, source),
-          Effect.provideService(ReadModelStore, store.port),
-          Effect.forkScoped
+        yield* runEngine(projection, source, store, { mode })
+        yield* expectAppliedOnce(store, projection.collection, ids)
+        if (mode === "catch-up") {
+          const letters = yield* eventually(
+            Effect.sync(() => store.letters()).pipe(Effect.filterOrFail((l) => l.length === 1))
+          )
+          expect(letters[0]!.eventId).toBe(poison.id)
+          expect(new TextDecoder().decode(letters[0]!.data)).toBe(JSON.stringify({ doc: "d0" }))
+          return
+        }
+        const group = `${projection.name}@${projection.version}`
+        const parkedStream = `$persistentsubscription-$ce-${category}::${group}-parked`
+        const readParked = Effect.tryPromise(async () => {
+          const out = []
+          for await (const e of client.readStream(parkedStream, { resolveLinkTos: true })) out.push(e)
+          return out
+        })
+        const parked = yield* eventually(readParked.pipe(Effect.filterOrFail((p) => p.length === 1)))
+        expect(parked[0]!.event!.id).toBe(poison.id)
+        expect(JSON.stringify(parked[0]!.link!.metadata)).toContain("amount")
+        // replayed, it is delivered again: the engine parks it again, with its reason
+        yield* Effect.promise(() => client.replayParkedMessagesToStream(`$ce-${category}`, group))
+        yield* eventually(
+          readParked.pipe(Effect.filterOrFail((p) => p.length === 1 && p[0]!.link!.revision === 1n))
         )
-        yield* eventually(Effect.try(() => {
-          const docs = store.documents(projection.collection)
-          const applied = [...docs.values()].flatMap((d) => (d.body?.applied as Array<string>) ?? [])
-          if (applied.length < ids.length) throw new Error(`applied ${applied.length}`)
-          return applied
-        }), 400).pipe(Effect.map((applied) => expect([...applied].sort()).toEqual([...ids].sort())))
+        yield* expectAppliedOnce(store, projection.collection, ids)
+      }))
+
+    it.scopedLive.skipIf(skipExternal)(`${mode}: the server stops and restarts; the engine resubscribes and converges`, () =>
+      Effect.gen(function*() {
+        const dataDir = yield* tempDir
+        const serverScope = yield* Scope.make()
+        const first = yield* EventStoreServer.make({ dataDir }).pipe(Scope.extend(serverScope))
+        const source = yield* Layer.build(
+          EventStoreDB.layer({ connectionString: Redacted.make(first.connectionString), resubscribe: fast })
+        ).pipe(Effect.map(Context.get(EventSource)))
+        const client = yield* makeClient(first.connectionString)
+        const category = uniqueCategory("restart")
+        const ids: Array<string> = []
+        const appendSome = (from: number, n: number) =>
+          Effect.forEach(Array.from({ length: n }, (_, k) => from + k), (i) => {
+            const event = credited(`d${i % 3}`, i)
+            ids.push(event.id)
+            return eventually(Effect.tryPromise(() => client.appendToStream(`${category}-${i % 4}`, event)))
+          })
+        const store = yield* InMemory.makeStore()
+        const projection = accounts(category)
+        yield* runEngine(projection, source, store, { mode, resubscribeSchedule: fast })
+        yield* appendSome(0, 10)
+        yield* expectAppliedOnce(store, projection.collection, ids)
+        yield* Scope.close(serverScope, Exit.void)
+        yield* EventStoreServer.make({ dataDir, port: first.port })
+        yield* appendSome(10, 10)
+        yield* expectAppliedOnce(store, projection.collection, ids)
       }))
   }
+
+  it.scopedLive("persistent: the subscription is dropped mid-way (group updated); no loss, no double apply", () =>
+    Effect.gen(function*() {
+      const { append, client, source } = yield* setup()
+      const category = uniqueCategory("drop")
+      const store = yield* InMemory.makeStore()
+      const projection = accounts(category)
+      const ids: Array<string> = []
+      const appendSome = (from: number, n: number) =>
+        Effect.forEach(Array.from({ length: n }, (_, k) => from + k), (i) => {
+          const event = credited(`d${i % 3}`, i)
+          ids.push(event.id)
+          return append(`${category}-${i % 4}`, event)
+        })
+      yield* runEngine(projection, source, store, { mode: "persistent", group: "g", resubscribeSchedule: fast })
+      yield* appendSome(0, 15)
+      yield* expectAppliedOnce(store, projection.collection, ids)
+      // updating a group drops its subscribers; they resubscribe
+      yield* Effect.promise(() =>
+        client.updatePersistentSubscriptionToStream(
+          `$ce-${category}`,
+          "g",
+          persistentSubscriptionToStreamSettingsFromDefaults({ ...EventStoreDB.defaultPersistentSettings, maxRetryCount: 20 })
+        )
+      )
+      yield* appendSome(15, 15)
+      yield* expectAppliedOnce(store, projection.collection, ids)
+    }))
+
+  it.scopedLive("persistent: two engines in one consumer group apply every event once", () =>
+    Effect.gen(function*() {
+      const { append, source } = yield* setup()
+      const category = uniqueCategory("pair")
+      const store = yield* InMemory.makeStore()
+      const projection = accounts(category)
+      const ids: Array<string> = []
+      for (let i = 0; i < 40; i++) {
+        const event = credited(`d${i % 6}`, i)
+        ids.push(event.id)
+        yield* append(`${category}-${i % 8}`, event)
+      }
+      yield* runEngine(projection, source, store, { mode: "persistent", group: "shared", bufferSize: 4 })
+      yield* runEngine(projection, source, store, { mode: "persistent", group: "shared", bufferSize: 4 })
+      yield* expectAppliedOnce(store, projection.collection, ids)
+    }))
 })
 
 // ---- helpers ---------------------------------------------------------------------

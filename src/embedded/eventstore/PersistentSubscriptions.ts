@@ -89,6 +89,10 @@ const hash = (s: string): number => {
   return h >>> 0
 }
 
+/** Pinned: the bucket of a message, by the stream of its (resolved) event. */
+const bucketOf = (message: Message): number =>
+  hash(message.resolved.event?.streamId ?? message.resolved.link?.streamId ?? "") % BUCKETS
+
 export const parkedStreamOf = (stream: string, group: string) => `$persistentsubscription-${stream}::${group}-parked`
 export const checkpointStreamOf = (stream: string, group: string) =>
   `$persistentsubscription-${stream}::${group}-checkpoint`
@@ -103,6 +107,8 @@ export class Group {
   /** Sequences read but not yet settled: the checkpoint stays below the smallest. */
   private readonly inProgress = new Set<bigint>()
   private readonly pins = new Map<number, Subscriber>()
+  /** In-flight messages per bucket (Pinned): a bucket moves only when idle, so a stream's order holds. */
+  private readonly bucketInFlight = new Map<number, number>()
   private roundRobin = 0
   private lastCheckpoint: bigint | undefined = undefined
   private lastCheckpointAt = Date.now()
@@ -153,6 +159,7 @@ export class Group {
     this.outstanding.clear()
     this.inProgress.clear()
     this.pins.clear()
+    this.bucketInFlight.clear()
     this.start()
   }
 
@@ -178,6 +185,7 @@ export class Group {
     }
     const sub: Subscriber = { id: randomUUID(), bufferSize: Math.max(1, bufferSize), inFlight: new Set(), sink, totalItems: 0 }
     this.subscribers.push(sub)
+    this.rebalance()
     queueMicrotask(() => this.dispatch())
     return sub.id
   }
@@ -186,14 +194,12 @@ export class Group {
     const sub = this.subscribers.find((s) => s.id === subscriberId)
     if (!sub) return
     this.subscribers = this.subscribers.filter((s) => s !== sub)
-    for (const [bucket, s] of this.pins) if (s === sub) this.pins.delete(bucket)
     for (const id of [...sub.inFlight]) {
-      const o = this.outstanding.get(id)
-      if (!o) continue
-      this.outstanding.delete(id)
-      this.retryMessage(o.message, "Client disconnected")
+      const o = this.take(id)
+      if (o) this.retryMessage(o.message, "Client disconnected")
     }
-    sub.inFlight.clear()
+    for (const [bucket, s] of this.pins) if (s === sub) this.pins.delete(bucket)
+    this.rebalance()
     this.dispatch()
   }
 
@@ -254,7 +260,23 @@ export class Group {
     if (!o) return undefined
     this.outstanding.delete(id)
     o.subscriber.inFlight.delete(id)
+    const bucket = bucketOf(o.message)
+    const n = (this.bucketInFlight.get(bucket) ?? 1) - 1
+    if (n <= 0) this.bucketInFlight.delete(bucket)
+    else this.bucketInFlight.set(bucket, n)
     return o
+  }
+
+  /**
+   * Pinned: when subscribers come or go, idle buckets are released and get
+   * re-pinned to the least loaded subscriber on their next message; buckets
+   * with messages in flight stay where they are.
+   */
+  private rebalance(): void {
+    if (this.settings.strategy !== "Pinned") return
+    for (const bucket of [...this.pins.keys()]) {
+      if (!this.bucketInFlight.has(bucket)) this.pins.delete(bucket)
+    }
   }
 
   private finish(message: Message): void {
@@ -364,8 +386,7 @@ export class Group {
         return undefined
       }
       case "Pinned": {
-        const key = message.resolved.event?.streamId ?? message.resolved.link?.streamId ?? ""
-        const bucket = hash(key) % BUCKETS
+        const bucket = bucketOf(message)
         let s = this.pins.get(bucket)
         if (!s) {
           const load = new Map<Subscriber, number>(this.subscribers.map((x) => [x, 0]))
@@ -423,6 +444,8 @@ export class Group {
   private send(sub: Subscriber, message: Message): void {
     this.outstanding.set(message.id, { message, subscriber: sub, deadline: Date.now() + this.settings.messageTimeoutMs })
     sub.inFlight.add(message.id)
+    const bucket = bucketOf(message)
+    this.bucketInFlight.set(bucket, (this.bucketInFlight.get(bucket) ?? 0) + 1)
     sub.totalItems++
     this.totalItems++
     sub.sink.send(message)
