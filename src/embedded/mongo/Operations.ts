@@ -187,7 +187,12 @@ export interface FindOptions {
 /** The matching versions, sorted, skipped and limited (limit 0 = all). */
 export const findVersions = (access: Access, c: Collection | undefined, options: FindOptions): Array<Version> => {
   if (c === undefined) return []
-  const query = Object.keys(options.filter).length === 0 ? undefined : compileQuery(options.filter)
+  const fields = Object.keys(options.filter)
+  // No query to run when the filter is empty, or is only an `_id` condition the index answers exactly.
+  const query =
+    fields.length === 0 || (fields.length === 1 && fields[0] === "_id" && idKeys(options.filter) !== undefined)
+      ? undefined
+      : compileQuery(options.filter)
   const skip = options.skip ?? 0
   const limit = options.limit ?? 0
   const sorted = options.sort !== undefined && Object.keys(options.sort).length > 0
