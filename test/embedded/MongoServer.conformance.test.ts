@@ -204,12 +204,18 @@ describe("find and cursors", () => {
     const cursor = c.find({}, { batchSize: 3 })
     expect((await cursor.next())?._id).toBe(0)
     await cursor.close()
-    const killed = await db.command({ find: c.collectionName, batchSize: 2 })
-    const id = killed.cursor.id
-    const result = await db.command({ killCursors: c.collectionName, cursors: [id] })
-    expect(result.cursorsKilled.length).toBe(1)
-    const e = await serverError(db.command({ getMore: id, collection: c.collectionName }))
-    expect(e.code).toBe(43)
+    // A cursor belongs to its session: open, kill and probe it in one explicit session.
+    const session = client.startSession()
+    try {
+      const opened = await db.command({ find: c.collectionName, batchSize: 2 }, { session })
+      const id = opened.cursor.id
+      const result = await db.command({ killCursors: c.collectionName, cursors: [id] }, { session })
+      expect(result.cursorsKilled.length).toBe(1)
+      const e = await serverError(db.command({ getMore: id, collection: c.collectionName }, { session }))
+      expect(e.code).toBe(43)
+    } finally {
+      await session.endSession()
+    }
   })
 
   it("moves large documents and large results in several messages", async () => {
