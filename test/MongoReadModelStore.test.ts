@@ -30,6 +30,7 @@ beforeAll(async () => {
 })
 
 afterAll(async () => {
+  for (let i = 1; i <= databases; i++) await admin?.db(`store_${process.pid}_${i}`).dropDatabase().catch(() => undefined)
   await admin?.close()
   await Effect.runPromise(Scope.close(scope, Exit.void))
 })
