@@ -44,7 +44,8 @@ import {
   MongoServerSelectionError,
   MongoTopologyClosedError,
   MongoClientClosedError,
-  MongoNotConnectedError
+  MongoNotConnectedError,
+  type WriteConcernSettings
 } from "mongodb"
 import {
   type Checkpoint,
@@ -75,6 +76,8 @@ export interface Options {
   readonly clientOptions?: MongoClientOptions | undefined
   /** `auto` (default): transactions when the server is a replica-set member or mongos. */
   readonly transactions?: "auto" | "always" | "never" | undefined
+  /** For writes outside transactions; default `{ w: "majority" }` so a returned write is durable. */
+  readonly writeConcern?: WriteConcernSettings | undefined
 }
 
 /** Configuration from the environment: `MONGODB_URI` (redacted) and `MONGODB_DATABASE` (default `read_models`). @since 0.1.0 */
@@ -210,7 +213,7 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
         return client.close()
       })
   )
-  const db: Db = client.db(options.database ?? "read_models")
+  const db: Db = client.db(options.database ?? "read_models", { writeConcern: options.writeConcern ?? { w: "majority" } })
   const checkpoints = db.collection<Document>(CHECKPOINTS)
   const letters = db.collection<Document>(DEAD_LETTERS)
 
