@@ -4,7 +4,7 @@
  * use after close, and the engine's property re-run at small sizes.
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { Cause, Deferred, Effect, Exit, FastCheck as fc, Fiber, Layer, Option, Schedule, Scope } from "effect"
+import { Cause, ConfigProvider, Deferred, Effect, Exit, FastCheck as fc, Fiber, Layer, Option, Schedule, Scope } from "effect"
 import { MongoClient, MongoError, MongoNetworkError, MongoServerError, type Document } from "mongodb"
 import * as MongoServer from "../src/embedded/MongoServer.js"
 import { EventSource, InMemory, Reconciler } from "../src/index.js"
@@ -230,6 +230,26 @@ describe("MongoReadModelStore", () => {
       const port = yield* Effect.scoped(Layer.build(layer).pipe(Effect.map((ctx) => ctx.unsafeMap.get(ReadModelStore.key) as ReadModelStore["Type"])))
       const error = yield* port.readCheckpoint("p").pipe(Effect.flip)
       expect(error.message).toMatch(/after its scope closed/)
+    }))
+
+  it.effect("layerConfig reads MONGODB_URI (redacted) and MONGODB_DATABASE", () =>
+    Effect.gen(function*() {
+      const database = freshDatabase()
+      const provider = ConfigProvider.fromMap(new Map([["MONGODB_URI", uri], ["MONGODB_DATABASE", database]]))
+      yield* Effect.gen(function*() {
+        const port = yield* ReadModelStore
+        yield* port.write({ collection: "c", writes: [put("a", 0, { n: 1 }, meta(1, 1n))] })
+      }).pipe(Effect.provide(MongoReadModelStore.layerConfig()), Effect.withConfigProvider(provider))
+      const stored = yield* Effect.promise(() => admin.db(database).collection("c").countDocuments())
+      expect(stored).toBe(1)
+      const config = yield* MongoReadModelStore.config.pipe(Effect.withConfigProvider(provider))
+      expect(String(config.uri)).not.toContain("127.0.0.1")
+      const missing = yield* Layer.build(MongoReadModelStore.layerConfig()).pipe(
+        Effect.scoped,
+        Effect.withConfigProvider(ConfigProvider.fromMap(new Map())),
+        Effect.flip
+      )
+      expect(missing._tag).not.toBe("StoreError")
     }))
 
   it.effect("a lost server is a transient error", () =>
