@@ -49,6 +49,11 @@ export type EncodedDocument = { readonly [field: string]: unknown }
  * poison event (dead-lettered or parked with the reason). Returning `undefined`
  * deletes the document.
  *
+ * Joins: an event may touch several documents (`key` returns several ids); when
+ * they share a `partition`, `evolve` can `read` the others as they stood before
+ * the event. `read` of a document the event does not touch gives its latest state
+ * in the lane, and is only meaningful within one partition.
+ *
  * @since 0.1.0
  */
 export interface Projection<Events extends EventSchemas = EventSchemas, Doc = any> {
@@ -63,7 +68,13 @@ export interface Projection<Events extends EventSchemas = EventSchemas, Doc = an
   readonly events: Events
   /** The id(s) of the document(s) an event touches. */
   readonly key: (event: EventOf<Events>) => string | ReadonlyArray<string>
-  readonly evolve: (document: Doc | undefined, event: EventOf<Events>) => Doc | undefined
+  /**
+   * The lane a document's events go to (default: the document's id). Documents
+   * whose events share a partition are applied in order by one lane, so that
+   * `read` sees them as they stood before each event.
+   */
+  readonly partition: ((event: EventOf<Events>, key: string) => string) | undefined
+  readonly evolve: (document: Doc | undefined, event: EventOf<Events>, read: (key: string) => Doc | undefined) => Doc | undefined
 }
 
 /**
@@ -104,16 +115,26 @@ export interface Handler<Events extends EventSchemas = EventSchemas, E = unknown
  *
  * @since 0.1.0
  */
-export const make = <const Events extends EventSchemas, Doc, DocEncoded extends EncodedDocument>(options: {
+export const make = <
+  const Events extends EventSchemas,
+  // The document type comes from `document` alone (not from evolve's results),
+  // so literal fields in evolve's results are checked against it, not widened.
+  DocumentSchema extends Schema.Schema<any, any, never>
+>(options: {
   readonly name: string
   readonly version?: number
   readonly categories: ReadonlyArray<string>
   readonly collection?: string
-  readonly document: Schema.Schema<Doc, DocEncoded, never>
+  readonly document: DocumentSchema
   readonly events: Events
   readonly key: (event: EventOf<Events>) => string | ReadonlyArray<string>
-  readonly evolve: (document: Doc | undefined, event: EventOf<Events>) => Doc | undefined
-}): Projection<Events, Doc> => ({
+  readonly partition?: ((event: EventOf<Events>, key: string) => string) | undefined
+  readonly evolve: (
+    document: Schema.Schema.Type<DocumentSchema> | undefined,
+    event: EventOf<Events>,
+    read: (key: string) => Schema.Schema.Type<DocumentSchema> | undefined
+  ) => Schema.Schema.Type<DocumentSchema> | undefined
+}): Projection<Events, Schema.Schema.Type<DocumentSchema>> => ({
   _tag: "Projection",
   name: validName(options.name),
   version: options.version ?? 1,
@@ -122,6 +143,7 @@ export const make = <const Events extends EventSchemas, Doc, DocEncoded extends 
   document: options.document,
   events: options.events,
   key: options.key,
+  partition: options.partition,
   evolve: options.evolve
 })
 

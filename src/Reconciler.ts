@@ -24,8 +24,8 @@ import type { Event, Handler, Projection, Runnable } from "./Projection.js"
 import { checkpointId, decoder } from "./Projection.js"
 import type { DocumentWrite } from "./ReadModelStore.js"
 import { ReadModelStore, StoreError } from "./ReadModelStore.js"
-import type { Current, FoldResult, Mode } from "./internal/fold.js"
-import { decodeStored, describe, documentCodec, foldDocument } from "./internal/fold.js"
+import type { Current, Mode } from "./internal/fold.js"
+import { decodeStored, describe, documentCodec, foldBatch } from "./internal/fold.js"
 import { Gate, Lane, laneOf } from "./internal/lanes.js"
 import { Watermark } from "./internal/watermark.js"
 
@@ -268,6 +268,8 @@ export const run = (
 
       // ---- source -----------------------------------------------------------
       const decode = decoder(runnable.events)
+      const partition: (event: Event, key: string) => string =
+        runnable._tag === "Projection" && runnable.partition !== undefined ? runnable.partition : (_, key) => key
       let skips = 0
       /** Takes a delivery in and routes it; returns it when it is already done (skipped or poison). */
       const route = (delivery: Delivery): Tracked | undefined => {
@@ -293,14 +295,14 @@ export const run = (
           return partDone(tracked, `key threw on ${delivery.type}: ${describe(error)}`)
         }
         if (typeof key === "string") {
-          lanes[laneOf(key, laneCount)]!.push({ tracked, event, key })
+          lanes[laneOf(partition(event, key), laneCount)]!.push({ tracked, event, key })
           return undefined
         }
         const keys = [...new Set(key)]
         if (keys.some((k) => typeof k !== "string")) return partDone(tracked, `key returned a non-string on ${delivery.type}`)
         if (keys.length === 0) return partDone(tracked, undefined)
         tracked.remaining = keys.length
-        for (const k of keys) lanes[laneOf(k, laneCount)]!.push({ tracked, event, key: k })
+        for (const k of keys) lanes[laneOf(partition(event, k), laneCount)]!.push({ tracked, event, key: k })
         return undefined
       }
 
@@ -449,60 +451,57 @@ const projectionBatch = (
   return (parts) =>
     Effect.gen(function*() {
       yield* Metric.update(counters.batchSizes, parts.length)
-      // Group by document, keeping delivery order within each document.
-      const byDocument = new Map<string, Array<Part>>()
-      for (const part of parts) {
-        const group = byDocument.get(part.key)
-        if (group === undefined) byDocument.set(part.key, [part])
-        else group.push(part)
-      }
       const poison = new Map<Part, string>()
       let applied = 0
       let duplicates = 0
-      let pending = [...byDocument.keys()]
-      // Guard conflicts mean another writer moved the document: reload and fold again.
-      while (pending.length > 0) {
-        const missing = pending.filter((docId) => !cache.has(docId))
+      let todo = parts
+      // Guard conflicts mean another writer moved a document: reload it and fold its events again.
+      while (todo.length > 0) {
+        const ids = [...new Set(todo.map((part) => part.key))]
+        const missing = ids.filter((docId) => !cache.has(docId))
+        const unreadable = new Map<string, string>()
         if (missing.length > 0) {
           const loaded = yield* durably(store.load(projection.collection, missing), "loading documents")
           for (const docId of missing) {
             const decoded = decodeStored(projection, codec, loaded.get(docId))
             if (Either.isRight(decoded)) remember(docId, decoded.right)
-            else {
-              for (const part of byDocument.get(docId)!) poison.set(part, decoded.left)
-              byDocument.delete(docId)
-            }
+            else unreadable.set(docId, decoded.left)
           }
         }
-        const writes: Array<DocumentWrite> = []
-        const results = new Map<string, FoldResult<Part>>()
-        for (const docId of pending) {
-          const parts = byDocument.get(docId)
-          if (parts === undefined) continue
-          const result = foldDocument(projection, codec, mode, docId, cache.get(docId), parts)
-          results.set(docId, result)
-          if (result.write !== undefined) writes.push(result.write)
+        const foldable: Array<Part> = []
+        for (const part of todo) {
+          const reason = unreadable.get(part.key)
+          if (reason === undefined) foldable.push(part)
+          else poison.set(part, reason)
         }
-        const outcome = writes.length === 0
+        const current = new Map<string, Current | undefined>()
+        for (const part of foldable) current.set(part.key, cache.get(part.key))
+        const result = foldBatch(projection, codec, mode, current, foldable)
+        const outcome = result.writes.length === 0
           ? { conflicts: [] as ReadonlyArray<string> }
           : yield* durably(
-            store.write({ collection: projection.collection, writes, checkpoint: checkpoint() }),
+            store.write({ collection: projection.collection, writes: result.writes, checkpoint: checkpoint() }),
             "writing documents"
           )
         const conflicts = new Set(outcome.conflicts)
-        for (const [docId, result] of results) {
+        const poisonedDocs = new Set<string>()
+        for (const { part, reason } of result.poisoned) {
+          if (conflicts.has(part.key)) continue
+          poison.set(part, reason)
+          poisonedDocs.add(part.key)
+        }
+        for (const [docId, next] of result.next) {
           if (conflicts.has(docId)) {
             cache.delete(docId)
             continue
           }
-          applied += result.applied
-          duplicates += result.duplicates
-          for (const { part, reason } of result.poisoned) poison.set(part, reason)
+          applied += result.applied.get(docId) ?? 0
+          duplicates += result.duplicates.get(docId) ?? 0
           // A throwing evolve may have changed its input: forget it rather than trust it.
-          if (result.poisoned.length > 0) cache.delete(docId)
-          else remember(docId, result.next)
+          if (poisonedDocs.has(docId)) cache.delete(docId)
+          else remember(docId, next)
         }
-        pending = [...conflicts]
+        todo = foldable.filter((part) => conflicts.has(part.key))
       }
       yield* Metric.incrementBy(counters.processed, applied)
       if (duplicates > 0) yield* Metric.incrementBy(counters.duplicates, duplicates)

@@ -306,4 +306,74 @@ describe("Reconciler", () => {
         applied: ["e0", "e1", "external", "e2"]
       })
     }))
+  it.scoped("joins: a document reads another of the same partition as it stood before the event", () =>
+    Effect.gen(function*() {
+      const Doc = Schema.Union(
+        Schema.Struct({ kind: Schema.Literal("owner"), name: Schema.String }),
+        Schema.Struct({ kind: Schema.Literal("account"), owner: Schema.String, ownerName: Schema.String, balance: Schema.Number })
+      )
+      const accounts = Projection.make({
+        name: "join-accounts",
+        categories: ["person", "account"],
+        collection: "join_accounts",
+        document: Doc,
+        events: {
+          PersonRegistered: Schema.Struct({ person: Schema.String, name: Schema.String }),
+          PersonRenamed: Schema.Struct({ person: Schema.String, name: Schema.String }),
+          AccountOpened: Schema.Struct({ account: Schema.String, owner: Schema.String }),
+          Deposited: Schema.Struct({ account: Schema.String, owner: Schema.String, amount: Schema.Number })
+        },
+        key: (event) => {
+          switch (event.type) {
+            case "PersonRegistered":
+            case "PersonRenamed":
+              return `owner-${event.data.person}`
+            case "AccountOpened":
+              return [event.data.account, `owner-${event.data.owner}`]
+            case "Deposited":
+              return event.data.account
+          }
+        },
+        partition: (event) => "owner" in event.data ? event.data.owner : event.data.person,
+        // A union document with literal tags: annotating the result keeps the tags literal.
+        evolve: (doc, event, read): typeof Doc.Type | undefined => {
+          switch (event.type) {
+            case "PersonRegistered":
+            case "PersonRenamed":
+              return { kind: "owner", name: event.data.name }
+            case "AccountOpened": {
+              if (doc?.kind === "owner") return doc
+              const owner = read(`owner-${event.data.owner}`)
+              return {
+                kind: "account",
+                owner: event.data.owner,
+                ownerName: owner?.kind === "owner" ? owner.name : "?",
+                balance: 0
+              }
+            }
+            case "Deposited":
+              return doc?.kind === "account" ? { ...doc, balance: doc.balance + event.data.amount } : doc
+          }
+        }
+      })
+      const log = yield* InMemory.makeEventLog({ endAtHead: true })
+      const expected: Record<string, unknown> = {}
+      for (let p = 0; p < 20; p++) {
+        yield* log.append(`person-${p}`, [{ type: "PersonRegistered", data: { person: `p${p}`, name: `Person ${p}` } }])
+        expected[`owner-p${p}`] = { kind: "owner", name: `Person ${p}` }
+        // Opened in the same batch as the registration: the read must see it.
+        yield* log.append(`account-${p}`, [
+          { type: "AccountOpened", data: { account: `a${p}`, owner: `p${p}` } },
+          { type: "Deposited", data: { account: `a${p}`, owner: `p${p}`, amount: p } }
+        ])
+        expected[`a${p}`] = { kind: "account", owner: `p${p}`, ownerName: `Person ${p}`, balance: p }
+      }
+      const store = yield* InMemory.makeStore()
+      yield* Reconciler.run(accounts, { lanes: 4, batchSize: 50 }).pipe(
+        Effect.provideService(EventSource.EventSource, log.port),
+        Effect.provideService(ReadModelStore.ReadModelStore, store.port)
+      )
+      const actual = Object.fromEntries([...store.documents("join_accounts")].map(([id, doc]) => [id, doc.body]))
+      expect(actual).toEqual(expected)
+    }))
 })

@@ -39,99 +39,159 @@ export const decodeStored = (
     : Either.right({ state: decoded.right, meta: stored.meta })
 }
 
-export interface FoldResult<P> {
-  readonly write: DocumentWrite | undefined
-  /** The document after the write, for the engine's cache. */
-  readonly next: Current | undefined
-  readonly applied: number
-  readonly duplicates: number
+/** What folding a batch produced. */
+export interface BatchFold<P> {
+  /** One guarded write per changed document. */
+  readonly writes: ReadonlyArray<DocumentWrite>
+  /** The documents after the writes, for the engine's cache. */
+  readonly next: ReadonlyMap<string, Current | undefined>
+  /** Per document: how many events it applied and found already applied. */
+  readonly applied: ReadonlyMap<string, number>
+  readonly duplicates: ReadonlyMap<string, number>
   readonly poisoned: ReadonlyArray<{ readonly part: P; readonly reason: string }>
 }
 
-/**
- * Folds `parts` (in delivery order) into the document `id`.
- * A throwing `evolve` or a result its Schema cannot encode poisons that event only.
- */
-export const foldDocument = <P extends { readonly event: Event }>(
-  projection: Projection<any, any>,
-  codec: DocumentCodec,
-  mode: Mode,
-  id: string,
-  current: Current | undefined,
-  parts: ReadonlyArray<P>
-): FoldResult<P> =>
-  // Encode once at the end; only when that fails, fold again encoding each step
-  // so that the one bad result is poisoned and the events before it still apply.
-  fold(projection, codec, mode, id, current, parts, false) ?? fold(projection, codec, mode, id, current, parts, true)!
+interface Working {
+  state: unknown
+  readonly before: DocumentMeta
+  position: bigint | undefined
+  streams: Record<string, bigint> | undefined
+  deleted: boolean
+  applied: number
+  duplicates: number
+  encoded: Record<string, unknown> | undefined
+}
 
-const fold = <P extends { readonly event: Event }>(
+/**
+ * Folds a lane's batch in delivery order. `current` holds every document the
+ * parts touch, as stored (or cached) before the batch. The parts of one event are
+ * adjacent; `evolve` sees, through `read`, the other documents of the event as
+ * they stood before it.
+ *
+ * A throwing `evolve` or a result its Schema cannot encode poisons that event
+ * only. Results are encoded once per document at the end; only when that fails
+ * is the batch folded again encoding each step, so that the one bad result is
+ * found and the events before it still apply.
+ */
+export const foldBatch = <P extends { readonly event: Event; readonly key: string }>(
   projection: Projection<any, any>,
   codec: DocumentCodec,
   mode: Mode,
-  id: string,
-  current: Current | undefined,
+  current: ReadonlyMap<string, Current | undefined>,
+  parts: ReadonlyArray<P>
+): BatchFold<P> => fold(projection, codec, mode, current, parts, false) ?? fold(projection, codec, mode, current, parts, true)!
+
+const fold = <P extends { readonly event: Event; readonly key: string }>(
+  projection: Projection<any, any>,
+  codec: DocumentCodec,
+  mode: Mode,
+  current: ReadonlyMap<string, Current | undefined>,
   parts: ReadonlyArray<P>,
   encodeEachStep: boolean
-): FoldResult<P> | undefined => {
-  let applied = 0
-  let duplicates = 0
+): BatchFold<P> | undefined => {
+  const working = new Map<string, Working>()
   const poisoned: Array<{ part: P; reason: string }> = []
-  const before = current?.meta ?? emptyMeta
-  // The markers advance in locals; the new meta is built once, at the end.
-  let position = before.position
-  let streams: Record<string, bigint> | undefined = undefined
-  let deleted = before.deleted
-  let state: unknown = current?.state
-  let encoded: Record<string, unknown> | undefined = undefined
-  for (const part of parts) {
-    const event = part.event
-    if (mode === "catch-up") {
-      if (position !== undefined && event.position <= position) {
-        duplicates++
-        continue
+  const workingOf = (id: string): Working => {
+    let doc = working.get(id)
+    if (doc === undefined) {
+      const stored = current.get(id)
+      const before = stored?.meta ?? emptyMeta
+      doc = {
+        state: stored?.state,
+        before,
+        position: before.position,
+        streams: undefined,
+        deleted: before.deleted,
+        applied: 0,
+        duplicates: 0,
+        encoded: undefined
       }
-    } else {
-      const revision = (streams ?? before.streams)[event.streamId]
-      if (revision !== undefined && event.revision <= revision) {
-        duplicates++
-        continue
-      }
+      working.set(id, doc)
     }
-    let next: unknown
-    try {
-      next = projection.evolve(state, event as never)
-    } catch (error) {
-      poisoned.push({ part, reason: `evolve threw on ${event.type}: ${describe(error)}` })
+    return doc
+  }
+  // States before the event being applied, for `read`.
+  let snapshot: Map<string, unknown> | undefined
+  const read = (id: string): unknown => {
+    if (snapshot?.has(id)) return snapshot.get(id)
+    const doc = working.get(id)
+    return doc !== undefined ? doc.state : current.get(id)?.state
+  }
+
+  for (let i = 0; i < parts.length;) {
+    const event = parts[i]!.event
+    let end = i + 1
+    while (end < parts.length && parts[end]!.event === event) end++
+    snapshot = undefined
+    if (end - i > 1) {
+      snapshot = new Map()
+      for (let j = i; j < end; j++) snapshot.set(parts[j]!.key, workingOf(parts[j]!.key).state)
+    }
+    for (let j = i; j < end; j++) {
+      const part = parts[j]!
+      const doc = workingOf(part.key)
+      if (mode === "catch-up") {
+        if (doc.position !== undefined && event.position <= doc.position) {
+          doc.duplicates++
+          continue
+        }
+      } else {
+        const revision = (doc.streams ?? doc.before.streams)[event.streamId]
+        if (revision !== undefined && event.revision <= revision) {
+          doc.duplicates++
+          continue
+        }
+      }
+      let next: unknown
+      try {
+        next = projection.evolve(snapshot === undefined ? doc.state : snapshot.get(part.key), event as never, read)
+      } catch (error) {
+        poisoned.push({ part, reason: `evolve threw on ${event.type}: ${describe(error)}` })
+        continue
+      }
+      if (encodeEachStep && next !== undefined) {
+        const result = codec.encode(next)
+        if (Either.isLeft(result)) {
+          poisoned.push({ part, reason: `evolve returned a document its schema rejects on ${event.type}: ${result.left.message}` })
+          continue
+        }
+        doc.encoded = result.right
+      }
+      doc.state = next
+      doc.deleted = next === undefined
+      if (mode === "catch-up") doc.position = event.position
+      else (doc.streams ??= { ...doc.before.streams })[event.streamId] = event.revision
+      doc.applied++
+    }
+    i = end
+  }
+
+  const writes: Array<DocumentWrite> = []
+  const next = new Map<string, Current | undefined>()
+  const applied = new Map<string, number>()
+  const duplicates = new Map<string, number>()
+  for (const [id, doc] of working) {
+    applied.set(id, doc.applied)
+    duplicates.set(id, doc.duplicates)
+    if (doc.applied === 0) {
+      next.set(id, current.get(id))
       continue
     }
-    if (encodeEachStep && next !== undefined) {
-      const result = codec.encode(next)
-      if (Either.isLeft(result)) {
-        poisoned.push({ part, reason: `evolve returned a document its schema rejects on ${event.type}: ${result.left.message}` })
-        continue
-      }
-      encoded = result.right
+    if (!encodeEachStep && doc.state !== undefined) {
+      const result = codec.encode(doc.state)
+      if (Either.isLeft(result)) return undefined
+      doc.encoded = result.right
     }
-    state = next
-    deleted = next === undefined
-    if (mode === "catch-up") position = event.position
-    else (streams ??= { ...before.streams })[event.streamId] = event.revision
-    applied++
+    const meta: DocumentMeta = {
+      version: doc.before.version + 1,
+      position: doc.position,
+      streams: doc.streams ?? doc.before.streams,
+      deleted: doc.deleted
+    }
+    writes.push({ id, expectedVersion: doc.before.version, body: doc.state === undefined ? undefined : doc.encoded, meta })
+    next.set(id, { state: doc.state, meta })
   }
-  if (applied === 0) return { write: undefined, next: current, applied, duplicates, poisoned }
-  if (!encodeEachStep && state !== undefined) {
-    const result = codec.encode(state)
-    if (Either.isLeft(result)) return undefined
-    encoded = result.right
-  }
-  const meta: DocumentMeta = { version: before.version + 1, position, streams: streams ?? before.streams, deleted }
-  return {
-    write: { id, expectedVersion: before.version, body: state === undefined ? undefined : encoded, meta },
-    next: { state, meta },
-    applied,
-    duplicates,
-    poisoned
-  }
+  return { writes, next, applied, duplicates, poisoned }
 }
 
 export const describe = (error: unknown): string =>
