@@ -1,0 +1,274 @@
+/**
+ * Composing the service: where the events and the read models live (from
+ * `Config`, with the embedded servers standing in when asked), the EventSource
+ * and ReadModelStore layers over them, and the projections running until the
+ * process is told to stop.
+ *
+ * ```
+ * Endpoints (connection strings, or embedded servers started in its scope)
+ *   └─ EventSource (EventStoreDB client) + ReadModelStore (MongoClient)
+ *        └─ Reconciler.runAll(projections, settings)
+ * ```
+ *
+ * Layer scopes close in reverse: the engine drains first, then the clients
+ * close, then the embedded servers (if any) stop.
+ *
+ * Every setting comes from the environment (see {@link settings} and
+ * {@link endpointsConfig}); connection strings are `Config.redacted` and are
+ * never logged.
+ *
+ * @since 0.1.0
+ */
+import * as path from "node:path"
+import { Config, ConfigError, Context, Data, Duration, Effect, Layer, Option, Redacted, Schedule } from "effect"
+import * as EventStoreServer from "./embedded/EventStoreServer.js"
+import * as MongoServer from "./embedded/MongoServer.js"
+import { EventSource as EventSourceTag } from "./EventSource.js"
+import type { EventSource, EventSourceError } from "./EventSource.js"
+import * as EventStoreDB from "./EventStoreDB.js"
+import * as MongoReadModelStore from "./MongoReadModelStore.js"
+import { checkpointId } from "./Projection.js"
+import type { Runnable } from "./Projection.js"
+import { ReadModelStore as ReadModelStoreTag } from "./ReadModelStore.js"
+import type { ReadModelStore, StoreError } from "./ReadModelStore.js"
+import * as Reconciler from "./Reconciler.js"
+
+// ---- endpoints ----------------------------------------------------------------
+
+/**
+ * Where the service finds EventStoreDB and MongoDB. `embedded` says that the
+ * server is the in-process stand-in, started by {@link endpointsLayer}.
+ *
+ * @since 0.1.0
+ */
+export interface Endpoints {
+  readonly eventStore: { readonly connectionString: Redacted.Redacted<string>; readonly embedded: boolean }
+  readonly mongo: { readonly uri: Redacted.Redacted<string>; readonly database: string; readonly embedded: boolean }
+}
+
+/** @since 0.1.0 */
+export const Endpoints = Context.GenericTag<Endpoints>("effect-reconciler/App/Endpoints")
+
+/**
+ * The endpoint settings:
+ * `EVENTSTORE_CONNECTION_STRING`, `MONGODB_URI` (both redacted, optional when
+ * `RECONCILER_EMBEDDED` is true), `MONGODB_DATABASE` (default `read_models`),
+ * `RECONCILER_EMBEDDED` (default false), `RECONCILER_DATA_DIR` (journal of the
+ * embedded servers; in memory when absent).
+ *
+ * @since 0.1.0
+ */
+export const endpointsConfig = Config.all({
+  eventStore: Config.option(Config.redacted("EVENTSTORE_CONNECTION_STRING")),
+  mongo: Config.option(Config.redacted("MONGODB_URI")),
+  database: Config.string("MONGODB_DATABASE").pipe(Config.withDefault("read_models")),
+  embedded: Config.boolean("RECONCILER_EMBEDDED").pipe(Config.withDefault(false)),
+  dataDir: Config.option(Config.string("RECONCILER_DATA_DIR"))
+})
+
+/** An embedded server could not start. @since 0.1.0 */
+export type EmbeddedServerError = EventStoreServer.EventStoreServerError | MongoServer.MongoServerError
+
+/**
+ * The endpoints from {@link endpointsConfig}. A connection string that is set is
+ * always used; one that is missing is replaced by an embedded server started in
+ * this layer's scope when embedded servers are allowed (`RECONCILER_EMBEDDED`,
+ * or `embedded: true` here), and is a configuration error otherwise.
+ *
+ * @since 0.1.0
+ */
+export const endpointsLayer = (
+  options: { readonly embedded?: boolean | undefined } = {}
+): Layer.Layer<Endpoints, ConfigError.ConfigError | EmbeddedServerError> =>
+  Layer.scoped(
+    Endpoints,
+    Effect.gen(function*() {
+      const config = yield* endpointsConfig
+      const embedded = options.embedded ?? config.embedded
+      const dataDir = (name: string) => Option.getOrUndefined(Option.map(config.dataDir, (dir) => path.join(dir, name)))
+      const missing = (name: string) =>
+        ConfigError.MissingData([name], `Expected ${name} to be set (or RECONCILER_EMBEDDED=true to run the embedded servers)`)
+      const eventStore = Option.isSome(config.eventStore)
+        ? { connectionString: config.eventStore.value, embedded: false }
+        : embedded
+        ? {
+          connectionString: Redacted.make((yield* EventStoreServer.make({ dataDir: dataDir("eventstore") })).connectionString),
+          embedded: true
+        }
+        : yield* Effect.fail(missing("EVENTSTORE_CONNECTION_STRING"))
+      const mongo = Option.isSome(config.mongo)
+        ? { uri: config.mongo.value, database: config.database, embedded: false }
+        : embedded
+        ? {
+          uri: Redacted.make((yield* MongoServer.make({ dataDir: dataDir("mongo") })).uri),
+          database: config.database,
+          embedded: true
+        }
+        : yield* Effect.fail(missing("MONGODB_URI"))
+      return { eventStore, mongo }
+    })
+  )
+
+/**
+ * The EventStoreDB event source and the MongoDB store over the {@link Endpoints}.
+ *
+ * @since 0.1.0
+ */
+export const portsLayer: Layer.Layer<EventSource | ReadModelStore, EventSourceError | StoreError, Endpoints> = Layer
+  .unwrapEffect(
+    Effect.map(Endpoints, (endpoints) =>
+      Layer.merge(
+        EventStoreDB.layer({ connectionString: endpoints.eventStore.connectionString }),
+        MongoReadModelStore.layer({ uri: endpoints.mongo.uri, database: endpoints.mongo.database })
+      ))
+  )
+
+/**
+ * Everything a projection needs to run, from configuration: the endpoints and
+ * the ports over them.
+ *
+ * @since 0.1.0
+ */
+export const layer = (
+  options: { readonly embedded?: boolean | undefined } = {}
+): Layer.Layer<
+  EventSource | ReadModelStore | Endpoints,
+  ConfigError.ConfigError | EmbeddedServerError | EventSourceError | StoreError
+> => portsLayer.pipe(Layer.provideMerge(endpointsLayer(options)))
+
+// ---- engine settings ---------------------------------------------------------
+
+const positiveInt = (name: string, fallback: number) =>
+  Config.integer(name).pipe(
+    Config.validate({ message: "Expected a positive integer", validation: (n) => n >= 1 }),
+    Config.withDefault(fallback)
+  )
+
+/**
+ * The engine's settings (see {@link Reconciler.RunOptions}):
+ * `RECONCILER_MODE` (`catch-up` | `persistent`, default `catch-up`),
+ * `RECONCILER_LANES` (4), `RECONCILER_BATCH_SIZE` (100), `RECONCILER_LANE_BUFFER` (256),
+ * `RECONCILER_DRAIN_TIMEOUT` (10 seconds), `RECONCILER_COMMIT_INTERVAL` (1 second),
+ * `RECONCILER_GROUP` (persistent mode: the consumer group; default per projection).
+ *
+ * @since 0.1.0
+ */
+export const settings: Config.Config<Reconciler.RunOptions> = Config.all({
+  mode: Config.literal("catch-up", "persistent")("RECONCILER_MODE").pipe(Config.withDefault("catch-up" as const)),
+  lanes: positiveInt("RECONCILER_LANES", 4),
+  batchSize: positiveInt("RECONCILER_BATCH_SIZE", 100),
+  laneBuffer: positiveInt("RECONCILER_LANE_BUFFER", 256),
+  drainTimeout: Config.duration("RECONCILER_DRAIN_TIMEOUT").pipe(Config.withDefault(Duration.seconds(10))),
+  commitInterval: Config.duration("RECONCILER_COMMIT_INTERVAL").pipe(Config.withDefault(Duration.seconds(1))),
+  group: Config.option(Config.string("RECONCILER_GROUP")).pipe(Config.map(Option.getOrUndefined))
+})
+
+/** A description of where the service runs, safe to log (no connection strings). @since 0.1.0 */
+export const describeEndpoints = (endpoints: Endpoints): string =>
+  `EventStoreDB ${endpoints.eventStore.embedded ? "embedded" : "from EVENTSTORE_CONNECTION_STRING"}, ` +
+  `MongoDB ${endpoints.mongo.embedded ? "embedded" : "from MONGODB_URI"} (database ${endpoints.mongo.database})`
+
+/**
+ * Runs the projections and handlers with the {@link settings} from
+ * configuration (`overrides` win), each with its own subscription and
+ * checkpoint, until interrupted — then drains, commits and nacks the rest.
+ *
+ * @since 0.1.0
+ */
+export const run = Effect.fn("App.run")(function*(
+  runnables: ReadonlyArray<Runnable>,
+  overrides: Reconciler.RunOptions = {}
+) {
+  const options = { ...(yield* settings), ...definedOnly(overrides) }
+  const endpoints = yield* Effect.serviceOption(Endpoints)
+  yield* Effect.logInfo(
+    `reconciling ${runnables.map((r) => r.name).join(", ")} (${options.mode}, ${options.lanes} lanes, batch ${options.batchSize})` +
+      Option.match(endpoints, { onNone: () => "", onSome: (e) => `; ${describeEndpoints(e)}` })
+  )
+  yield* Reconciler.runAll(runnables, options)
+})
+
+const definedOnly = <A extends object>(options: A): A =>
+  Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined)) as A
+
+// ---- observing ----------------------------------------------------------------
+
+/**
+ * Where a catch-up projection stands: its committed checkpoint, the head of its
+ * categories, how far behind it is (in positions of its subscription: `$ce`
+ * link revisions for one category, commit positions for several), and how many
+ * events it dead-lettered.
+ *
+ * @since 0.1.0
+ */
+export interface ProjectionStatus {
+  readonly projection: string
+  readonly checkpoint: Option.Option<bigint>
+  readonly head: Option.Option<bigint>
+  readonly lag: bigint
+  readonly deadLetters: number
+}
+
+/**
+ * The {@link ProjectionStatus} of each projection or handler.
+ *
+ * @since 0.1.0
+ */
+export const status = Effect.fn("App.status")(function*(runnables: ReadonlyArray<Runnable>) {
+  const source = yield* EventSourceTag
+  const store = yield* ReadModelStoreTag
+  return yield* Effect.forEach(runnables, (runnable) =>
+    Effect.gen(function*() {
+      const id = checkpointId(runnable)
+      const checkpoint = yield* store.readCheckpoint(id)
+      const head = yield* source.head(runnable.categories)
+      const deadLetters = (yield* store.deadLetters(id)).length
+      const lag = Option.match(head, {
+        onNone: () => 0n,
+        onSome: (h) => Option.match(checkpoint, { onNone: () => h + 1n, onSome: (c) => (h > c ? h - c : 0n) })
+      })
+      return { projection: id, checkpoint, head, lag, deadLetters } satisfies ProjectionStatus
+    }))
+})
+
+/**
+ * Waits until every catch-up projection's committed checkpoint has reached the
+ * head of its categories as it stands when called, polling every
+ * `interval` (default 50 ms) at most `attempts` times (default: unbounded).
+ * Fails with `"not caught up"` when the attempts run out.
+ *
+ * @since 0.1.0
+ */
+export const awaitCaughtUp = Effect.fn("App.awaitCaughtUp")(function*(
+  runnables: ReadonlyArray<Runnable>,
+  options: { readonly interval?: Duration.DurationInput; readonly attempts?: number } = {}
+) {
+  const source = yield* EventSourceTag
+  const store = yield* ReadModelStoreTag
+  for (const runnable of runnables) {
+    const head = yield* source.head(runnable.categories)
+    if (Option.isNone(head)) continue
+    const id = checkpointId(runnable)
+    yield* store.readCheckpoint(id).pipe(
+      Effect.filterOrFail(
+        (checkpoint) => Option.isSome(checkpoint) && checkpoint.value >= head.value,
+        () => new NotCaughtUp({ projection: id, head: head.value })
+      ),
+      Effect.retry({
+        schedule: Schedule.spaced(options.interval ?? "50 millis"),
+        while: (error) => error._tag === "NotCaughtUp",
+        ...(options.attempts !== undefined ? { times: options.attempts } : {})
+      })
+    )
+  }
+})
+
+/** A projection's checkpoint did not reach the head in time. @since 0.1.0 */
+export class NotCaughtUp extends Data.TaggedError("NotCaughtUp")<{
+  readonly projection: string
+  readonly head: bigint
+}> {
+  override get message() {
+    return `${this.projection} did not reach position ${this.head}`
+  }
+}
