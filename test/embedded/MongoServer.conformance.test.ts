@@ -4,7 +4,7 @@
  * when `MONGODB_URI` is set (embedded-only checks are skipped then).
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { Effect, Exit, Scope } from "effect"
+import { Effect, Exit, FastCheck as fc, Scope } from "effect"
 import { spawn } from "node:child_process"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -361,6 +361,75 @@ describe("writes", () => {
     expect(ordered).toBeInstanceOf(MongoBulkWriteError)
     expect(await d.countDocuments()).toBe(1)
   })
+})
+
+describe("against a model", () => {
+  // Random inserts, guarded replacements, upserts, increments and deletes over ids of mixed BSON types,
+  // mirrored in a Map keyed by a canonical form of the id; after each step the collection equals the model.
+  const idArbitrary = fc.oneof(
+    fc.integer({ min: 0, max: 5 }),
+    fc.constantFrom("a", "b", "c"),
+    fc.constantFrom(...[0, 1, 2].map((i) => new ObjectId(i.toString(16).padStart(24, "0")))),
+    fc.constantFrom({ k: 1 }, { k: 2 })
+  )
+  const opArbitrary = fc.oneof(
+    fc.record({ op: fc.constant("insert" as const), id: idArbitrary, v: fc.integer({ min: 0, max: 9 }) }),
+    fc.record({ op: fc.constant("replace" as const), id: idArbitrary, version: fc.integer({ min: 0, max: 3 }) }),
+    fc.record({ op: fc.constant("inc" as const), id: idArbitrary, upsert: fc.boolean() }),
+    fc.record({ op: fc.constant("delete" as const), id: idArbitrary })
+  )
+  const canonical = (id: unknown) => (id instanceof ObjectId ? `o${id.toHexString()}` : JSON.stringify(id))
+
+  it.effect.prop("a random history of writes leaves exactly the model's documents", [fc.array(opArbitrary, { maxLength: 25 })], ([ops]) => Effect.promise(async () => {
+    const c = fresh("model")
+    const model = new Map<string, Document>()
+    for (const step of ops) {
+      const key = canonical(step.id)
+      const current = model.get(key)
+      switch (step.op) {
+        case "insert": {
+          const result = await c.insertOne({ _id: step.id, v: step.v, version: 1 }).then(() => "ok", (e: MongoServerError) => e.code)
+          expect(result).toBe(current === undefined ? "ok" : 11000)
+          if (current === undefined) model.set(key, { _id: step.id, v: step.v, version: 1 })
+          break
+        }
+        case "replace": {
+          // The store's guard: version 0 must not exist (upsert), n must match.
+          const filter = step.version === 0 ? { _id: step.id, version: { $exists: false } } : { _id: step.id, version: step.version }
+          const next = { v: -1, version: step.version + 1 }
+          const result = await c.replaceOne(filter, next, { upsert: step.version === 0 }).then((r) => r.matchedCount + r.upsertedCount, (e: MongoServerError) => e.code)
+          if (step.version === 0) {
+            expect(result).toBe(current === undefined ? 1 : 11000)
+            if (current === undefined) model.set(key, { _id: step.id, ...next })
+          } else {
+            const matches = current !== undefined && current.version === step.version
+            expect(result).toBe(matches ? 1 : 0)
+            if (matches) model.set(key, { _id: step.id, ...next })
+          }
+          break
+        }
+        case "inc": {
+          await c.updateOne({ _id: step.id }, { $inc: { v: 1 } }, { upsert: step.upsert })
+          if (current !== undefined) model.set(key, { ...current, v: (current.v ?? 0) + 1 })
+          else if (step.upsert) model.set(key, { _id: step.id, v: 1 })
+          break
+        }
+        case "delete": {
+          const result = await c.deleteOne({ _id: step.id })
+          expect(result.deletedCount).toBe(current === undefined ? 0 : 1)
+          model.delete(key)
+          break
+        }
+      }
+    }
+    const actual = await c.find({}).toArray()
+    const byKey = new Map(actual.map((d) => [canonical(d._id), d]))
+    expect(byKey.size).toBe(actual.length)
+    expect(new Set(byKey.keys())).toEqual(new Set(model.keys()))
+    for (const [key, doc] of model) expect(byKey.get(key)).toEqual(doc)
+    for (const [key, doc] of model) expect(await c.findOne({ _id: doc._id })).toEqual(byKey.get(key))
+    await c.drop()
+  }), { fastCheck: { numRuns: 40 } })
 })
 
 describe("indexes", () => {
