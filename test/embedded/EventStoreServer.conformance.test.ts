@@ -136,6 +136,27 @@ describe("streams", () => {
     expect(blob!.revision).toBe(1n)
   })
 
+  it("treats a repeated append of the same event ids as done (idempotent)", async () => {
+    const stream = `${uniqueCategory("idem")}-1`
+    const events = [credited(1), credited(2)]
+    await client.appendToStream(stream, events, { expectedRevision: "no_stream" })
+    const again = await client.appendToStream(stream, events, { expectedRevision: "no_stream" })
+    expect(again.success).toBe(true)
+    expect(again.nextExpectedRevision).toBe(1n)
+    expect(await collect(client.readStream(stream))).toHaveLength(2)
+  })
+
+  it("applies stream metadata: maxCount and truncateBefore", async () => {
+    const stream = `${uniqueCategory("meta")}-1`
+    await client.appendToStream(stream, [1, 2, 3, 4, 5].map(credited))
+    await client.setStreamMetadata(stream, { maxCount: 2 })
+    expect((await collect(client.readStream(stream))).map((e) => e.event!.revision)).toEqual([3n, 4n])
+    await client.setStreamMetadata(stream, { truncateBefore: 4 })
+    expect((await collect(client.readStream(stream))).map((e) => e.event!.revision)).toEqual([4n])
+    const { metadata } = await client.getStreamMetadata(stream)
+    expect(metadata).toMatchObject({ truncateBefore: 4 })
+  })
+
   it("reads forwards, backwards, from a revision, with a max count; reports missing streams", async () => {
     const stream = `${uniqueCategory("r")}-1`
     await client.appendToStream(stream, [1, 2, 3, 4, 5].map(credited))
@@ -376,6 +397,69 @@ describe("persistent subscriptions", () => {
     await Promise.all(loops)
     expect([...seen.values()].every((n) => n === 1)).toBe(true)
     expect(perSubscriber.every((n) => n > 0)).toBe(true)
+  })
+
+  it("skips on nack skip: neither redelivered nor parked", async () => {
+    const stream = `${uniqueCategory("skip")}-1`
+    await client.appendToStream(stream, [credited(1), credited(2)])
+    await client.createPersistentSubscriptionToStream(stream, "g", settings())
+    const subscription = client.subscribeToPersistentSubscriptionToStream(stream, "g")
+    const seen: Array<number> = []
+    for await (const e of subscription) {
+      const amount = (e.event!.data as { amount: number }).amount
+      seen.push(amount)
+      if (amount === 1) await subscription.nack("skip", "not mine", e)
+      else {
+        await subscription.ack(e)
+        break
+      }
+    }
+    expect(seen).toEqual([1, 2])
+    await eventually(async () => {
+      const info = await client.getPersistentSubscriptionToStreamInfo(stream, "g")
+      expect(info.stats.totalInFlightMessages).toBe(0)
+      expect(info.stats.parkedMessageCount).toBe(0n)
+    })
+  })
+
+  it("limits subscribers to maxSubscriberCount", async () => {
+    const stream = `${uniqueCategory("max")}-1`
+    await client.appendToStream(stream, credited(1))
+    await client.createPersistentSubscriptionToStream(stream, "g", settings({ maxSubscriberCount: 1 }))
+    const first = client.subscribeToPersistentSubscriptionToStream(stream, "g")
+    const [e] = await take(first, 1)
+    await first.ack(e!)
+    const second = client.subscribeToPersistentSubscriptionToStream(stream, "g")
+    const error = await take(second, 1).catch((error) => error)
+    expect(error?.type).toBe("maximum-subscribers-reached")
+    await first.unsubscribe()
+  })
+
+  it("dispatches to a single subscriber while it has room (DispatchToSingle)", async () => {
+    const stream = `${uniqueCategory("single")}-1`
+    await client.appendToStream(stream, Array.from({ length: 6 }, (_, i) => credited(i)))
+    await client.createPersistentSubscriptionToStream(stream, "g", settings({ consumerStrategyName: DISPATCH_TO_SINGLE }))
+    const first = client.subscribeToPersistentSubscriptionToStream(stream, "g", { bufferSize: 100 })
+    const got: Array<number> = []
+    let second: ReturnType<typeof client.subscribeToPersistentSubscriptionToStream> | undefined
+    for await (const e of first) {
+      got.push((e.event!.data as { amount: number }).amount)
+      await first.ack(e)
+      if (got.length === 1) {
+        // a second subscriber joins; the first still has room, so it gets everything
+        second = client.subscribeToPersistentSubscriptionToStream(stream, "g", { bufferSize: 100 })
+        second.on("data", () => {})
+        await eventually(async () => {
+          expect((await client.getPersistentSubscriptionToStreamInfo(stream, "g")).connections).toHaveLength(2)
+        })
+        await client.appendToStream(stream, Array.from({ length: 6 }, (_, i) => credited(6 + i)))
+      }
+      if (got.length === 12) break
+    }
+    expect(got).toEqual(Array.from({ length: 12 }, (_, i) => i))
+    const info = await client.getPersistentSubscriptionToStreamInfo(stream, "g")
+    expect(info.connections.map((c) => c.totalItems).sort()).toEqual([0n, 12n])
+    await second!.unsubscribe()
   })
 
   it("checkpoints and resumes from the checkpoint when the group restarts", async () => {

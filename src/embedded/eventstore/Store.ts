@@ -66,9 +66,27 @@ export class StreamDeleted extends Error {
 
 interface StreamState {
   readonly records: Array<EventRecord>
-  /** Records below this revision are hidden (soft delete, truncation). */
+  /** Records below this revision are hidden and the stream counts as deleted below it (soft delete). */
   truncateBefore: bigint
   tombstoned: boolean
+  /** From the stream's metadata (`$$<stream>`): `$tb` and `$maxCount`, applied to reads. */
+  metaTruncateBefore: bigint
+  maxCount: number | undefined
+}
+
+const newState = (): StreamState => ({
+  records: [],
+  truncateBefore: 0n,
+  tombstoned: false,
+  metaTruncateBefore: 0n,
+  maxCount: undefined
+})
+
+/** The first revision reads show: after deletes, `$tb` and `$maxCount`. */
+const visibleFrom = (s: StreamState): number => {
+  let first = Number(s.truncateBefore > s.metaTruncateBefore ? s.truncateBefore : s.metaTruncateBefore)
+  if (s.maxCount !== undefined) first = Math.max(first, s.records.length - s.maxCount)
+  return first
 }
 
 /** A journal receives every state change in order (durability). */
@@ -156,6 +174,8 @@ export class Store {
     expected: Expected,
     events: ReadonlyArray<ProposedEvent>
   ): { readonly revision: bigint | undefined; readonly position: bigint | undefined } {
+    const repeated = this.idempotent(streamId, expected, events)
+    if (repeated) return repeated
     this.check(streamId, expected)
     if (events.length === 0) {
       return { revision: this.currentRevision(streamId), position: undefined }
@@ -182,6 +202,52 @@ export class Store {
     this.announce(written)
     const last = written[events.length - 1]!
     return { revision: last.revision, position: last.position }
+  }
+
+  /**
+   * An append of events that are already there, right after the expected
+   * revision (or last in the stream, for `any` / `stream exists`), succeeds
+   * without writing them again.
+   */
+  private idempotent(
+    streamId: string,
+    expected: Expected,
+    events: ReadonlyArray<ProposedEvent>
+  ): { readonly revision: bigint; readonly position: bigint } | undefined {
+    const s = this.streams.get(streamId)
+    if (!s || s.tombstoned || events.length === 0) return undefined
+    const size = s.records.length
+    const start = expected._tag === "Exact"
+      ? Number(expected.revision) + 1
+      : expected._tag === "NoStream"
+      ? Number(s.truncateBefore)
+      : size - events.length
+    if (start < 0 || start + events.length > size) return undefined
+    for (let i = 0; i < events.length; i++) {
+      if (s.records[start + i]!.id !== events[i]!.id) return undefined
+    }
+    const last = s.records[start + events.length - 1]!
+    return { revision: last.revision, position: last.position }
+  }
+
+  /** Applies `$tb` and `$maxCount` of a `$metadata` event to its stream. */
+  private applyMetadata(streamId: string, record: EventRecord): void {
+    if (record.type !== "$metadata") return
+    let meta: Record<string, unknown>
+    try {
+      meta = JSON.parse(decoder.decode(record.data)) as Record<string, unknown>
+    } catch {
+      return
+    }
+    let s = this.streams.get(streamId)
+    if (!s) {
+      s = newState()
+      this.streams.set(streamId, s)
+    }
+    const tb = meta.$tb
+    s.metaTruncateBefore = typeof tb === "number" && tb >= 0 ? BigInt(tb) : 0n
+    const maxCount = meta.$maxCount
+    s.maxCount = typeof maxCount === "number" && maxCount >= 0 ? maxCount : undefined
   }
 
   /** Appends a link to `target` in `streamId` (no expectation check besides tombstones). */
@@ -212,7 +278,7 @@ export class Store {
   ): EventRecord {
     let s = this.streams.get(streamId)
     if (!s) {
-      s = { records: [], truncateBefore: 0n, tombstoned: false }
+      s = newState()
       this.streams.set(streamId, s)
     }
     const record: EventRecord = {
@@ -228,6 +294,7 @@ export class Store {
     }
     s.records.push(record)
     this.log.push(record)
+    if (streamId.startsWith("$$")) this.applyMetadata(streamId.slice(2), record)
     this.journal?.record(record)
     return record
   }
@@ -250,23 +317,31 @@ export class Store {
   applyDelete(streamId: string, tombstone: boolean): void {
     let s = this.streams.get(streamId)
     if (!s) {
-      s = { records: [], truncateBefore: 0n, tombstoned: false }
+      s = newState()
       this.streams.set(streamId, s)
     }
     s.truncateBefore = BigInt(s.records.length)
     if (tombstone) s.tombstoned = true
   }
 
-  /** Hides the records of a stream below `before` (`$tb`). */
+  /** Hides the records of a stream below `before`, as the real server does: a `$tb` in its metadata stream. */
   truncate(streamId: string, before: bigint): void {
     const s = this.streams.get(streamId)
-    if (s && before > s.truncateBefore) s.truncateBefore = before
+    const meta: Record<string, unknown> = { $tb: Number(before) }
+    if (s?.maxCount !== undefined) meta.$maxCount = s.maxCount
+    this.append(`$$${streamId}`, { _tag: "Any" }, [{
+      id: randomUUID(),
+      type: "$metadata",
+      contentType: "application/json",
+      data: encoder.encode(JSON.stringify(meta)),
+      metadata: new Uint8Array()
+    }])
   }
 
   /** The visible record of a stream at a revision. */
   get(streamId: string, revision: bigint): EventRecord | undefined {
     const s = this.streams.get(streamId)
-    if (!s || s.tombstoned || revision < s.truncateBefore || revision >= BigInt(s.records.length)) return undefined
+    if (!s || s.tombstoned || revision < BigInt(visibleFrom(s)) || revision >= BigInt(s.records.length)) return undefined
     return s.records[Number(revision)]
   }
 
@@ -292,8 +367,8 @@ export class Store {
     if (!s) return undefined
     if (s.tombstoned) throw new StreamDeleted(streamId)
     const size = s.records.length
-    const first = Number(s.truncateBefore)
-    if (size <= first) return undefined
+    if (size <= Number(s.truncateBefore)) return undefined
+    const first = visibleFrom(s)
     const out: Array<EventRecord> = []
     if (!backwards) {
       let i = from === "start" ? first : from === "end" ? size : Math.max(first, Number(from))
@@ -312,7 +387,8 @@ export class Store {
 
   /** First visible revision of a stream. */
   firstRevision(streamId: string): bigint {
-    return this.streams.get(streamId)?.truncateBefore ?? 0n
+    const s = this.streams.get(streamId)
+    return s ? BigInt(visibleFrom(s)) : 0n
   }
 
   /** Names of all streams (for listings). */
