@@ -579,6 +579,59 @@ describe("transactions", () => {
     expect((await c.findOne({ _id: 1 }))?.n).toBe(101)
   })
 
+  it("concurrent transfers keep the total, and every snapshot sees it", async () => {
+    const c = fresh("bank")
+    const accounts = 5
+    await c.insertMany(Array.from({ length: accounts }, (_, i) => ({ _id: i, balance: 100 })))
+    const committed: Array<{ from: number; to: number; amount: number }> = []
+    let seed = 7
+    const random = (n: number) => (seed = (seed * 48271) % 0x7fffffff) % n
+    const transfer = async (worker: number) => {
+      const session = client.startSession()
+      try {
+        for (let k = 0; k < 8; k++) {
+          const from = random(accounts)
+          const to = (from + 1 + random(accounts - 1)) % accounts
+          const amount = 1 + random(10)
+          await session.withTransaction(async () => {
+            await c.updateOne({ _id: from }, { $inc: { balance: -amount } }, { session })
+            await c.updateOne({ _id: to }, { $inc: { balance: amount } }, { session })
+          })
+          committed.push({ from, to, amount })
+          void worker
+        }
+      } finally {
+        await session.endSession()
+      }
+    }
+    const audits: Array<number> = []
+    const audit = async () => {
+      const session = client.startSession()
+      try {
+        for (let k = 0; k < 8; k++) {
+          await session.withTransaction(async () => {
+            // One read per account: commits land between them, the snapshot must not show them.
+            let sum = 0
+            for (let i = 0; i < accounts; i++) sum += (await c.findOne({ _id: i }, { session }))!.balance
+            audits.push(sum)
+          }, { readConcern: { level: "snapshot" } })
+        }
+      } finally {
+        await session.endSession()
+      }
+    }
+    await Promise.all([transfer(1), transfer(2), transfer(3), audit(), audit()])
+    expect(new Set(audits)).toEqual(new Set([accounts * 100]))
+    const expected = Array.from({ length: accounts }, () => 100)
+    for (const t of committed) {
+      expected[t.from]! -= t.amount
+      expected[t.to]! += t.amount
+    }
+    const final = await c.find({}).sort({ _id: 1 }).toArray()
+    expect(final.map((d) => d.balance)).toEqual(expected)
+    expect(committed.length).toBe(24)
+  })
+
   it("a duplicate key inside a transaction aborts it", async () => {
     const c = fresh("txn")
     await c.insertOne({ _id: 1 })
