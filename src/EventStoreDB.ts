@@ -207,6 +207,9 @@ interface Unsubscribable<A> extends AsyncIterable<A> {
   unsubscribe(): Promise<void>
 }
 
+/** Subscriptions whose scope closed: settling their deliveries is pointless (the server redelivers). */
+const closed = new WeakSet<object>()
+
 /**
  * Pulls a client subscription one event at a time. The scope owns the
  * subscription: closing it cancels the call. The stream ends with a retryable
@@ -225,7 +228,8 @@ const pull = <A, B>(
       // Closing: cancel the call first (so a pending pull can end), then release the iterator.
       // Finalizers are uninterruptible: each step is made interruptible so its timeout holds.
       yield* Effect.addFinalizer(() =>
-        Effect.promise(() => subscription.unsubscribe()).pipe(
+        Effect.sync(() => closed.add(subscription)).pipe(
+          Effect.zipRight(Effect.promise(() => subscription.unsubscribe())),
           Effect.interruptible,
           Effect.timeout("5 seconds"),
           Effect.ignore,
@@ -342,14 +346,24 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
           (resolved: PersistentSubscriptionToStreamResolvedEvent, subscription) => {
             const sub = subscription as PersistentSubscriptionToStream
             const position = (resolved.link ?? resolved.event)!.revision
+            const what = `settling ${resolved.event?.id ?? resolved.link?.id} in ${group}`
             return toDelivery(resolved, position, (settlement) =>
-              Effect.tryPromise({
-                try: () =>
-                  settlement._tag === "Ack"
-                    ? sub.ack(resolved)
-                    : sub.nack(settlement.action, settlement.reason, resolved),
-                catch: sourceError(`settling ${resolved.event?.id ?? resolved.link?.id} in ${group}`)
-              }))
+              closed.has(sub)
+                ? Effect.fail(
+                  new EventSourceError({ message: `${what}: the subscription is closed; it will be redelivered`, retryable: true })
+                )
+                : Effect.tryPromise({
+                  try: () =>
+                    settlement._tag === "Ack"
+                      ? sub.ack(resolved)
+                      : sub.nack(settlement.action, settlement.reason, resolved),
+                  catch: sourceError(what)
+                }).pipe(
+                  Effect.timeoutFail({
+                    duration: "10 seconds",
+                    onTimeout: () => new EventSourceError({ message: `${what}: timed out`, retryable: true })
+                  })
+                ))
           }
         )
       )))
