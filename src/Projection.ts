@@ -49,10 +49,11 @@ export type EncodedDocument = { readonly [field: string]: unknown }
  * poison event (dead-lettered or parked with the reason). Returning `undefined`
  * deletes the document.
  *
- * Joins: an event may touch several documents (`key` returns several ids); when
- * they share a `partition`, `evolve` can `read` the others as they stood before
- * the event. `read` of a document the event does not touch gives its latest state
- * in the lane, and is only meaningful within one partition.
+ * An event may touch several documents (`key` returns several ids): `evolve` is
+ * called once for each, and `context.key` tells which. Joins: when they share a
+ * `partition`, `evolve` can `context.read` the others as they stood before the
+ * event. `read` of a document the event does not touch gives its latest state in
+ * the lane, and is only meaningful within one partition.
  *
  * @since 0.1.0
  */
@@ -74,7 +75,21 @@ export interface Projection<Events extends EventSchemas = EventSchemas, Doc = an
    * `read` sees them as they stood before each event.
    */
   readonly partition: ((event: EventOf<Events>, key: string) => string) | undefined
-  readonly evolve: (document: Doc | undefined, event: EventOf<Events>, read: (key: string) => Doc | undefined) => Doc | undefined
+  readonly evolve: (document: Doc | undefined, event: EventOf<Events>, context: EvolveContext<Doc>) => Doc | undefined
+}
+
+/**
+ * What `evolve` knows besides the document and the event: which of the event's
+ * documents it is evolving, and the others as they stood before the event.
+ * Valid only during the call.
+ *
+ * @since 0.1.0
+ */
+export interface EvolveContext<Doc> {
+  /** The id of the document being evolved (one of the event's keys). */
+  readonly key: string
+  /** Another document of this projection as it stood before the event (see `partition`). */
+  readonly read: (key: string) => Doc | undefined
 }
 
 /**
@@ -132,7 +147,7 @@ export const make = <
   readonly evolve: (
     document: Schema.Schema.Type<DocumentSchema> | undefined,
     event: EventOf<Events>,
-    read: (key: string) => Schema.Schema.Type<DocumentSchema> | undefined
+    context: EvolveContext<Schema.Schema.Type<DocumentSchema>>
   ) => Schema.Schema.Type<DocumentSchema> | undefined
 }): Projection<Events, Schema.Schema.Type<DocumentSchema>> => ({
   _tag: "Projection",

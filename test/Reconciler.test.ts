@@ -336,7 +336,7 @@ describe("Reconciler", () => {
         },
         partition: (event) => "owner" in event.data ? event.data.owner : event.data.person,
         // A union document with literal tags: annotating the result keeps the tags literal.
-        evolve: (doc, event, read): typeof Doc.Type | undefined => {
+        evolve: (doc, event, { read }): typeof Doc.Type | undefined => {
           switch (event.type) {
             case "PersonRegistered":
             case "PersonRenamed":

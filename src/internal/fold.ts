@@ -112,10 +112,14 @@ const fold = <P extends { readonly event: Event; readonly key: string }>(
   }
   // States before the event being applied, for `read`.
   let snapshot: Map<string, unknown> | undefined
-  const read = (id: string): unknown => {
-    if (snapshot?.has(id)) return snapshot.get(id)
-    const doc = working.get(id)
-    return doc !== undefined ? doc.state : current.get(id)?.state
+  // One context object for the whole fold: evolve may use it only during its call.
+  const context = {
+    key: "",
+    read: (id: string): unknown => {
+      if (snapshot?.has(id)) return snapshot.get(id)
+      const doc = working.get(id)
+      return doc !== undefined ? doc.state : current.get(id)?.state
+    }
   }
 
   for (let i = 0; i < parts.length;) {
@@ -144,7 +148,8 @@ const fold = <P extends { readonly event: Event; readonly key: string }>(
       }
       let next: unknown
       try {
-        next = projection.evolve(snapshot === undefined ? doc.state : snapshot.get(part.key), event as never, read)
+        context.key = part.key
+        next = projection.evolve(snapshot === undefined ? doc.state : snapshot.get(part.key), event as never, context)
       } catch (error) {
         poisoned.push({ part, reason: `evolve threw on ${event.type}: ${describe(error)}` })
         continue
