@@ -17,7 +17,7 @@
  *
  * @since 0.1.0
  */
-import { Cause, Data, Duration, Effect, Either, ExecutionStrategy, Exit, Fiber, Metric, MetricBoundaries, Option, Schedule, Scope, Stream } from "effect"
+import { Cause, Clock, Data, Duration, Effect, Either, ExecutionStrategy, Exit, Fiber, Metric, MetricBoundaries, Option, Schedule, Scope, Stream } from "effect"
 import type { Delivery } from "./EventSource.js"
 import { ack, EventSource, EventSourceError, nack } from "./EventSource.js"
 import type { Event, Handler, Projection, Runnable } from "./Projection.js"
@@ -45,6 +45,8 @@ export interface RunOptions {
   readonly laneBuffer?: number | undefined
   /** How long a drain may take before in-flight work is abandoned (and nacked). Default 10 s. */
   readonly drainTimeout?: Duration.DurationInput | undefined
+  /** The watchdog flags the engine as stalled when work is in flight and nothing settles for this long. Default 30 s. */
+  readonly stallAfter?: Duration.DurationInput | undefined
   /** How often the checkpoint is committed when nothing else commits it. Default 1 s. */
   readonly commitInterval?: Duration.DurationInput | undefined
   /** Retries of transient store errors. Default: jittered exponential from 50 ms, capped at 5 s, unbounded. */
@@ -94,7 +96,10 @@ export const metrics = {
     MetricBoundaries.exponential({ start: 1, factor: 2, count: 12 }),
     "events per lane batch"
   ),
-  lag: Metric.gauge("reconciler_lag_ms", { description: "age of the newest applied event" })
+  lag: Metric.gauge("reconciler_lag_ms", { description: "age of the newest applied event" }),
+  stalled: Metric.gauge("reconciler_stalled", {
+    description: "1 while deliveries are in flight and none has settled for stallAfter"
+  })
 }
 
 const defaultRetry: Schedule.Schedule<unknown> = Schedule.exponential("50 millis").pipe(
@@ -152,6 +157,7 @@ export const run = (
       }
       const drainTimeout = Duration.decode(options.drainTimeout ?? "10 seconds")
       const commitInterval = Duration.decode(options.commitInterval ?? "1 second")
+      const stallAfter = Duration.toMillis(options.stallAfter ?? "30 seconds")
       const retrySchedule = options.retrySchedule ?? defaultRetry
       const id = checkpointId(runnable)
       const tag = <A extends Metric.Metric<any, any, any>>(metric: A): A => Metric.tagged(metric, "projection", runnable.name) as A
@@ -186,6 +192,7 @@ export const run = (
       let lastDispatched = Option.getOrUndefined(checkpoint)
       const inFlight = new Set<Tracked>()
       const gate = new Gate(laneCount * laneBuffer + batchSize)
+      let settledCount = 0
 
       const commit = Effect.suspend(() => {
         const position = watermark.current
@@ -245,6 +252,7 @@ export const run = (
             if (mode === "catch-up") watermark.complete(tracked.ticket)
           }
           gate.leave(finished.length)
+          settledCount += finished.length
         })
 
       // ---- lanes ------------------------------------------------------------
@@ -366,7 +374,25 @@ export const run = (
 
       // ---- lifetime ---------------------------------------------------------
       const laneFibers = yield* Effect.forEach(lanes, (lane) => Effect.forkScoped(laneLoop(lane)))
+      // Commits the checkpoint now and then, and watches for "running but not moving".
+      const stalled = tag(metrics.stalled)
+      let lastSettled = -1
+      let lastMove = 0
+      const watchdog = Effect.gen(function*() {
+        const now = yield* Clock.currentTimeMillis
+        if (settledCount !== lastSettled || gate.inFlight === 0) {
+          lastSettled = settledCount
+          lastMove = now
+          yield* Metric.set(stalled, 0)
+        } else if (now - lastMove >= stallAfter) {
+          yield* Metric.set(stalled, 1)
+          yield* Effect.logWarning(
+            `${runnable.name}: ${gate.inFlight} deliveries in flight and none settled for ${now - lastMove} ms`
+          )
+        }
+      })
       const committer = yield* commit.pipe(
+        Effect.zipRight(watchdog),
         Effect.zipRight(Effect.sleep(commitInterval)),
         Effect.forever,
         Effect.forkScoped
@@ -377,6 +403,7 @@ export const run = (
       yield* Effect.addFinalizer(() =>
         Effect.gen(function*() {
           yield* Fiber.interrupt(committer)
+          yield* Metric.set(stalled, 0)
           for (const lane of lanes) lane.end()
           const drained = yield* Fiber.joinAll(laneFibers).pipe(
             // Finalizers are uninterruptible: without this the timeout could not cut the wait.

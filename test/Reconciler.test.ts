@@ -376,4 +376,27 @@ describe("Reconciler", () => {
       const actual = Object.fromEntries([...store.documents("join_accounts")].map(([id, doc]) => [id, doc.body]))
       expect(actual).toEqual(expected)
     }))
+  it.scoped("the watchdog flags work in flight that stops moving, and clears once the engine moves on", () =>
+    Effect.gen(function*() {
+      const log = yield* InMemory.makeEventLog({ endAtHead: true })
+      yield* appendHistory(log, credits(10, 2))
+      const store = yield* InMemory.makeStore()
+      const proceed = yield* Deferred.make<void>()
+      const port: Port = { ...store.port, write: (batch) => Deferred.await(proceed).pipe(Effect.zipRight(store.port.write(batch))) }
+      const projection = Projection.make({ ...ledger, name: "ledger-watchdog" })
+      const stalled = Metric.tagged(Reconciler.metrics.stalled, "projection", "ledger-watchdog")
+      const fiber = yield* Reconciler.run(projection, { stallAfter: "30 seconds", retrySchedule: Schedule.forever }).pipe(
+        Effect.provideService(EventSource.EventSource, log.port),
+        Effect.provideService(ReadModelStore.ReadModelStore, port),
+        Effect.fork
+      )
+      yield* TestClock.adjust("20 seconds")
+      expect((yield* Metric.value(stalled)).value).toBe(0)
+      yield* TestClock.adjust("15 seconds")
+      expect((yield* Metric.value(stalled)).value).toBe(1)
+      yield* Deferred.succeed(proceed, undefined)
+      const { exit } = yield* driveToEnd(fiber, "1 second")
+      expect(Exit.isSuccess(exit)).toBe(true)
+      expect((yield* Metric.value(stalled)).value).toBe(0)
+    }))
 })
