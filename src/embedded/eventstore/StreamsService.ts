@@ -101,6 +101,7 @@ export const makeStreamsService = (store: Store): grpc.UntypedServiceImplementat
     let streamId = ""
     let expected = readExpected({ hasRevision: () => false, getRevision: () => "", hasNoStream: () => false })
     const events: Array<ProposedEvent> = []
+    let missing: string | undefined
     call.on("data", (req: InstanceType<typeof streams.AppendReq>) => {
       if (req.hasOptions()) {
         const o = req.getOptions()!
@@ -109,10 +110,13 @@ export const makeStreamsService = (store: Store): grpc.UntypedServiceImplementat
       } else if (req.hasProposedMessage()) {
         const m = req.getProposedMessage()!
         const map = m.getMetadataMap()
+        const type = map.get("type")
+        const contentType = map.get("content-type")
+        if (type === undefined || contentType === undefined) missing = "type,content-type"
         events.push({
           id: readUuid(m.getId()) ?? randomUUID(),
-          type: map.get("type") ?? "",
-          contentType: map.get("content-type") ?? "application/octet-stream",
+          type: type ?? "",
+          contentType: contentType ?? "application/octet-stream",
           data: m.getData_asU8(),
           metadata: m.getCustomMetadata_asU8()
         })
@@ -120,6 +124,13 @@ export const makeStreamsService = (store: Store): grpc.UntypedServiceImplementat
     })
     call.on("error", () => {})
     call.on("end", () => {
+      if (missing !== undefined) {
+        return callback(
+          statusError(grpc.status.INVALID_ARGUMENT, "missing-required-metadata-property", `Required metadata properties are missing: ${missing}`, {
+            "required-metadata-properties": missing
+          })
+        )
+      }
       const resp = new streams.AppendResp()
       try {
         const result = store.append(streamId, expected, events)
