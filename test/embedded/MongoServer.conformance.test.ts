@@ -37,7 +37,7 @@ const dbName = `conformance_${process.pid}_${Date.now()}`
 beforeAll(async () => {
   scope = Effect.runSync(Scope.make())
   const uri = realUri ?? (await Effect.runPromise(Scope.extend(MongoServer.make(), scope))).uri
-  client = await new MongoClient(uri).connect()
+  client = await new MongoClient(uri, { monitorCommands: true }).connect()
   db = client.db(dbName)
 })
 
@@ -399,8 +399,10 @@ describe("against a model", () => {
           const next = { v: -1, version: step.version + 1 }
           const result = await c.replaceOne(filter, next, { upsert: step.version === 0 }).then((r) => r.matchedCount + r.upsertedCount, (e: MongoServerError) => e.code)
           if (step.version === 0) {
-            expect(result).toBe(current === undefined ? 1 : 11000)
-            if (current === undefined) model.set(key, { _id: step.id, ...next })
+            // Matches a missing document (upsert) or one without a version (replaced); else the upsert collides.
+            const applies = current === undefined || current.version === undefined
+            expect(result).toBe(applies ? 1 : 11000)
+            if (applies) model.set(key, { _id: step.id, ...next })
           } else {
             const matches = current !== undefined && current.version === step.version
             expect(result).toBe(matches ? 1 : 0)
@@ -577,6 +579,27 @@ describe("transactions", () => {
     }
     expect(attempts).toBe(2)
     expect((await c.findOne({ _id: 1 }))?.n).toBe(101)
+  })
+
+  it("a write outside a transaction waits for the transaction holding its document", async () => {
+    const c = fresh("txn")
+    await c.insertOne({ _id: 1, n: 0 })
+    const session = client.startSession()
+    try {
+      session.startTransaction()
+      await c.updateOne({ _id: 1 }, { $inc: { n: 1 } }, { session })
+      const sent = new Promise<void>((resolve) =>
+        client.once("commandStarted", (e) => (e.commandName === "update" ? resolve() : undefined))
+      )
+      const outside = c.updateOne({ _id: 1 }, { $inc: { n: 10 } })
+      await sent
+      await db.command({ ping: 1 })
+      await session.commitTransaction()
+      expect((await outside).modifiedCount).toBe(1)
+    } finally {
+      await session.endSession()
+    }
+    expect((await c.findOne({ _id: 1 }))?.n).toBe(11)
   })
 
   it("concurrent transfers keep the total, and every snapshot sees it", async () => {

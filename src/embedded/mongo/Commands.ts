@@ -37,7 +37,8 @@ import { type Doc, bool, isPlainObject, keyOf, num, toView, valuesAt } from "./V
 /** The wire version we announce (MongoDB 7.0). */
 export const MAX_WIRE_VERSION = 21
 const DEFAULT_BATCH = 101
-const TRANSACTION_LIFETIME_MS = 60_000
+/** MongoDB's default transactionLifetimeLimitSeconds. */
+export const TRANSACTION_LIFETIME_MS = 60_000
 const MAX_BATCH_BYTES = 8 * 1024 * 1024
 
 interface Cursor {
@@ -116,6 +117,40 @@ export class Engine {
     reply.$clusterTime = { clusterTime: ts, signature: { hash: new Binary(Buffer.alloc(20)), keyId: Long.fromNumber(0) } }
     reply.operationTime = ts
     return reply
+  }
+
+  /**
+   * The open transactions holding documents that a write outside any transaction would
+   * change: as in MongoDB, such a write waits for them to end instead of conflicting.
+   */
+  blockers(command: Doc, db: string): Array<Transaction> {
+    if (this.storage.locks.size === 0) return []
+    const name = Object.keys(command)[0] ?? ""
+    if (!retryableWrites.has(name) || (command.autocommit !== undefined && !bool(command.autocommit, true))) return []
+    const c = typeof command[name] === "string" ? this.storage.collection(db, command[name] as string) : undefined
+    if (c === undefined) return []
+    const access = new DirectAccess(this.storage)
+    const keys: Array<string> = []
+    try {
+      if (name === "insert") {
+        for (const doc of (command.documents as Array<Doc> | undefined) ?? []) if ("_id" in doc) keys.push(keyOf(doc._id))
+      } else if (name === "update" || name === "delete") {
+        for (const s of ((command[name === "update" ? "updates" : "deletes"] as Array<Doc> | undefined) ?? [])) {
+          const many = name === "update" ? bool(s.multi, false) : num(s.limit, 0) !== 1
+          for (const v of findVersions(access, c, { filter: (s.q as Doc | undefined) ?? {}, limit: many ? 0 : 1 })) keys.push(keyOf(v.raw._id))
+        }
+      } else {
+        for (const v of findVersions(access, c, { filter: (command.query as Doc | undefined) ?? {}, sort: command.sort as Doc | undefined, limit: 1 })) keys.push(keyOf(v.raw._id))
+      }
+    } catch {
+      return [] // the command itself reports the error
+    }
+    const out = new Set<Transaction>()
+    for (const key of keys) {
+      const t = this.storage.locks.get(`${c.ns}\u0000${key}`)
+      if (t !== undefined && t.state === "active") out.add(t)
+    }
+    return [...out]
   }
 
   /** Runs one command and returns the reply document (errors included, never thrown). */

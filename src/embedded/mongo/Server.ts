@@ -6,7 +6,8 @@
  * @internal
  */
 import * as net from "node:net"
-import type { Engine } from "./Commands.js"
+import { type Engine, TRANSACTION_LIFETIME_MS } from "./Commands.js"
+import type { Transaction } from "./Storage.js"
 import { EXHAUST_ALLOWED, Framer, MORE_TO_COME, OP_MSG, decode, encodeMsg, encodeReply } from "./Wire.js"
 import { num } from "./Values.js"
 
@@ -14,6 +15,8 @@ import { num } from "./Values.js"
 export class WireServer {
   private readonly server: net.Server
   private readonly sockets = new Set<net.Socket>()
+  /** Writes waiting for transactions, by connection: woken when the connection closes. */
+  private readonly wakers = new Map<net.Socket, Set<() => void>>()
   private nextRequest = 1
 
   constructor(readonly engine: Engine) {
@@ -49,10 +52,14 @@ export class WireServer {
     const cleanup = () => {
       for (const t of timers) clearTimeout(t)
       timers.clear()
+      for (const wake of this.wakers.get(socket) ?? []) wake()
+      this.wakers.delete(socket)
       this.sockets.delete(socket)
     }
     socket.on("close", cleanup)
     socket.on("error", () => socket.destroy())
+    // Messages of one connection run in order; a write waiting for a transaction holds back only its connection.
+    let queue: Promise<void> = Promise.resolve()
     socket.on("data", (chunk: Buffer) => {
       let messages: Array<Buffer>
       try {
@@ -62,17 +69,42 @@ export class WireServer {
         return
       }
       for (const message of messages) {
-        try {
-          this.handle(socket, message, connectionId, timers)
-        } catch {
+        queue = queue.then(() => (socket.destroyed ? undefined : this.handle(socket, message, connectionId, timers))).catch(() => {
           socket.destroy()
-          return
-        }
+        })
       }
     })
   }
 
-  private handle(socket: net.Socket, message: Buffer, connectionId: number, timers: Set<NodeJS.Timeout>): void {
+  /** Resolves when all `blockers` ended, or when the oldest may have expired (then expires it). */
+  private waitFor(socket: net.Socket, blockers: ReadonlyArray<Transaction>, timers: Set<NodeJS.Timeout>): Promise<void> {
+    return new Promise((resolve) => {
+      let wakers = this.wakers.get(socket)
+      if (wakers === undefined) {
+        wakers = new Set()
+        this.wakers.set(socket, wakers)
+      }
+      let pending = blockers.length
+      const oldest = Math.min(...blockers.map((t) => t.startedAt))
+      const timer = setTimeout(() => done(), Math.max(0, oldest + TRANSACTION_LIFETIME_MS - Date.now()) + 1)
+      timer.unref()
+      timers.add(timer)
+      let finished = false
+      const done = () => {
+        if (finished) return
+        finished = true
+        clearTimeout(timer)
+        timers.delete(timer)
+        wakers.delete(done)
+        this.engine.storage.expire(TRANSACTION_LIFETIME_MS)
+        resolve()
+      }
+      wakers.add(done)
+      for (const t of blockers) t.onEnd.push(() => (--pending === 0 ? done() : undefined))
+    })
+  }
+
+  private async handle(socket: net.Socket, message: Buffer, connectionId: number, timers: Set<NodeJS.Timeout>): Promise<void> {
     const request = decode(message)
     const db = request.legacy
       ? (request.collection ?? "admin.$cmd").split(".")[0]!
@@ -106,6 +138,10 @@ export class WireServer {
       }
       tick()
       return
+    }
+    for (let blockers = this.engine.blockers(request.command, db); blockers.length > 0; blockers = this.engine.blockers(request.command, db)) {
+      await this.waitFor(socket, blockers, timers)
+      if (socket.destroyed) return
     }
     const reply = this.engine.run(request.command, db, connectionId, request.legacy)
     const requestId = this.nextRequest++

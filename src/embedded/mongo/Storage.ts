@@ -195,6 +195,8 @@ export class Transaction {
   /** Per collection and unique index: tuple → key, for the transaction's own writes. */
   readonly uniques = new Map<Index, Map<string, string>>()
   readonly startedAt = Date.now()
+  /** Called once when the transaction ends (writers outside it wait for this). */
+  readonly onEnd: Array<() => void> = []
 
   constructor(
     readonly lsid: string,
@@ -267,6 +269,7 @@ export class Storage {
       if (this.locks.get(lock) === t) this.locks.delete(lock)
     }
     if (this.active.size === 0) for (const colls of this.dbs.values()) for (const c of colls.values()) c.history.clear()
+    for (const f of t.onEnd.splice(0)) f()
   }
 
   /** Commits a transaction's writes atomically, or aborts it with a write conflict. */
