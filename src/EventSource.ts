@@ -58,7 +58,11 @@ export interface Delivery {
   readonly created: Date
   /** How often this delivery was retried before (persistent subscriptions). */
   readonly retryCount: number
-  /** Settles the delivery with its source. Idempotent: only the first call counts. */
+  /**
+   * Settles the delivery with its source. Idempotent: only the first call counts.
+   * Only persistent deliveries are settled: for a catch-up subscription the
+   * engine's checkpoint is the acknowledgement, and the engine does not call this.
+   */
   readonly settle: (settlement: Settlement) => Effect.Effect<void, EventSourceError>
 }
 

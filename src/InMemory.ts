@@ -78,8 +78,10 @@ export interface Parked {
 export interface EventLog {
   readonly append: (streamId: string, events: ReadonlyArray<NewEvent>) => Effect.Effect<ReadonlyArray<RecordedEvent>>
   readonly events: ReadonlyArray<RecordedEvent>
-  /** Deliveries handed over and not settled yet, now and at most. */
+  /** Persistent deliveries handed over and not settled yet, now and at most. */
   readonly unsettled: () => { readonly now: number; readonly max: number }
+  /** All deliveries handed over so far, both modes. */
+  readonly pulled: () => number
   /** Parked deliveries of a persistent group. */
   readonly parked: (group: string) => ReadonlyArray<Parked>
   readonly port: EventSource["Type"]
@@ -156,10 +158,15 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
         return recorded
       })
 
-    const deliver = (event: RecordedEvent, retryCount: number, onSettle: (s: Settlement) => void): Delivery => {
+    let pulled = 0
+    /** A delivery; `onSettle` only for persistent ones (catch-up deliveries are not settled). */
+    const deliver = (event: RecordedEvent, retryCount: number, onSettle?: (s: Settlement) => void): Delivery => {
       let settled = false
-      unsettledNow++
-      if (unsettledNow > unsettledMax) unsettledMax = unsettledNow
+      pulled++
+      if (onSettle !== undefined) {
+        unsettledNow++
+        if (unsettledNow > unsettledMax) unsettledMax = unsettledNow
+      }
       return {
         id: event.id,
         type: event.type,
@@ -173,7 +180,7 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
         retryCount,
         settle: (settlement) =>
           Effect.sync(() => {
-            if (settled) return
+            if (settled || onSettle === undefined) return
             settled = true
             unsettledNow--
             onSettle(settlement)
@@ -192,7 +199,7 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
           const chunk: Array<Delivery> = []
           while (chunk.length < chunkSize) {
             if (duplicate !== undefined) {
-              chunk.push(deliver(duplicate, 0, () => {}))
+              chunk.push(deliver(duplicate, 0))
               duplicate = undefined
               continue
             }
@@ -204,7 +211,7 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
               if (chunk.length > 0) break
               return yield* Effect.fail(Option.some(dropped()))
             }
-            const delivery = deliver(event, 0, () => {})
+            const delivery = deliver(event, 0)
             chunk.push(delivery)
             if (faults.duplicateRate !== undefined && next() < faults.duplicateRate) {
               duplicate = event
@@ -314,6 +321,7 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
         return log
       },
       unsettled: () => ({ now: unsettledNow, max: unsettledMax }),
+      pulled: () => pulled,
       parked: (group) => {
         const found: Array<Parked> = []
         for (const [name, g] of groups) if (name.endsWith(`::${group}`)) found.push(...g.parked)
