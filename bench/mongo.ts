@@ -7,7 +7,7 @@
  * 2. the embedded server's upsert and `_id` lookup throughput at 10k and 200k
  *    documents: with an index it must not slow down as the collection grows.
  *
- *   npx tsx bench/mongo.ts            # BENCH_SIZES=10000,200000 BENCH_OPS=5000
+ *   npx tsx bench/mongo.ts   # BENCH_SIZES=10000,200000 BENCH_OPS=5000 BENCH_ROUNDS=3 BENCH_GUARD_DOCS=5000
  */
 import { Effect, Scope, Exit } from "effect"
 import { MongoClient, type AnyBulkWriteOperation, type Collection, type Document } from "mongodb"
@@ -30,33 +30,43 @@ const guarded = (from: number, n: number, prefix: string) =>
     return { filter: { _id: `${prefix}-${i}`, "_reconciler.version": { $exists: false } } as Document, doc: body(i, 1) }
   })
 
-const benchGuarded = async (db: ReturnType<MongoClient["db"]>) => {
-  const bulk: Collection<Document> = db.collection("guard_bulk")
-  const single: Collection<Document> = db.collection("guard_single")
-  await bulk.drop().catch(() => undefined)
-  await single.drop().catch(() => undefined)
-  // Warm-up on both paths.
-  await bulk.bulkWrite(guarded(0, 200, "w").map(({ filter, doc }) => ({ replaceOne: { filter, replacement: doc, upsert: true } })), { ordered: false })
-  for (const { filter, doc } of guarded(0, 200, "w")) await single.updateOne(filter, { $set: doc }, { upsert: true })
+const median = (xs: Array<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
+const rounds = Number(process.env.BENCH_ROUNDS ?? 3)
 
-  const work = guarded(0, guardDocs, "d")
-  let t = now()
-  for (let i = 0; i < work.length; i += batchSize) {
-    const batch: Array<AnyBulkWriteOperation<Document>> = work
-      .slice(i, i + batchSize)
-      .map(({ filter, doc }) => ({ replaceOne: { filter, replacement: doc, upsert: true } }))
-    await bulk.bulkWrite(batch, { ordered: false })
+const benchGuarded = async (db: ReturnType<MongoClient["db"]>) => {
+  const bulkRates: Array<number> = []
+  const singleRates: Array<number> = []
+  // Warm-up round first (JIT), then measured rounds alternating the two paths on fresh collections.
+  for (let round = 0; round <= rounds; round++) {
+    const bulk: Collection<Document> = db.collection(`guard_bulk_${round}`)
+    const single: Collection<Document> = db.collection(`guard_single_${round}`)
+    const work = guarded(0, round === 0 ? 1000 : guardDocs, "d")
+    let t = now()
+    for (let i = 0; i < work.length; i += batchSize) {
+      const batch: Array<AnyBulkWriteOperation<Document>> = work
+        .slice(i, i + batchSize)
+        .map(({ filter, doc }) => ({ replaceOne: { filter, replacement: doc, upsert: true } }))
+      await bulk.bulkWrite(batch, { ordered: false })
+    }
+    const bulkMs = now() - t
+    t = now()
+    for (const { filter, doc } of work) await single.updateOne(filter, { $set: doc }, { upsert: true })
+    const singleMs = now() - t
+    if ((await bulk.countDocuments()) !== work.length || (await single.countDocuments()) !== work.length) {
+      throw new Error("a path lost documents")
+    }
+    await bulk.drop()
+    await single.drop()
+    if (round === 0) continue
+    bulkRates.push(rate(work.length, bulkMs))
+    singleRates.push(rate(work.length, singleMs))
   }
-  const bulkMs = now() - t
-  t = now()
-  for (const { filter, doc } of work) await single.updateOne(filter, { $set: doc }, { upsert: true })
-  const singleMs = now() - t
-  if ((await bulk.countDocuments({ _id: { $regex: "^d-" } } as Document)) !== guardDocs) throw new Error("bulk path lost documents")
-  if ((await single.countDocuments({ _id: { $regex: "^d-" } } as Document)) !== guardDocs) throw new Error("single path lost documents")
-  console.log(`guarded upserts, ${guardDocs} documents:`)
-  console.log(`  bulkWrite (unordered, ${batchSize}/batch): ${rate(guardDocs, bulkMs)} docs/s (${bulkMs.toFixed(0)} ms)`)
-  console.log(`  updateOne one by one:          ${rate(guardDocs, singleMs)} docs/s (${singleMs.toFixed(0)} ms)`)
-  console.log(`  ratio bulk/one-by-one:         ${(singleMs / bulkMs).toFixed(1)}x`)
+  const b = median(bulkRates)
+  const o = median(singleRates)
+  console.log(`guarded upserts, ${guardDocs} new documents, median of ${rounds} rounds:`)
+  console.log(`  bulkWrite (unordered, ${batchSize}/batch): ${b} docs/s`)
+  console.log(`  updateOne one by one:          ${o} docs/s`)
+  console.log(`  ratio bulk/one-by-one:         ${(b / o).toFixed(1)}x`)
 }
 
 const benchSize = async (db: ReturnType<MongoClient["db"]>, size: number, quiet = false) => {
@@ -72,33 +82,36 @@ const benchSize = async (db: ReturnType<MongoClient["db"]>, size: number, quiet 
     seed = (seed * 48271) % 0x7fffffff
     return seed % size
   }
-  // Upserts of existing documents, one at a time (guarded by version, like the store's replacements).
-  t = now()
-  for (let k = 0; k < ops; k++) {
-    const i = pick()
-    await c.updateOne({ _id: `doc-${i}` } as Document, { $set: { balance: k }, $inc: { "_reconciler.version": 1 } }, { upsert: true })
+  const upserts: Array<number> = []
+  const lookups: Array<number> = []
+  const batched: Array<number> = []
+  for (let round = 0; round < (quiet ? 1 : rounds); round++) {
+    // Upserts of existing documents, one at a time, by _id.
+    t = now()
+    for (let k = 0; k < ops; k++) {
+      await c.updateOne({ _id: `doc-${pick()}` } as Document, { $set: { balance: k }, $inc: { "_reconciler.version": 1 } }, { upsert: true })
+    }
+    upserts.push(rate(ops, now() - t))
+    t = now()
+    for (let k = 0; k < ops; k++) {
+      if ((await c.findOne({ _id: `doc-${pick()}` } as Document)) === null) throw new Error("lookup missed")
+    }
+    lookups.push(rate(ops, now() - t))
+    // Batched lookups the way the store loads ($in of 100 ids).
+    t = now()
+    for (let k = 0; k < ops; k += 100) {
+      await c.find({ _id: { $in: Array.from({ length: 100 }, () => `doc-${pick()}`) } } as Document).toArray()
+    }
+    batched.push(rate(ops, now() - t))
   }
-  const upsertMs = now() - t
-  t = now()
-  for (let k = 0; k < ops; k++) {
-    const doc = await c.findOne({ _id: `doc-${pick()}` } as Document)
-    if (doc === null) throw new Error("lookup missed")
-  }
-  const lookupMs = now() - t
-  // Batched lookups the way the store loads ($in of 100 ids).
-  t = now()
-  for (let k = 0; k < ops; k += 100) {
-    const ids = Array.from({ length: 100 }, () => `doc-${pick()}`)
-    await c.find({ _id: { $in: ids } } as Document).toArray()
-  }
-  const inMs = now() - t
-  if (quiet) return { upsert: 0, lookup: 0 }
-  console.log(`${size} documents (loaded in ${(loadMs / 1000).toFixed(1)} s, ${rate(size, loadMs)} docs/s):`)
-  console.log(`  upsert by _id:   ${rate(ops, upsertMs)} ops/s`)
-  console.log(`  findOne by _id:  ${rate(ops, lookupMs)} ops/s`)
-  console.log(`  find $in 100 ids: ${rate(ops, inMs)} docs/s`)
   await c.drop()
-  return { upsert: rate(ops, upsertMs), lookup: rate(ops, lookupMs) }
+  if (quiet) return { upsert: 0, lookup: 0 }
+  const result = { upsert: median(upserts), lookup: median(lookups) }
+  console.log(`${size} documents (loaded in ${(loadMs / 1000).toFixed(1)} s, ${rate(size, loadMs)} docs/s), median of ${rounds} rounds:`)
+  console.log(`  upsert by _id:    ${result.upsert} ops/s`)
+  console.log(`  findOne by _id:   ${result.lookup} ops/s`)
+  console.log(`  find $in 100 ids: ${median(batched)} docs/s`)
+  return result
 }
 
 const main = async (uri: string) => {
