@@ -742,6 +742,18 @@ describe.skipIf(!embedded)("embedded server only", () => {
     expect(await exited).toBe(0)
   })
 
+  it("fails with a typed error when its port is taken", async () => {
+    const exit = await Effect.runPromiseExit(
+      Effect.scoped(
+        Effect.gen(function*() {
+          const first = yield* MongoServer.make()
+          return yield* MongoServer.make({ port: first.port })
+        })
+      )
+    )
+    expect(Exit.isFailure(exit) && exit.cause._tag === "Fail" && exit.cause.error._tag).toBe("MongoServerError")
+  })
+
   it("refuses change streams at once with an error", async () => {
     const e = await serverError(db.command({ aggregate: "c_1", pipeline: [{ $changeStream: {} }], cursor: {} }))
     expect(e.code).toBe(115)
