@@ -159,13 +159,24 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
       })
 
     let pulled = 0
-    /** A delivery; `onSettle` only for persistent ones (catch-up deliveries are not settled). */
+    // Catch-up deliveries are never settled (the engine's checkpoint acknowledges them).
+    const settleNothing = () => Effect.void
+    /** A delivery; `onSettle` only for persistent ones. */
     const deliver = (event: RecordedEvent, retryCount: number, onSettle?: (s: Settlement) => void): Delivery => {
-      let settled = false
       pulled++
+      let settle: Delivery["settle"] = settleNothing
       if (onSettle !== undefined) {
         unsettledNow++
         if (unsettledNow > unsettledMax) unsettledMax = unsettledNow
+        let settled = false
+        settle = (settlement) =>
+          Effect.sync(() => {
+            if (settled) return
+            settled = true
+            unsettledNow--
+            onSettle(settlement)
+            wake()
+          })
       }
       return {
         id: event.id,
@@ -178,14 +189,7 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
         isJson: event.isJson,
         created: event.created,
         retryCount,
-        settle: (settlement) =>
-          Effect.sync(() => {
-            if (settled || onSettle === undefined) return
-            settled = true
-            unsettledNow--
-            onSettle(settlement)
-            wake()
-          })
+        settle
       }
     }
 

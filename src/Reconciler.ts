@@ -504,9 +504,7 @@ const projectionBatch = (
           if (reason === undefined) foldable.push(part)
           else poison.set(part, reason)
         }
-        const current = new Map<string, Current | undefined>()
-        for (const part of foldable) current.set(part.key, cache.get(part.key))
-        const result = foldBatch(projection, codec, mode, current, foldable)
+        const result = foldBatch(projection, codec, mode, (docId) => cache.get(docId), foldable)
         const outcome = result.writes.length === 0
           ? { conflicts: [] as ReadonlyArray<string> }
           : yield* durably(
@@ -520,16 +518,16 @@ const projectionBatch = (
           poison.set(part, reason)
           poisonedDocs.add(part.key)
         }
-        for (const [docId, next] of result.next) {
+        for (const [docId, fold] of result.documents) {
           if (conflicts.has(docId)) {
             cache.delete(docId)
             continue
           }
-          applied += result.applied.get(docId) ?? 0
-          duplicates += result.duplicates.get(docId) ?? 0
+          applied += fold.applied
+          duplicates += fold.duplicates
           // A throwing evolve may have changed its input: forget it rather than trust it.
           if (poisonedDocs.has(docId)) cache.delete(docId)
-          else remember(docId, next)
+          else remember(docId, fold.next)
         }
         todo = foldable.filter((part) => conflicts.has(part.key))
       }

@@ -39,15 +39,20 @@ export const decodeStored = (
     : Either.right({ state: decoded.right, meta: stored.meta })
 }
 
+/** What folding a batch did to one document. */
+export interface DocumentFold {
+  /** The guarded write, when the document changed. */
+  readonly write: DocumentWrite | undefined
+  /** The document after the write (or as it was), for the engine's cache. */
+  readonly next: Current | undefined
+  readonly applied: number
+  readonly duplicates: number
+}
+
 /** What folding a batch produced. */
 export interface BatchFold<P> {
-  /** One guarded write per changed document. */
   readonly writes: ReadonlyArray<DocumentWrite>
-  /** The documents after the writes, for the engine's cache. */
-  readonly next: ReadonlyMap<string, Current | undefined>
-  /** Per document: how many events it applied and found already applied. */
-  readonly applied: ReadonlyMap<string, number>
-  readonly duplicates: ReadonlyMap<string, number>
+  readonly documents: ReadonlyMap<string, DocumentFold>
   readonly poisoned: ReadonlyArray<{ readonly part: P; readonly reason: string }>
 }
 
@@ -77,15 +82,18 @@ export const foldBatch = <P extends { readonly event: Event; readonly key: strin
   projection: Projection<any, any>,
   codec: DocumentCodec,
   mode: Mode,
-  current: ReadonlyMap<string, Current | undefined>,
+  current: Current_,
   parts: ReadonlyArray<P>
 ): BatchFold<P> => fold(projection, codec, mode, current, parts, false) ?? fold(projection, codec, mode, current, parts, true)!
+
+/** The documents as they stood before the batch, by id. */
+type Current_ = (id: string) => Current | undefined
 
 const fold = <P extends { readonly event: Event; readonly key: string }>(
   projection: Projection<any, any>,
   codec: DocumentCodec,
   mode: Mode,
-  current: ReadonlyMap<string, Current | undefined>,
+  current: Current_,
   parts: ReadonlyArray<P>,
   encodeEachStep: boolean
 ): BatchFold<P> | undefined => {
@@ -94,7 +102,7 @@ const fold = <P extends { readonly event: Event; readonly key: string }>(
   const workingOf = (id: string): Working => {
     let doc = working.get(id)
     if (doc === undefined) {
-      const stored = current.get(id)
+      const stored = current(id)
       const before = stored?.meta ?? emptyMeta
       doc = {
         state: stored?.state,
@@ -118,7 +126,7 @@ const fold = <P extends { readonly event: Event; readonly key: string }>(
     read: (id: string): unknown => {
       if (snapshot?.has(id)) return snapshot.get(id)
       const doc = working.get(id)
-      return doc !== undefined ? doc.state : current.get(id)?.state
+      return doc !== undefined ? doc.state : current(id)?.state
     }
   }
 
@@ -172,14 +180,10 @@ const fold = <P extends { readonly event: Event; readonly key: string }>(
   }
 
   const writes: Array<DocumentWrite> = []
-  const next = new Map<string, Current | undefined>()
-  const applied = new Map<string, number>()
-  const duplicates = new Map<string, number>()
+  const documents = new Map<string, DocumentFold>()
   for (const [id, doc] of working) {
-    applied.set(id, doc.applied)
-    duplicates.set(id, doc.duplicates)
     if (doc.applied === 0) {
-      next.set(id, current.get(id))
+      documents.set(id, { write: undefined, next: current(id), applied: 0, duplicates: doc.duplicates })
       continue
     }
     if (!encodeEachStep && doc.state !== undefined) {
@@ -193,10 +197,16 @@ const fold = <P extends { readonly event: Event; readonly key: string }>(
       streams: doc.streams ?? doc.before.streams,
       deleted: doc.deleted
     }
-    writes.push({ id, expectedVersion: doc.before.version, body: doc.state === undefined ? undefined : doc.encoded, meta })
-    next.set(id, { state: doc.state, meta })
+    const write: DocumentWrite = {
+      id,
+      expectedVersion: doc.before.version,
+      body: doc.state === undefined ? undefined : doc.encoded,
+      meta
+    }
+    writes.push(write)
+    documents.set(id, { write, next: { state: doc.state, meta }, applied: doc.applied, duplicates: doc.duplicates })
   }
-  return { writes, next, applied, duplicates, poisoned }
+  return { writes, documents, poisoned }
 }
 
 export const describe = (error: unknown): string =>
