@@ -24,17 +24,8 @@ export interface NewEvent {
 }
 
 /** An event as the log keeps it. `position` is its 1-based place in the whole log. @since 0.1.0 */
-export interface RecordedEvent {
-  readonly id: string
-  readonly type: string
-  readonly streamId: string
+export interface RecordedEvent extends Omit<Delivery, "retryCount" | "settle"> {
   readonly category: string
-  readonly revision: bigint
-  readonly position: bigint
-  readonly data: Uint8Array
-  readonly metadata: Uint8Array
-  readonly isJson: boolean
-  readonly created: Date
 }
 
 /**
