@@ -130,6 +130,29 @@ describe("values", () => {
     expect((inc?.n as Long).toNumber()).toBe(7)
   })
 
+  it("does integer arithmetic exactly: Long beyond 2^53, Int32 overflow to Long", async () => {
+    const c = fresh()
+    const big = Long.fromString("1152921504606846976") // 2^60
+    await c.insertOne({ _id: 1, l: big, m: big, i: new Int32(2147483647), small: new Int32(1) })
+    await c.updateOne({ _id: 1 }, {
+      $inc: { l: Long.fromNumber(1), i: 1, small: 2, fresh: Long.fromNumber(3) },
+      $max: { m: Long.fromString("1152921504606846977"), made: Long.fromString("9007199254740993") }
+    } as Document)
+    const doc = await c.findOne({ _id: 1 }, { promoteValues: false })
+    expect((doc?.l as Long).toString()).toBe("1152921504606846977")
+    expect((doc?.m as Long).toString()).toBe("1152921504606846977")
+    expect(doc?.i).toBeInstanceOf(Long)
+    expect((doc?.i as Long).toString()).toBe("2147483648")
+    expect(doc?.small).toBeInstanceOf(Int32)
+    expect((doc?.small as Int32).value).toBe(3)
+    expect((doc?.fresh as Long).toString()).toBe("3")
+    expect((doc?.made as Long).toString()).toBe("9007199254740993")
+    await c.updateOne({ _id: 1 }, { $min: { m: big }, $max: { l: Long.fromNumber(5) } } as Document)
+    const after = await c.findOne({ _id: 1 }, { promoteValues: false })
+    expect((after?.m as Long).toString()).toBe("1152921504606846976")
+    expect((after?.l as Long).toString()).toBe("1152921504606846977")
+  })
+
   it("compares numbers across BSON types", async () => {
     const c = fresh()
     await c.insertMany([

@@ -5,7 +5,7 @@
  *
  * @internal
  */
-import { ObjectId } from "bson"
+import { Long, ObjectId } from "bson"
 import { Aggregator, Query, update as mingoUpdate, updateOne as mingoUpdateOne } from "mingo"
 import {
   CommandError,
@@ -18,6 +18,7 @@ import { type Collection, type Storage, type Transaction, type Version, duplicat
 import {
   type Doc,
   isPlainObject,
+  getPath,
   keyOf,
   num,
   retype,
@@ -275,12 +276,14 @@ export const applyUpdate = (
           }
         }
       }
+      const exact = exactIntegerOps(raw, expr)
       const target = cloneView(view) as Doc
       if (Object.keys(expr).length > 0) {
         const positional = JSON.stringify(Object.values(expr).flatMap((a) => Object.keys(a as Doc))).match(/\.\$(\.|")/)
         mingoUpdate(target, toView(expr) as any, arrayFilters === undefined ? undefined : (toView(arrayFilters) as Array<Doc>), positional ? (toView(filter) as Doc) : undefined, { queryOptions })
       }
       result = retype(target, raw, args) as Doc
+      for (const [path, value] of exact) setPath(result, path, value)
     } else if (isPlainObject(u)) {
       if ("_id" in u && "_id" in raw && keyOf(u._id) !== keyOf(raw._id)) {
         throw immutableField("The _id field cannot be changed")
@@ -300,6 +303,69 @@ export const applyUpdate = (
 }
 
 const getIdPath = (view: Doc, path: string): unknown => valuesAt(view, path)[0]
+
+const INT32_MIN = -(2n ** 31n)
+const INT32_MAX = 2n ** 31n - 1n
+
+/** The exact integer behind an Int32, a Long or an integral number; undefined otherwise. */
+const exactInteger = (v: unknown): bigint | undefined => {
+  if (typeof v === "number") return Number.isSafeInteger(v) ? BigInt(v) : undefined
+  if (v !== null && typeof v === "object") {
+    const t = (v as { _bsontype?: string })._bsontype
+    if (t === "Long") return (v as Long).toBigInt()
+    if (t === "Int32") return BigInt((v as { value: number }).value)
+  }
+  return undefined
+}
+
+const isLong = (v: unknown) => v !== null && typeof v === "object" && (v as { _bsontype?: string })._bsontype === "Long"
+
+/** Whether `path` reaches `raw` through plain objects only (no arrays, no positional operators). */
+const plainPath = (raw: Doc, path: string): boolean => {
+  if (path.includes("$")) return false
+  let current: unknown = raw
+  for (const part of path.split(".").slice(0, -1)) {
+    if (current === undefined) return true
+    if (!isPlainObject(current)) return false
+    current = current[part]
+  }
+  return current === undefined || isPlainObject(current)
+}
+
+/**
+ * `$inc`, `$max` and `$min` between integers (Int32, Long) computed exactly with bigints, as MongoDB
+ * does (a Long beyond 2^53 stays exact; an Int32 overflow becomes a Long). Removes them from `expr`
+ * and returns the values to set after the rest of the update.
+ */
+const exactIntegerOps = (raw: Doc, expr: Doc): Array<[string, unknown]> => {
+  const out: Array<[string, unknown]> = []
+  for (const op of ["$inc", "$max", "$min"]) {
+    const args = expr[op] as Doc | undefined
+    if (args === undefined) continue
+    const rest: Doc = {}
+    for (const path of Object.keys(args)) {
+      const arg = args[path]
+      const current = getPath(raw, path)
+      const a = exactInteger(arg)
+      const c = current === undefined ? undefined : exactInteger(current)
+      if (a === undefined || (current !== undefined && c === undefined) || !plainPath(raw, path)) {
+        rest[path] = arg
+        continue
+      }
+      if (op === "$inc") {
+        if (c === undefined) out.push([path, arg])
+        else {
+          const sum = a + c
+          const long = isLong(arg) || isLong(current) || sum < INT32_MIN || sum > INT32_MAX
+          out.push([path, long ? Long.fromBigInt(sum) : Number(sum)])
+        }
+      } else if (c === undefined || (op === "$max" ? a > c : a < c)) out.push([path, arg])
+    }
+    if (Object.keys(rest).length > 0) expr[op] = rest
+    else delete expr[op]
+  }
+  return out
+}
 
 /** The document an upsert starts from: the filter's equality conditions. */
 export const upsertSeed = (filter: Doc): Doc => {

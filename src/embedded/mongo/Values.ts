@@ -69,6 +69,13 @@ export const toView = (v: unknown): unknown => {
   return v
 }
 
+/** Integers (of any width) by their exact decimal digits, so that a Long and a double of equal value agree. */
+const numberKey = (n: number): string => {
+  if (Number.isNaN(n)) return "NaN"
+  if (Number.isInteger(n) && Math.abs(n) < 2 ** 64) return BigInt(n).toString()
+  return String(n)
+}
+
 /**
  * A canonical string for a value, equal for values MongoDB considers equal in an
  * index (numbers of any width compare by value). Used to key the `_id` index and
@@ -79,9 +86,9 @@ export const keyOf = (v: unknown): string => {
     case "undefined":
       return "z"
     case "number":
-      return Number.isNaN(v) ? "n:NaN" : "n:" + (Object.is(v, -0) ? 0 : v)
+      return "n:" + numberKey(v)
     case "bigint":
-      return "n:" + Number(v)
+      return "n:" + v.toString()
     case "string":
       return "s:" + JSON.stringify(v)
     case "boolean":
@@ -98,9 +105,10 @@ export const keyOf = (v: unknown): string => {
   }
   const o = v as object
   switch (bsonType(o)) {
+    case "Long":
+      return "n:" + (o as Long).toString()
     case "Int32":
     case "Double":
-    case "Long":
     case "Decimal128":
       return keyOf(numeric(o))
     case "ObjectId":
