@@ -73,6 +73,8 @@ export interface EventLog {
   readonly unsettled: () => { readonly now: number; readonly max: number }
   /** All deliveries handed over so far, both modes. */
   readonly pulled: () => number
+  /** Makes the next `times` pulls (of any subscription) fail with `error`. */
+  readonly failNext: (error: EventSourceError, times?: number) => void
   /** Parked deliveries of a persistent group. */
   readonly parked: (group: string) => ReadonlyArray<Parked>
   readonly port: EventSource["Type"]
@@ -184,6 +186,15 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
       }
     }
 
+    // A failure on demand: every subscription's next pull fails with it, once.
+    let failure: EventSourceError | undefined
+    let failuresLeft = 0
+    const injected = Effect.suspend(() => {
+      if (failure === undefined || failuresLeft === 0) return Effect.void
+      failuresLeft--
+      return Effect.fail(Option.some(failure))
+    })
+
     const dropped = () => new EventSourceError({ message: "in-memory subscription dropped (injected fault)", retryable: true })
 
     const catchUp = (categories: ReadonlySet<string>, after: bigint | undefined): Stream.Stream<Delivery, EventSourceError> => {
@@ -191,6 +202,7 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
       let duplicate: RecordedEvent | undefined
       return Stream.repeatEffectChunkOption(Effect.gen(function*() {
         while (true) {
+          yield* injected
           const chunk: Array<Delivery> = []
           while (chunk.length < chunkSize) {
             if (duplicate !== undefined) {
@@ -264,6 +276,7 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
         }
         return Stream.repeatEffectChunkOption(Effect.gen(function*() {
           while (true) {
+            yield* injected
             const chunk: Array<Delivery> = []
             while (chunk.length < chunkSize) {
               const pending = take()
@@ -317,6 +330,11 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
       },
       unsettled: () => ({ now: unsettledNow, max: unsettledMax }),
       pulled: () => pulled,
+      failNext: (error, times = 1) => {
+        failure = error
+        failuresLeft = times
+        wake()
+      },
       parked: (group) => {
         const found: Array<Parked> = []
         for (const [name, g] of groups) if (name.endsWith(`::${group}`)) found.push(...g.parked)

@@ -416,4 +416,20 @@ describe("Reconciler", () => {
       expect(Exit.isSuccess(exit)).toBe(true)
       expect((yield* Metric.value(stalled)).value).toBe(0)
     }))
+  it.scoped("source failures: a retryable one resubscribes and loses nothing; any other stops the engine, typed", () =>
+    Effect.gen(function*() {
+      const log = yield* InMemory.makeEventLog({ endAtHead: true })
+      const history = credits(30, 3)
+      yield* appendHistory(log, history)
+      const store = yield* InMemory.makeStore()
+      log.failNext(new EventSource.EventSourceError({ message: "connection reset", retryable: true }), 3)
+      yield* runWith(log, store.port, { resubscribeSchedule: Schedule.forever })
+      expect(bodies(store)).toEqual(Object.fromEntries(referenceFold(history)))
+
+      yield* appendHistory(log, credits(5, 1))
+      log.failNext(new EventSource.EventSourceError({ message: "access denied", retryable: false }))
+      const error = yield* Effect.flip(runWith(log, store.port))
+      expect(error._tag).toBe("ReconcilerError")
+      expect(error.message).toContain("access denied")
+    }))
 })
