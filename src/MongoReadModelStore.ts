@@ -78,6 +78,16 @@ export interface Options {
   readonly transactions?: "auto" | "always" | "never" | undefined
   /** For writes outside transactions; default `{ w: "majority" }` so a returned write is durable. */
   readonly writeConcern?: WriteConcernSettings | undefined
+  /** Read-model indexes to ensure at start (e.g. unique constraints); a violation fails the write with a non-transient error. */
+  readonly indexes?: ReadonlyArray<IndexDefinition> | undefined
+}
+
+/** An index on a read-model collection, on fields of the encoded body. @since 0.1.0 */
+export interface IndexDefinition {
+  readonly collection: string
+  readonly key: Readonly<Record<string, 1 | -1>>
+  readonly unique?: boolean | undefined
+  readonly name?: string | undefined
 }
 
 /** Configuration from the environment: `MONGODB_URI` (redacted) and `MONGODB_DATABASE` (default `read_models`). @since 0.1.0 */
@@ -231,7 +241,15 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
     return hello.logicalSessionTimeoutMinutes != null && (typeof hello.setName === "string" || hello.msg === "isdbgrid")
   })
 
-  yield* call("ensureIndexes", () => letters.createIndex({ projection: 1, at: 1 }, { name: "projection_at" }))
+  yield* call("ensureIndexes", async () => {
+    await letters.createIndex({ projection: 1, at: 1 }, { name: "projection_at" })
+    for (const index of options.indexes ?? []) {
+      await db.collection(index.collection).createIndex({ ...index.key }, {
+        unique: index.unique === true,
+        ...(index.name !== undefined ? { name: index.name } : {})
+      })
+    }
+  })
 
   const commitCheckpointWith = async (checkpoint: Checkpoint, session: ClientSession | undefined) => {
     const filter = { _id: checkpoint.projection }

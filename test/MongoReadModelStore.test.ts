@@ -171,8 +171,9 @@ describe("MongoReadModelStore", () => {
 
   it.scoped("a unique-index violation is a typed, non-transient error", () =>
     Effect.gen(function*() {
-      const { port, raw } = yield* store({ transactions: "never" })
-      yield* Effect.promise(() => raw.collection("users").createIndex({ email: 1 }, { unique: true }))
+      const { port, raw } = yield* store({ transactions: "never", indexes: [{ collection: "users", key: { email: 1 }, unique: true }] })
+      const indexes = yield* Effect.promise(() => raw.collection("users").listIndexes().toArray())
+      expect(indexes.map((i) => [i.name, i.unique === true])).toContainEqual(["email_1", true])
       yield* port.write({ collection: "users", writes: [put("u1", 0, { email: "a@x" }, meta(1, 1n))] })
       const error = yield* port.write({ collection: "users", writes: [put("u2", 0, { email: "a@x" }, meta(1, 2n))] }).pipe(Effect.flip)
       expect(error).toBeInstanceOf(StoreError)
