@@ -1,0 +1,375 @@
+/**
+ * The openbank demo (`npm start`): the production path end to end.
+ *
+ * 1. EventStoreDB and MongoDB: the embedded servers, in this process, unless
+ *    `EVENTSTORE_CONNECTION_STRING` / `MONGODB_URI` are set (then those are used).
+ * 2. The `persons` and `accounts` projections run in the engine, through the
+ *    real `@eventstore/db-client` and `mongodb` clients, while a simulated bank
+ *    appends a realistic stream of events.
+ * 3. When the projections have caught up they are stopped (drained), and every
+ *    read model is compared with a reference fold of the recorded events.
+ *
+ * Prints `verified <N> events, <D> documents, 0 mismatches` and exits 0, or lists
+ * the differing documents and exits 1. `npm start -- --help` for the options.
+ */
+import { EventStoreDBClient, FORWARDS, jsonEvent, START } from "@eventstore/db-client"
+import { NodeRuntime } from "@effect/platform-node"
+import { Console, Effect, Exit, Fiber, Logger, LogLevel, Option, Redacted } from "effect"
+import { MongoClient } from "mongodb"
+import { randomUUID } from "node:crypto"
+import { pathToFileURL } from "node:url"
+import { parseArgs } from "node:util"
+import * as App from "../src/App.js"
+import * as Progress from "../src/internal/progress.js"
+import { Projection, ReadModelStore } from "../src/index.js"
+import type { BankEvent } from "./openbank.js"
+import { projections, simulate } from "./openbank.js"
+
+const usage = `Usage: npm start -- [--events N] [--seed S]
+
+The openbank demo: runs the persons and accounts projections while a simulated
+bank appends N events, then verifies every read model against a reference fold
+of the events.
+
+Options:
+  --events N   how many events to append (default 5000)
+  --seed S     the simulation's seed (default 42)
+  --help       show this help
+
+Environment:
+  EVENTSTORE_CONNECTION_STRING   use this EventStoreDB instead of the embedded one
+  MONGODB_URI                    use this MongoDB instead of the embedded one
+  MONGODB_DATABASE               database of the read models (default: a fresh one per run)
+  RECONCILER_LANES, RECONCILER_BATCH_SIZE, ...   engine settings (see docs/service.md)
+`
+
+// ---- the reference: a plain fold of the events, written independently of the projections ----
+
+/** A read model as plain documents by id (the bookkeeping field left out). */
+export type Documents = Map<string, Record<string, unknown>>
+
+/** What the `persons` and `accounts` collections must hold after `events`, in order. */
+export const referenceFold = (events: Iterable<BankEvent>): { persons: Documents; accounts: Documents } => {
+  const persons: Documents = new Map()
+  const accounts: Documents = new Map()
+  const names = new Map<string, string>()
+  for (const event of events) {
+    switch (event.type) {
+      case "PersonRegistered": {
+        const { personId, firstName, lastName } = event.data
+        persons.set(personId, { firstName, lastName, accounts: persons.get(personId)?.accounts ?? 0 })
+        names.set(personId, `${firstName} ${lastName}`)
+        accounts.set(`owner-${personId}`, { kind: "owner", name: `${firstName} ${lastName}` })
+        break
+      }
+      case "BankAccountCreated": {
+        const { accountId, ownerId, overdraftLimit } = event.data
+        const person = persons.get(ownerId)
+        if (person) person.accounts = (person.accounts as number) + 1
+        accounts.set(accountId, {
+          kind: "account",
+          ownerId,
+          owner: names.get(ownerId) ?? "(unknown)",
+          balance: 0,
+          overdraftLimit,
+          transactions: 0
+        })
+        break
+      }
+      case "BankAccountTransactionRecorded": {
+        const { accountId, transaction } = event.data
+        const move = (id: string, amount: number) => {
+          const account = accounts.get(id)
+          if (account?.kind !== "account") return
+          account.balance = (account.balance as number) + amount
+          account.transactions = (account.transactions as number) + 1
+        }
+        if (transaction.kind === "deposit") move(accountId, transaction.amount)
+        else move(accountId, -transaction.amount)
+        if (transaction.kind === "transfer") move(transaction.to, transaction.amount)
+        break
+      }
+    }
+  }
+  return { persons, accounts }
+}
+
+/** A document that differs from the reference. */
+export interface Mismatch {
+  readonly collection: string
+  readonly id: string
+  readonly expected: unknown
+  readonly actual: unknown
+}
+
+const canonical = (value: unknown): string =>
+  JSON.stringify(value, (_, v) =>
+    v && typeof v === "object" && !Array.isArray(v)
+      ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => a.localeCompare(b)))
+      : typeof v === "bigint"
+      ? Number(v)
+      : v)
+
+/** Compares a collection's documents with the reference, both ways. */
+export const compare = (collection: string, expected: Documents, actual: Documents): Array<Mismatch> => {
+  const mismatches: Array<Mismatch> = []
+  for (const id of new Set([...expected.keys(), ...actual.keys()])) {
+    const e = expected.get(id)
+    const a = actual.get(id)
+    if (e === undefined || a === undefined || canonical(e) !== canonical(a)) {
+      mismatches.push({ collection, id, expected: e, actual: a })
+    }
+  }
+  return mismatches
+}
+
+// ---- the demo ---------------------------------------------------------------------------
+
+interface Args {
+  readonly events: number
+  readonly seed: number
+}
+
+class UsageError extends Error {}
+
+const parse = (argv: ReadonlyArray<string>): Args | "help" => {
+  let values
+  try {
+    values = parseArgs({
+      args: [...argv],
+      options: { events: { type: "string" }, seed: { type: "string" }, help: { type: "boolean" } },
+      strict: true,
+      allowPositionals: false
+    }).values
+  } catch (error) {
+    throw new UsageError(error instanceof Error ? error.message : String(error))
+  }
+  if (values.help) return "help"
+  const integer = (name: string, raw: string | undefined, fallback: number, min: number) => {
+    if (raw === undefined) return fallback
+    const n = Number(raw)
+    if (!Number.isInteger(n) || n < min) throw new UsageError(`--${name} must be an integer ≥ ${min}, got ${JSON.stringify(raw)}`)
+    return n
+  }
+  return { events: integer("events", values.events, 5000, 1), seed: integer("seed", values.seed, 42, 1) }
+}
+
+/** Reads the recorded openbank events back, in commit order. */
+const recordedEvents = (client: EventStoreDBClient) =>
+  Effect.promise(async () => {
+    const events: Array<BankEvent> = []
+    for await (const resolved of client.readAll({ direction: FORWARDS, fromPosition: START, resolveLinkTos: false })) {
+      const event = resolved.event
+      if (event === undefined || !/^(person|account)-/.test(event.streamId)) continue
+      if (event.type in projections[1]!.events) events.push({ type: event.type, data: event.data } as BankEvent)
+    }
+    return events
+  })
+
+const readCollection = (mongo: MongoClient, database: string, collection: string) =>
+  Effect.promise(async () => {
+    const documents: Documents = new Map()
+    for (const doc of await mongo.db(database).collection(collection).find({}).toArray()) {
+      const { _id, _reconciler, ...body } = doc
+      // tombstones (a deleted document) hold only the bookkeeping
+      if ((_reconciler as { deleted?: boolean } | undefined)?.deleted) continue
+      documents.set(String(_id), body)
+    }
+    return documents
+  })
+
+const demo = (args: Args) =>
+  Effect.gen(function*() {
+    const started = Date.now()
+    const endpoints = yield* App.Endpoints
+    yield* Console.log(
+      `openbank demo: ${args.events} events; ${App.describeEndpoints(endpoints)}` +
+        (endpoints.eventStore.embedded && endpoints.mongo.embedded ? " (in this process)" : "")
+    )
+    // Ids are unique per run against a real EventStoreDB, so runs never share streams.
+    const run = endpoints.eventStore.embedded ? "" : `${randomUUID().slice(0, 8)}`
+    const client = yield* Effect.acquireRelease(
+      Effect.sync(() => EventStoreDBClient.connectionString(Redacted.value(endpoints.eventStore.connectionString))),
+      (client) => Effect.promise(() => client.dispose())
+    )
+
+    // The projections run while the bank appends.
+    const engine = yield* Effect.fork(App.run(projections))
+
+    const progress = Progress.make()
+    const positions: Array<bigint> = []
+    let sorted = true
+    let appended = 0
+    const applied = new Map<string, number>(projections.map((p) => [p.name, 0]))
+    const line = () => {
+      const done = Math.min(...applied.values())
+      return {
+        fraction: done / args.events,
+        text: `appended ${appended}/${args.events}, applied ${
+          [...applied].map(([name, n]) => `${name} ${n}`).join(", ")
+        }  ${((Date.now() - started) / 1000).toFixed(1)} s`
+      }
+    }
+    const store = yield* ReadModelStore.ReadModelStore
+    /** How many of this run's events each projection's checkpoint covers. */
+    const observe = Effect.forEach(projections, (projection) =>
+      store.readCheckpoint(Projection.checkpointId(projection)).pipe(
+        Effect.map(Option.match({
+          onNone: () => 0,
+          onSome: (checkpoint) => {
+            if (!sorted) {
+              positions.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
+              sorted = true
+            }
+            return covered(positions, checkpoint)
+          }
+        })),
+        Effect.tap((n) => Effect.sync(() => applied.set(projection.name, n)))
+      ))
+    const reporter = yield* observe.pipe(
+      Effect.zipRight(Effect.sync(() => progress.update(line()))),
+      Effect.zipRight(Effect.sleep("100 millis")),
+      Effect.forever,
+      Effect.fork
+    )
+
+    // Tellers append concurrently, each event after those it depends on (its own
+    // stream's earlier events, the owner's registration, the credited account's opening).
+    yield* Effect.promise(async () => {
+      const last = new Map<string, Promise<unknown>>()
+      const inFlight = new Set<Promise<unknown>>()
+      for (const [stream, event] of simulate(args.events, args.seed)) {
+        const next = run === "" ? { stream, event } : prefix(run, stream, event)
+        while (inFlight.size >= TELLERS) await Promise.race(inFlight)
+        const after = [next.stream, ...dependencies(next.event)].flatMap((s) => last.get(s) ?? [])
+        const append: Promise<unknown> = Promise.all(after)
+          .then(() => client.appendToStream(next.stream, jsonEvent(next.event)))
+          .then((result) => {
+            positions.push(result.position?.commit ?? BigInt(positions.length))
+            sorted = false
+            appended++
+          })
+        last.set(next.stream, append)
+        inFlight.add(append)
+        void append.finally(() => inFlight.delete(append))
+      }
+      await Promise.all(inFlight)
+    })
+    yield* App.awaitCaughtUp(projections)
+    yield* Fiber.interrupt(reporter)
+    yield* observe
+    progress.done(line())
+    // A clean stop: the engine drains and commits before the clients close.
+    yield* Fiber.interrupt(engine)
+    const elapsed = (Date.now() - started) / 1000
+
+    const recorded = yield* recordedEvents(client)
+    const expected = referenceFold(recorded)
+    const mongo = yield* Effect.acquireRelease(
+      Effect.promise(() => new MongoClient(Redacted.value(endpoints.mongo.uri)).connect()),
+      (mongo) => Effect.promise(() => mongo.close())
+    )
+    const persons = yield* readCollection(mongo, endpoints.mongo.database, "persons")
+    const accounts = yield* readCollection(mongo, endpoints.mongo.database, "accounts")
+    const mismatches = [
+      ...compare("persons", expected.persons, persons),
+      ...compare("accounts", expected.accounts, accounts)
+    ]
+    const documents = expected.persons.size + expected.accounts.size
+    for (const m of mismatches.slice(0, 50)) {
+      yield* Console.error(`mismatch ${m.collection}/${m.id}: expected ${canonical(m.expected)}, got ${canonical(m.actual)}`)
+    }
+    if (mismatches.length > 50) yield* Console.error(`… and ${mismatches.length - 50} more`)
+    yield* Console.log(
+      `verified ${recorded.length} events, ${documents} documents, ${mismatches.length} mismatches ` +
+        `(${elapsed.toFixed(1)} s, ${Math.round(recorded.length / elapsed)} events/s)`
+    )
+    return mismatches.length === 0 ? 0 : 1
+  }).pipe(Effect.scoped)
+
+/** Appends in flight at once. */
+const TELLERS = 16
+
+/** The streams whose earlier events an event depends on (besides its own stream's). */
+const dependencies = (event: BankEvent): ReadonlyArray<string> =>
+  event.type === "BankAccountCreated"
+    ? [`person-${event.data.ownerId}`]
+    : event.type === "BankAccountTransactionRecorded" && event.data.transaction.kind === "transfer"
+    ? [`account-${event.data.transaction.to}`]
+    : []
+
+/** How many positions (sorted ascending) are at or below `checkpoint`. */
+const covered = (positions: ReadonlyArray<bigint>, checkpoint: bigint): number => {
+  let lo = 0
+  let hi = positions.length
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1
+    if (positions[mid]! <= checkpoint) lo = mid + 1
+    else hi = mid
+  }
+  return lo
+}
+
+/** The same event with this run's ids (a real EventStoreDB keeps earlier runs' streams). */
+const prefix = (run: string, stream: string, event: BankEvent): { stream: string; event: BankEvent } => {
+  const id = (s: string) => `${run}${s}`
+  const dash = stream.indexOf("-")
+  const renamed = `${stream.slice(0, dash + 1)}${id(stream.slice(dash + 1))}`
+  switch (event.type) {
+    case "PersonRegistered":
+      return { stream: renamed, event: { ...event, data: { ...event.data, personId: id(event.data.personId) } } }
+    case "BankAccountCreated":
+      return {
+        stream: renamed,
+        event: { ...event, data: { ...event.data, accountId: id(event.data.accountId), ownerId: id(event.data.ownerId) } }
+      }
+    case "BankAccountTransactionRecorded": {
+      const t = event.data.transaction
+      return {
+        stream: renamed,
+        event: {
+          ...event,
+          data: {
+            accountId: id(event.data.accountId),
+            ownerId: id(event.data.ownerId),
+            transaction: t.kind === "transfer" ? { ...t, to: id(t.to), toOwnerId: id(t.toOwnerId) } : t
+          }
+        }
+      }
+    }
+  }
+}
+
+/** A fresh database per run on a real MongoDB, unless MONGODB_DATABASE says otherwise. */
+const freshDatabase = Effect.sync(() => {
+  if (process.env.MONGODB_URI !== undefined && process.env.MONGODB_DATABASE === undefined) {
+    process.env.MONGODB_DATABASE = `openbank_demo_${Date.now()}`
+  }
+})
+
+const main = Effect.suspend(() => {
+  let args: Args | "help"
+  try {
+    args = parse(process.argv.slice(2))
+  } catch (error) {
+    return Console.error(`${(error as Error).message}\n\n${usage}`).pipe(Effect.as(2))
+  }
+  if (args === "help") return Console.log(usage).pipe(Effect.as(0))
+  const chosen = args
+  return freshDatabase.pipe(
+    Effect.zipRight(demo(chosen).pipe(Effect.provide(App.layer({ embedded: true })))),
+    // The engine's own logs stay quiet unless something is wrong.
+    Logger.withMinimumLogLevel(LogLevel.Warning)
+  )
+})
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
+  NodeRuntime.runMain(main, {
+    teardown: (exit, onExit) => {
+      const code = Exit.isSuccess(exit) ? (exit.value as number) : Exit.isInterrupted(exit) ? 130 : 1
+      onExit(code)
+      process.exit(code)
+    }
+  })
+}
+
