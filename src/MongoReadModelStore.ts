@@ -268,7 +268,7 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
     collection: Collection<Document>,
     writes: ReadonlyArray<DocumentWrite>,
     session: ClientSession | undefined
-  ): Promise<{ conflicts: Set<number>; idConflictsOnly: boolean; error?: unknown }> => {
+  ): Promise<{ conflicts: Set<number>; error?: unknown }> => {
     const nonce = randomUUID()
     const tokens = writes.map((_, i) => `${nonce}:${i}`)
     const ops: Array<AnyBulkWriteOperation<Document>> = writes.map((w, i) => {
@@ -297,7 +297,7 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
           cause: e
         })
       }
-      if (session !== undefined) return { conflicts, idConflictsOnly: true, error: e }
+      if (session !== undefined) return { conflicts, error: e } // the transaction is aborted: the caller retries without them
       result = e.result
     }
     const settled = result.matchedCount + result.upsertedCount + conflicts.size
@@ -314,7 +314,7 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
       const tokenOf = new Map(found.map((d) => [String(d._id), (d[META_FIELD] as Document | undefined)?.token]))
       for (const i of undecided) if (tokenOf.get(writes[i]!.id) !== tokens[i]) conflicts.add(i)
     }
-    return { conflicts, idConflictsOnly: true }
+    return { conflicts }
   }
 
   const write = async (batch: WriteBatch): Promise<WriteResult> => {
