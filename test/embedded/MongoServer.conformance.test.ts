@@ -258,6 +258,9 @@ describe("find and cursors", () => {
     expect(await c.countDocuments({ g: 1 }, { skip: 2, limit: 5 })).toBe(5)
     expect(await c.estimatedDocumentCount()).toBe(30)
     expect((await c.distinct("g")).sort()).toEqual([0, 1, 2])
+    const mixed = fresh()
+    await mixed.insertMany([{ _id: 1, v: "a" }, { _id: 2, v: 5 }, { _id: 3, v: null }, { _id: 4, v: true }])
+    expect((await mixed.aggregate([{ $sort: { v: 1 } }]).toArray()).map((d) => d._id)).toEqual([3, 2, 1, 4])
     const groups = await c.aggregate([{ $match: { v: { $gte: 3 } } }, { $group: { _id: "$g", total: { $sum: "$v" } } }, { $sort: { _id: 1 } }]).toArray()
     expect(groups).toEqual([
       { _id: 0, total: 3 + 6 + 9 + 12 + 15 + 18 + 21 + 24 + 27 },

@@ -470,12 +470,23 @@ export const aggregate = (
   for (const v of source) rawOf.set(v.view, v.raw)
   const passThrough = stages.every((s) => Object.keys(s).every((k) => passThroughStages.has(k)))
   try {
-    const input = passThrough ? source.map((v) => v.view) : source.map((v) => cloneView(v.view) as Doc)
-    const out = new Aggregator(toView(stages) as Array<Doc>, {
-      ...queryOptions,
-      collectionResolver: (name: string) => resolve(name).map((d) => cloneView(d) as Doc)
-    }).run(input) as Array<Doc>
-    return passThrough ? out.map((d) => rawOf.get(d) ?? d) : out
+    let current = passThrough ? source.map((v) => v.view) : source.map((v) => cloneView(v.view) as Doc)
+    const options = { ...queryOptions, collectionResolver: (name: string) => resolve(name).map((d) => cloneView(d) as Doc) }
+    // `$sort` stages sort in BSON order (as `find` does); the stages between them run in mingo.
+    let pending: Array<Doc> = []
+    const flush = () => {
+      if (pending.length > 0) current = new Aggregator(toView(pending) as Array<Doc>, options).run(current) as Array<Doc>
+      pending = []
+    }
+    for (const stage of stages) {
+      if (isPlainObject(stage.$sort) && Object.keys(stage).length === 1) {
+        flush()
+        const compare = sortComparator(stage.$sort)
+        current = [...current].sort(compare)
+      } else pending.push(stage)
+    }
+    flush()
+    return passThrough ? current.map((d) => rawOf.get(d) ?? d) : current
   } catch (e) {
     throw badValue(e instanceof Error ? e.message : String(e))
   }
