@@ -190,7 +190,8 @@ export const run = (
       const watermark = new Watermark(Option.getOrUndefined(checkpoint))
       let committed = Option.getOrUndefined(checkpoint)
       let lastDispatched = Option.getOrUndefined(checkpoint)
-      const inFlight = new Set<Tracked>()
+      /** Persistent deliveries received and not settled: nacked for retry on drain. */
+      const unsettled = new Set<Tracked>()
       const gate = new Gate(laneCount * laneBuffer + batchSize)
       let settledCount = 0
 
@@ -249,8 +250,8 @@ export const run = (
             )
           }
           for (const tracked of finished) {
-            inFlight.delete(tracked)
             if (mode === "catch-up") watermark.complete(tracked.ticket)
+            else unsettled.delete(tracked)
           }
           gate.leave(finished.length)
           settledCount += finished.length
@@ -289,7 +290,7 @@ export const run = (
           remaining: 1,
           poison: undefined
         }
-        inFlight.add(tracked)
+        if (mode === "persistent") unsettled.add(tracked)
         lastDispatched = delivery.position
         const event = decode(delivery)
         if (event === undefined) {
@@ -420,7 +421,7 @@ export const run = (
           // Received but not applied: hand back for redelivery (catch-up resumes from the checkpoint).
           if (mode === "persistent") {
             yield* Effect.forEach(
-              [...inFlight],
+              [...unsettled],
             (tracked) =>
                 tracked.delivery.settle(nack("retry", "the reconciler stopped before applying it")).pipe(
                   Effect.catchAll(() => Effect.void)
