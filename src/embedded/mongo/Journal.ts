@@ -1,7 +1,8 @@
 /**
  * Optional durability for the embedded server: every committed change is appended
  * to `journal.bson` in the data directory before the reply is sent; on start the
- * journal is replayed and compacted (rewritten as the current state).
+ * journal is replayed and compacted (rewritten as the current state), and again whenever it
+ * has grown well past the size of the state.
  *
  * Writes go to the OS (they survive a crash of the process); `fsync: true` also
  * flushes to disk on every commit.
@@ -15,6 +16,7 @@ import { type JournalEntry, type Storage, makeVersion } from "./Storage.js"
 import { type Doc, keyOf } from "./Values.js"
 
 const decodeOptions = { promoteValues: false } as const
+const COMPACT_AFTER_BYTES = 64 * 1024 * 1024
 
 const apply = (storage: Storage, e: JournalEntry): void => {
   switch (e.t) {
@@ -71,7 +73,11 @@ export interface Journal {
 }
 
 /** Loads the data directory into `storage` and journals every later change there. */
-export const open = (storage: Storage, dataDir: string, options: { readonly fsync?: boolean } = {}): Journal => {
+export const open = (
+  storage: Storage,
+  dataDir: string,
+  options: { readonly fsync?: boolean; readonly compactAfterBytes?: number } = {}
+): Journal => {
   fs.mkdirSync(dataDir, { recursive: true })
   const file = path.join(dataDir, "journal.bson")
   if (fs.existsSync(file)) {
@@ -84,13 +90,33 @@ export const open = (storage: Storage, dataDir: string, options: { readonly fsyn
       offset += size
     }
   }
-  const tmp = `${file}.tmp`
-  fs.writeFileSync(tmp, encode(snapshot(storage)))
-  fs.renameSync(tmp, file)
-  const fd = fs.openSync(file, "a")
+  const compact = (): number => {
+    const tmp = `${file}.tmp`
+    const bytes = encode(snapshot(storage))
+    fs.writeFileSync(tmp, bytes)
+    if (options.fsync === true) {
+      const tfd = fs.openSync(tmp, "r")
+      fs.fsyncSync(tfd)
+      fs.closeSync(tfd)
+    }
+    fs.renameSync(tmp, file)
+    return bytes.length
+  }
+  let base = compact()
+  let written = 0
+  let fd = fs.openSync(file, "a")
   storage.journal = (entries) => {
-    fs.writeSync(fd, encode(entries))
+    const bytes = encode(entries)
+    fs.writeSync(fd, bytes)
     if (options.fsync === true) fs.fsyncSync(fd)
+    written += bytes.length
+    // Rewrite the journal as the current state once it has grown well past it.
+    if (written > Math.max(options.compactAfterBytes ?? COMPACT_AFTER_BYTES, 2 * base)) {
+      fs.closeSync(fd)
+      base = compact()
+      written = 0
+      fd = fs.openSync(file, "a")
+    }
   }
   return {
     close: () => {
