@@ -1,0 +1,166 @@
+/**
+ * Graceful shutdown, proven end to end: the service (`reconciler run`) runs as a
+ * child process against the embedded servers running in another child process
+ * (`reconciler embedded`), through the real clients, while events keep coming.
+ *
+ * The projection is the test ledger (test/support/ledger.ts): every document
+ * lists the ids of the events applied to it, in order, so a lost, doubled or
+ * reordered event shows in the read model.
+ */
+import { EventStoreDBClient, jsonEvent } from "@eventstore/db-client"
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Fiber } from "effect"
+import { MongoClient } from "mongodb"
+import type { Child } from "./support/child.js"
+import { spawn, until } from "./support/child.js"
+
+const DOCS = 40
+const STREAMS = 12
+const DRAIN_TIMEOUT_MS = 10_000
+
+interface Recorded {
+  readonly position: bigint
+  readonly id: string
+  readonly type: string
+  readonly data: { readonly doc?: string; readonly amount?: number; readonly a?: string; readonly b?: string }
+}
+
+/** The ledger's read model after `events` in order: per document, its total and the ids applied. */
+const referenceFold = (events: ReadonlyArray<Recorded>) => {
+  const docs = new Map<string, { total: number; applied: Array<string> }>()
+  const credit = (doc: string, id: string, amount: number) => {
+    const current = docs.get(doc) ?? { total: 0, applied: [] }
+    docs.set(doc, { total: current.total + amount, applied: [...current.applied, id] })
+  }
+  for (const event of events) {
+    if (event.type === "Credited") credit(event.data.doc!, event.id, event.data.amount!)
+    if (event.type === "Linked") {
+      credit(event.data.a!, event.id, 0)
+      if (event.data.b !== event.data.a) credit(event.data.b!, event.id, 0)
+    }
+  }
+  return Object.fromEntries([...docs].sort(([a], [b]) => a.localeCompare(b)))
+}
+
+/** `count` events in appends of `perAppend` to one stream each, credits and links mixed. */
+const batches = (count: number, perAppend: number, seed: number) => {
+  let n = seed
+  const next = (max: number) => (n = (n * 1103515245 + 12345) % 2147483648) % max
+  const out: Array<{ stream: string; events: Array<ReturnType<typeof jsonEvent>> }> = []
+  for (let i = 0; i < count; i += perAppend) {
+    const events = Array.from({ length: Math.min(perAppend, count - i) }, () =>
+      next(5) === 0
+        ? jsonEvent({ type: "Linked", data: { a: `doc-${next(DOCS)}`, b: `doc-${next(DOCS)}` } })
+        : jsonEvent({ type: "Credited", data: { doc: `doc-${next(DOCS)}`, amount: 1 + next(100) } }))
+    out.push({ stream: `ledger-${next(STREAMS)}`, events })
+  }
+  return out
+}
+
+describe("graceful shutdown, end to end", () => {
+  it.scopedLive("SIGTERM drains and commits; SIGKILL mid-batch loses nothing; restarts converge with no event applied twice", () =>
+    Effect.gen(function*() {
+      // ---- the servers, in their own process ---------------------------------
+      const servers = yield* spawn("src/bin/reconciler.ts", ["embedded", "--eventstore-port", "0", "--mongo-port", "0"])
+      const eventStoreUri = (yield* servers.line(/EventStoreDB listening on (\S+)/))[1]!
+      const mongoUri = (yield* servers.line(/MongoDB listening on (\S+)/))[1]!
+      const env = {
+        EVENTSTORE_CONNECTION_STRING: eventStoreUri,
+        MONGODB_URI: mongoUri,
+        MONGODB_DATABASE: "shutdown_e2e",
+        RECONCILER_LANES: "3",
+        RECONCILER_BATCH_SIZE: "10",
+        RECONCILER_COMMIT_INTERVAL: "50 millis",
+        RECONCILER_DRAIN_TIMEOUT: `${DRAIN_TIMEOUT_MS} millis`,
+        RECONCILER_EMBEDDED: undefined
+      }
+      const service = () => spawn("src/bin/reconciler.ts", ["run", "--module", "test/support/ledger.ts"], env)
+
+      // ---- the test's own clients --------------------------------------------
+      const client = yield* Effect.acquireRelease(
+        Effect.sync(() => EventStoreDBClient.connectionString(eventStoreUri)),
+        (client) => Effect.promise(() => client.dispose())
+      )
+      const mongo = yield* Effect.acquireRelease(
+        Effect.promise(() => new MongoClient(mongoUri, { useBigInt64: true }).connect()),
+        (mongo) => Effect.promise(() => mongo.close())
+      )
+      const db = mongo.db("shutdown_e2e")
+      const checkpoint = Effect.promise(() => db.collection("reconciler_checkpoints").findOne({ _id: "ledger@1" as never })).pipe(
+        Effect.map((doc) => (doc?.position as bigint | undefined) ?? -1n)
+      )
+      const append = (count: number, seed: number) =>
+        Effect.forEach(batches(count, 10, seed), ({ stream, events }) => Effect.promise(() => client.appendToStream(stream, events)), {
+          discard: true
+        })
+      /** The category's events as recorded, with their `$ce-ledger` positions. */
+      const recorded = Effect.promise(async () => {
+        const events: Array<Recorded> = []
+        for await (const resolved of client.readStream("$ce-ledger", { resolveLinkTos: true })) {
+          events.push({
+            position: resolved.link!.revision,
+            id: resolved.event!.id,
+            type: resolved.event!.type,
+            data: resolved.event!.data as Recorded["data"]
+          })
+        }
+        return events
+      })
+      const readModel = Effect.promise(() => db.collection("ledger").find({}).toArray()).pipe(
+        Effect.map((docs) =>
+          Object.fromEntries(
+            docs.map(({ _id, total, applied }) => [String(_id), { total, applied }]).sort(([a], [b]) => String(a).localeCompare(String(b)))
+          )
+        )
+      )
+      const head = recorded.pipe(Effect.map((events) => events.at(-1)?.position ?? -1n))
+      const converged = (child: Child) =>
+        Effect.gen(function*() {
+          const target = yield* head
+          yield* until("the checkpoint to reach the head", Effect.map(checkpoint, (c) => c >= target), { attempts: 1200 })
+          yield* child.kill("SIGTERM")
+          expect(yield* child.exit()).toEqual({ code: 0, signal: null })
+          const events = yield* recorded
+          const expected = referenceFold(events)
+          expect(yield* readModel).toEqual(expected)
+          // no event applied twice (the reference has each id once per document it touches)
+          for (const doc of Object.values(yield* readModel) as Array<{ applied: Array<string> }>) expect(new Set(doc.applied).size).toBe(doc.applied.length)
+          return events.length
+        })
+
+      // ---- 1. SIGTERM while events are in flight ------------------------------
+      yield* append(1500, 1)
+      const writer = yield* Effect.fork(append(1000, 2)) // keeps appending while the service runs
+      const first = yield* service()
+      yield* until("the service to be under way", Effect.map(checkpoint, (c) => c >= 200n))
+      const before = yield* checkpoint
+      const stillBehind = (yield* head) > before
+      const stopping = Date.now()
+      yield* first.kill("SIGTERM")
+      const exit = yield* first.exit(`${DRAIN_TIMEOUT_MS * 2} millis`)
+      const took = Date.now() - stopping
+      expect(stillBehind).toBe(true)
+      expect(exit).toEqual({ code: 0, signal: null })
+      expect(took).toBeLessThan(DRAIN_TIMEOUT_MS)
+      // The checkpoint was committed, and the read model holds exactly the events up to it.
+      const committed = yield* checkpoint
+      expect(committed).toBeGreaterThanOrEqual(before)
+      const upTo = (yield* recorded).filter((e) => e.position <= committed)
+      expect(yield* readModel).toEqual(referenceFold(upTo))
+
+      // ---- 2. a restart converges -----------------------------------------------
+      yield* Fiber.join(writer)
+      const total = yield* converged(yield* service())
+      expect(total).toBe(2500)
+
+      // ---- 3. SIGKILL mid-batch, then a restart converges -------------------------
+      yield* append(1500, 3)
+      const third = yield* service()
+      const from = yield* checkpoint
+      yield* until("the service to apply part of the backlog", Effect.map(checkpoint, (c) => c >= from + 150n))
+      yield* third.kill("SIGKILL")
+      expect((yield* third.exit()).signal).toBe("SIGKILL")
+      expect(yield* checkpoint).toBeLessThan(yield* head) // it really was cut off mid-stream
+      expect(yield* converged(yield* service())).toBe(4000)
+    }), { timeout: 120_000 })
+})

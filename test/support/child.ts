@@ -1,0 +1,124 @@
+/**
+ * Child processes for end-to-end tests: spawned with tsx, their output collected
+ * line by line, waited on by what they print (never by sleeping), and killed in
+ * the scope's finalizer whatever happens.
+ */
+import { type ChildProcess, spawn as spawnProcess } from "node:child_process"
+import * as path from "node:path"
+import { Data, Deferred, Duration, Effect, Schedule } from "effect"
+
+export const root = path.resolve(import.meta.dirname, "../..")
+
+export class ChildError extends Data.TaggedError("ChildError")<{ readonly message: string }> {}
+
+export interface Exit {
+  readonly code: number | null
+  readonly signal: NodeJS.Signals | null
+}
+
+export interface Child {
+  readonly process: ChildProcess
+  /** Everything printed so far, stdout and stderr interleaved by line. */
+  readonly output: () => string
+  /** The first line (past or future) matching `pattern`; fails if the child exits first or after `timeout`. */
+  readonly line: (pattern: RegExp, timeout?: Duration.DurationInput) => Effect.Effect<RegExpMatchArray, ChildError>
+  /** The child's exit; fails after `timeout`. */
+  readonly exit: (timeout?: Duration.DurationInput) => Effect.Effect<Exit, ChildError>
+  readonly kill: (signal: NodeJS.Signals) => Effect.Effect<void>
+}
+
+/**
+ * Spawns `node --import tsx <script> ...args` in the repository root. The
+ * finalizer SIGKILLs the child if it is still running and waits for its exit.
+ */
+export const spawn = (script: string, args: ReadonlyArray<string>, env: Record<string, string | undefined> = {}) =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      const child = spawnProcess(process.execPath, ["--import", "tsx", script, ...args], {
+        cwd: root,
+        env: { ...process.env, NO_COLOR: "1", ...env },
+        stdio: ["ignore", "pipe", "pipe"]
+      })
+      const lines: Array<string> = []
+      const waiters = new Set<() => void>()
+      const exited = Deferred.unsafeMake<Exit>(undefined as never)
+      let exitValue: Exit | undefined
+      const collect = (stream: NodeJS.ReadableStream) => {
+        let partial = ""
+        stream.setEncoding("utf8")
+        stream.on("data", (chunk: string) => {
+          partial += chunk
+          const parts = partial.split("\n")
+          partial = parts.pop()!
+          lines.push(...parts)
+          for (const wake of waiters) wake()
+        })
+      }
+      collect(child.stdout!)
+      collect(child.stderr!)
+      child.on("exit", (code, signal) => {
+        exitValue = { code, signal }
+        Deferred.unsafeDone(exited, Effect.succeed(exitValue))
+        for (const wake of waiters) wake()
+      })
+      const output = () => lines.join("\n")
+      const describe = () => `${script} ${args.join(" ")}\n--- output ---\n${output()}`
+
+      const line: Child["line"] = (pattern, timeout = "30 seconds") =>
+        Effect.async<RegExpMatchArray, ChildError>((resume) => {
+          let from = 0
+          const check = () => {
+            for (; from < lines.length; from++) {
+              const match = lines[from]!.match(pattern)
+              if (match) return done(Effect.succeed(match))
+            }
+            if (exitValue !== undefined) {
+              done(Effect.fail(new ChildError({ message: `exited (${JSON.stringify(exitValue)}) before printing ${pattern}: ${describe()}` })))
+            }
+          }
+          const done = (result: Effect.Effect<RegExpMatchArray, ChildError>) => {
+            waiters.delete(check)
+            resume(result)
+          }
+          waiters.add(check)
+          check()
+          return Effect.sync(() => waiters.delete(check))
+        }).pipe(
+          Effect.timeoutFail({
+            duration: timeout,
+            onTimeout: () => new ChildError({ message: `no line matching ${pattern} within ${Duration.format(timeout)}: ${describe()}` })
+          })
+        )
+
+      const exit: Child["exit"] = (timeout = "30 seconds") =>
+        Deferred.await(exited).pipe(
+          Effect.timeoutFail({
+            duration: timeout,
+            onTimeout: () => new ChildError({ message: `did not exit within ${Duration.format(timeout)}: ${describe()}` })
+          })
+        )
+
+      const kill = (signal: NodeJS.Signals) => Effect.sync(() => void (exitValue === undefined && child.kill(signal)))
+      return { process: child, output, line, exit, kill, exited } as const
+    }),
+    (child) =>
+      child.kill("SIGKILL").pipe(
+        Effect.zipRight(Deferred.await(child.exited).pipe(Effect.timeout("10 seconds"), Effect.ignore))
+      )
+  ).pipe(Effect.map(({ exited: _, ...child }): Child => child))
+
+/** Polls `check` every `interval` until it returns true, at most `attempts` times. */
+export const until = <E, R>(
+  what: string,
+  check: Effect.Effect<boolean, E, R>,
+  options: { readonly attempts?: number; readonly interval?: Duration.DurationInput } = {}
+) =>
+  check.pipe(
+    Effect.filterOrFail((ok) => ok, () => new ChildError({ message: `gave up waiting for ${what}` })),
+    Effect.retry({
+      schedule: Schedule.spaced(options.interval ?? "50 millis"),
+      times: options.attempts ?? 600,
+      while: (e) => e instanceof ChildError
+    }),
+    Effect.asVoid
+  )
