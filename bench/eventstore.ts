@@ -7,11 +7,13 @@
  * 2. catch-up read: a catch-up subscription to `$ce-<category>` with links
  *    resolved, from the start until every event arrived (what the adapter does);
  * 3. catch-up read through the EventStoreDB event source (`EventStoreDB.layer`),
- *    as the engine pulls it.
+ *    as the engine pulls it;
+ * 4. persistent subscription (consumer group on `$ce-<category>`, Pinned,
+ *    links resolved): every event received and acked one by one, buffer 500.
  *
  *   npx tsx bench/eventstore.ts       # BENCH_EVENTS=100000 BENCH_BATCH=500 BENCH_STREAMS=1000
  */
-import { EventStoreDBClient, jsonEvent, START } from "@eventstore/db-client"
+import { EventStoreDBClient, jsonEvent, PINNED, persistentSubscriptionToStreamSettingsFromDefaults, START } from "@eventstore/db-client"
 import { Context, Effect, Layer, Option, Redacted, Stream } from "effect"
 import { randomUUID } from "node:crypto"
 import * as EventStoreServer from "../src/embedded/EventStoreServer.js"
@@ -74,6 +76,25 @@ const program = Effect.gen(function*() {
   )
   const sourceMs = now() - t
   console.log(`catch-up read (event source): ${rate(events, sourceMs)} events/s (${Math.round(sourceMs)} ms)`)
+
+  // 4. persistent subscription, acked one by one
+  const persistentMs = yield* Effect.promise(async () => {
+    await client.createPersistentSubscriptionToStream(
+      `$ce-${category}`,
+      "bench",
+      persistentSubscriptionToStreamSettingsFromDefaults({ startFrom: START, resolveLinkTos: true, consumerStrategyName: PINNED })
+    )
+    const t = now()
+    let n = 0
+    const subscription = client.subscribeToPersistentSubscriptionToStream(`$ce-${category}`, "bench", { bufferSize: 500 })
+    for await (const e of subscription) {
+      await subscription.ack(e)
+      if (++n === events) break
+    }
+    await subscription.unsubscribe()
+    return now() - t
+  })
+  console.log(`persistent (ack each):        ${rate(events, persistentMs)} events/s (${Math.round(persistentMs)} ms)`)
 }).pipe(Effect.scoped)
 
 Effect.runPromise(program).catch((error) => {

@@ -116,6 +116,8 @@ export class Group {
   private timer: NodeJS.Timeout | undefined = undefined
   private dispatching = false
   private again = false
+  /** A stopped group (deleted, or the server shut down) ignores late acks and arms no timers. */
+  private stopped = false
   private unlisten: () => void
   totalItems = 0
 
@@ -172,6 +174,7 @@ export class Group {
   /** Stops the group: drops subscribers, keeps its checkpoint. */
   stop(reason: string): void {
     this.writeCheckpoint(true)
+    this.stopped = true
     this.unlisten()
     this.unlisten = () => {}
     if (this.timer) clearTimeout(this.timer)
@@ -180,6 +183,7 @@ export class Group {
   }
 
   connect(bufferSize: number, sink: SubscriberSink): string {
+    if (this.stopped) throw new GroupNotFound(`Subscription group ${this.name} on stream ${this.stream} was stopped.`)
     if (this.settings.maxSubscriberCount > 0 && this.subscribers.length >= this.settings.maxSubscriberCount) {
       throw new MaxSubscribersReached(`Maximum subscriber count reached on ${this.stream}::${this.name}`)
     }
@@ -191,6 +195,7 @@ export class Group {
   }
 
   disconnect(subscriberId: string): void {
+    if (this.stopped) return
     const sub = this.subscribers.find((s) => s.id === subscriberId)
     if (!sub) return
     this.subscribers = this.subscribers.filter((s) => s !== sub)
@@ -204,6 +209,7 @@ export class Group {
   }
 
   ack(ids: ReadonlyArray<string>): void {
+    if (this.stopped) return
     for (const id of ids) {
       const o = this.take(id)
       if (o) this.finish(o.message)
@@ -213,6 +219,7 @@ export class Group {
   }
 
   nack(subscriberId: string, ids: ReadonlyArray<string>, action: "park" | "retry" | "skip" | "stop" | "unknown", reason: string): void {
+    if (this.stopped) return
     for (const id of ids) {
       const o = this.take(id)
       if (!o) continue
@@ -244,6 +251,7 @@ export class Group {
 
   /** Moves parked messages (up to `stopAt` of them) in front of new ones. */
   replayParked(stopAt: number | undefined): void {
+    if (this.stopped) return
     const parked = this.store.readStream(this.parkedStream, "start", false, stopAt ?? Number.MAX_SAFE_INTEGER) ?? []
     const replay: Array<Message> = []
     for (const link of parked) {
@@ -321,14 +329,14 @@ export class Group {
   }
 
   private writeCheckpoint(force: boolean): void {
-    const cp = this.checkpointValue()
-    if (cp === undefined || cp === this.lastCheckpoint) return
     const due = Date.now() - this.lastCheckpointAt >= this.settings.checkpointAfterMs
     if (
       force ||
       this.settledSinceCheckpoint >= this.settings.maxCheckpointCount ||
       (due && this.settledSinceCheckpoint >= this.settings.minCheckpointCount)
     ) {
+      const cp = this.checkpointValue()
+      if (cp === undefined || cp === this.lastCheckpoint) return
       try {
         this.store.append(this.checkpointStream, { _tag: "Any" }, [{
           id: randomUUID(),
@@ -453,6 +461,7 @@ export class Group {
 
   /** Hands messages to subscribers with free slots: retries and parked replays first, then new events. */
   dispatch(): void {
+    if (this.stopped) return
     if (this.dispatching) {
       this.again = true
       return
@@ -479,8 +488,13 @@ export class Group {
   private arm(): void {
     if (this.timer) clearTimeout(this.timer)
     this.timer = undefined
+    if (this.stopped) return
+    // deadlines grow with insertion order (one timeout per group): the first is the earliest
     let next = Infinity
-    for (const o of this.outstanding.values()) if (o.deadline < next) next = o.deadline
+    for (const o of this.outstanding.values()) {
+      next = o.deadline
+      break
+    }
     if (this.settledSinceCheckpoint > 0) next = Math.min(next, this.lastCheckpointAt + this.settings.checkpointAfterMs)
     if (next === Infinity) return
     this.timer = setTimeout(() => this.tick(), Math.max(0, next - Date.now()) + 1)
@@ -489,8 +503,12 @@ export class Group {
   private tick(): void {
     this.timer = undefined
     const now = Date.now()
-    for (const [id, o] of [...this.outstanding]) {
-      if (o.deadline > now) continue
+    const expired: Array<[string, Outstanding]> = []
+    for (const entry of this.outstanding) {
+      if (entry[1].deadline > now) break
+      expired.push(entry)
+    }
+    for (const [id, o] of expired) {
       this.take(id)
       this.retryMessage(o.message, "Message timed out")
     }
