@@ -351,6 +351,8 @@ export interface StoreOptions {
   readonly seed?: number | undefined
   /** Probability that a call fails with a transient error (before it changes anything). */
   readonly transientFailureRate?: number | undefined
+  /** Probability that a call succeeds but reports a transient error (its acknowledgement lost). */
+  readonly lostAcknowledgementRate?: number | undefined
   /** Called after each committed checkpoint, with the store as it is then. */
   readonly onCheckpoint?: ((checkpoint: Checkpoint, store: MemoryStore) => void) | undefined
 }
@@ -413,6 +415,10 @@ export const makeStore = (options: StoreOptions = {}) =>
           if (failures > 0 || (options.transientFailureRate !== undefined && next() < options.transientFailureRate)) {
             if (failures > 0) failures--
             return Effect.fail(new StoreError({ message: `injected transient failure in ${operation}`, transient: true }))
+          }
+          if (options.lostAcknowledgementRate !== undefined && next() < options.lostAcknowledgementRate) {
+            body()
+            return Effect.fail(new StoreError({ message: `injected lost acknowledgement of ${operation}`, transient: true }))
           }
           return Effect.sync(body)
         })

@@ -514,10 +514,12 @@ const projectionBatch = (
           )
         const conflicts = new Set(outcome.conflicts)
         const poisonedDocs = new Set<string>()
+        // Poison found in any attempt stays poison. A conflict may be our own write
+        // whose acknowledgement was lost: folded again, the poison event then looks
+        // applied (the markers passed it), yet it never was and must be dead-lettered.
         for (const { part, reason } of result.poisoned) {
-          if (conflicts.has(part.key)) continue
           poison.set(part, reason)
-          poisonedDocs.add(part.key)
+          if (!conflicts.has(part.key)) poisonedDocs.add(part.key)
         }
         for (const [docId, fold] of result.documents) {
           if (conflicts.has(docId)) {

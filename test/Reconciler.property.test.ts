@@ -22,6 +22,7 @@ const paramsArbitrary = fc.record({
   duplicateRate: fc.constantFrom(0, 0.1, 0.3),
   dropRate: fc.constantFrom(0, 0, 0.05),
   transientFailureRate: fc.constantFrom(0, 0.1, 0.25),
+  lostAcknowledgementRate: fc.constantFrom(0, 0, 0.15),
   stops: fc.array(stopArbitrary, { maxLength: 3 }),
   seed: fc.integer({ min: 1, max: 1_000_000 })
 })
@@ -65,6 +66,7 @@ const scenario = (mode: "catch-up" | "persistent", history: ReadonlyArray<Step>,
     const store = yield* InMemory.makeStore({
       seed: params.seed + 1,
       transientFailureRate: params.transientFailureRate,
+      lostAcknowledgementRate: params.lostAcknowledgementRate,
       // The checkpoint is never ahead of durably written documents or dead letters.
       onCheckpoint: (checkpoint, s) => {
         const stored = s.stored(ledger.collection)
