@@ -295,7 +295,7 @@ describe("EventStoreDB event source", () => {
           }).pipe(Effect.filterOrFail((p) => p.length === 1))
         )
         expect(parked[0]!.event!.id).toBe(poison!.id)
-        expect(parked[0]!.link!.metadata).toMatchObject({ reason: "cannot decode Credited: amount is missing" })
+        expect((parked[0]!.link!.metadata as { reason: string }).reason).toContain("cannot decode Credited: amount is missing")
         yield* Effect.promise(() => client.replayParkedMessagesToStream(`$ce-${category}`, "g"))
         const [replayed] = yield* sub.take(1)
         expect(replayed!.id).toBe(poison!.id)

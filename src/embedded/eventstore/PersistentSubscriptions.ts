@@ -9,7 +9,7 @@
  * Internal to the embedded server.
  */
 import { randomUUID } from "node:crypto"
-import type { EventRecord, Resolved, Store } from "./Store.js"
+import type { Resolved, Store } from "./Store.js"
 import { parseLink } from "./Store.js"
 
 export type ConsumerStrategy = "DispatchToSingle" | "RoundRobin" | "Pinned"
@@ -225,7 +225,7 @@ export class Group {
       if (!o) continue
       switch (action) {
         case "park":
-          this.park(o.message, reason)
+          this.park(o.message, `Client explicitly NAK'ed message.\n${reason}`)
           this.finish(o.message)
           break
         case "skip":
@@ -294,7 +294,7 @@ export class Group {
 
   private retryMessage(message: Message, reason: string): void {
     if (message.retryCount >= this.settings.maxRetryCount) {
-      this.park(message, `Max retry count reached: ${reason}`)
+      this.park(message, `Max retry count reached (${this.settings.maxRetryCount}); last: ${reason}`)
       this.finish(message)
       return
     }
@@ -305,12 +305,27 @@ export class Group {
     this.retry.splice(i, 0, next)
   }
 
+  /**
+   * Writes a parked message: a `$>` link to the event (or, for a link whose
+   * event is gone, a copy of that link), with metadata
+   * `{ added, reason, subscriptionEventNumber, retryCount }`.
+   */
   private park(message: Message, reason: string): void {
-    const target: EventRecord | undefined = message.resolved.event ?? message.resolved.link
-    if (!target) return
-    const metadata = encoder.encode(JSON.stringify({ reason, retryCount: message.retryCount }))
+    const { event, link } = message.resolved
+    const data = event
+      ? encoder.encode(`${event.revision}@${event.streamId}`)
+      : link
+      ? link.data
+      : undefined
+    if (!data) return
+    const metadata = encoder.encode(JSON.stringify({
+      added: new Date().toISOString(),
+      reason,
+      subscriptionEventNumber: Number((link ?? event)!.revision),
+      retryCount: message.retryCount
+    }))
     try {
-      this.store.appendLink(this.parkedStream, target, metadata)
+      this.store.appendLinkData(this.parkedStream, data, metadata)
     } catch {
       // a tombstoned parked stream cannot hold messages; the message is dropped
     }

@@ -250,15 +250,15 @@ export class Store {
     s.maxCount = typeof maxCount === "number" && maxCount >= 0 ? maxCount : undefined
   }
 
-  /** Appends a link to `target` in `streamId` (no expectation check besides tombstones). */
-  appendLink(streamId: string, target: EventRecord, metadata: Uint8Array): EventRecord {
+  /** Appends a link (`<revision>@<stream>` data) to `streamId`, with no expectation besides tombstones. */
+  appendLinkData(streamId: string, data: Uint8Array, metadata: Uint8Array): EventRecord {
     if (this.isTombstoned(streamId)) throw new StreamDeleted(streamId)
     const r = this.insert(
       streamId,
       randomUUID(),
       LINK_TYPE,
       "application/octet-stream",
-      encoder.encode(`${target.revision}@${target.streamId}`),
+      data,
       metadata,
       BigInt(Date.now()) * TICKS_PER_MS
     )
