@@ -305,9 +305,8 @@ describe("EventStoreDB event source", () => {
 
     it.scopedLive("two subscribers in one group (Pinned): every event once, per-stream order kept", () =>
       Effect.gen(function*() {
-        const { append, source } = yield* setup()
+        const { append, client, source } = yield* setup()
         const category = uniqueCategory("two")
-        for (let s = 0; s < 8; s++) yield* append(`${category}-${s}`, [credited("a", 1), credited("a", 2), credited("a", 3)])
         const seen = new Map<string, Array<number>>()
         const revisionsOf = new Map<string, Array<bigint>>()
         const done = yield* Deferred.make<void>()
@@ -325,6 +324,13 @@ describe("EventStoreDB event source", () => {
           )
         yield* consume(0)
         yield* consume(1)
+        // both are connected before the events arrive
+        yield* eventually(
+          Effect.tryPromise(() => client.getPersistentSubscriptionToStreamInfo(`$ce-${category}`, "g")).pipe(
+            Effect.filterOrFail((info) => info.connections.length === 2)
+          )
+        )
+        for (let s = 0; s < 8; s++) yield* append(`${category}-${s}`, [credited("a", 1), credited("a", 2), credited("a", 3)])
         yield* Deferred.await(done)
         expect([...seen.values()].every((who) => who.length === 1)).toBe(true)
         // Pinned: both subscribers work, and a stream moves between them only when idle, so its order holds

@@ -376,7 +376,6 @@ describe("persistent subscriptions", () => {
 
   it("shares a group between two subscribers (round robin): every event once", async () => {
     const stream = `${uniqueCategory("rr")}-1`
-    await client.appendToStream(stream, Array.from({ length: 20 }, (_, i) => credited(i)))
     await client.createPersistentSubscriptionToStream(stream, "g", settings({ consumerStrategyName: ROUND_ROBIN }))
     const seen = new Map<number, number>()
     const subscribers = [0, 1].map(() => client.subscribeToPersistentSubscriptionToStream(stream, "g", { bufferSize: 2 }))
@@ -392,6 +391,11 @@ describe("persistent subscriptions", () => {
         if (seen.size === 20) finish()
       }
     })
+    // both are connected before the events arrive
+    await eventually(async () => {
+      expect((await client.getPersistentSubscriptionToStreamInfo(stream, "g")).connections).toHaveLength(2)
+    })
+    await client.appendToStream(stream, Array.from({ length: 20 }, (_, i) => credited(i)))
     await finished
     await Promise.all(subscribers.map((s) => s.unsubscribe()))
     await Promise.all(loops)
