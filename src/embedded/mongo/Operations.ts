@@ -132,12 +132,28 @@ export class TransactionAccess implements Access {
 
 const queryOptions = { useStrictMode: true, scriptEnabled: false } as const
 
+/** Compiled queries by the canonical form of their filter: guarded writes repeat the same few filters. */
+const compiled = new Map<string, Query>()
+const CACHE_SIZE = 512
+
 export const compileQuery = (filter: Doc): Query => {
+  const view = toView(filter) as Doc
+  const key = keyOf(view)
+  // Expressions may read the clock ($$NOW) or run operators with state: compile them every time.
+  const cacheable = !key.includes('"$expr"') && !key.includes('"$where"') && !key.includes('"$function"')
+  const hit = cacheable ? compiled.get(key) : undefined
+  if (hit !== undefined) return hit
+  let query: Query
   try {
-    return new Query(toView(filter) as Doc, queryOptions)
+    query = new Query(view, queryOptions)
   } catch (e) {
     throw badValue(e instanceof Error ? e.message : String(e))
   }
+  if (cacheable) {
+    if (compiled.size >= CACHE_SIZE) compiled.clear()
+    compiled.set(key, query)
+  }
+  return query
 }
 
 const isOperatorObject = (v: unknown): v is Doc =>
@@ -188,12 +204,13 @@ export interface FindOptions {
 /** The matching versions, sorted, skipped and limited (limit 0 = all). */
 export const findVersions = (access: Access, c: Collection | undefined, options: FindOptions): Array<Version> => {
   if (c === undefined) return []
-  const fields = Object.keys(options.filter)
-  // No query to run when the filter is empty, or is only an `_id` condition the index answers exactly.
-  const query =
-    fields.length === 0 || (fields.length === 1 && fields[0] === "_id" && idKeys(options.filter) !== undefined)
-      ? undefined
-      : compileQuery(options.filter)
+  // The index answers a top-level `_id` condition exactly: only the rest of the filter needs a query.
+  let rest = options.filter
+  if ("_id" in rest && idKeys({ _id: rest._id }) !== undefined) {
+    const { _id: _answered, ...others } = rest
+    rest = others
+  }
+  const query = Object.keys(rest).length === 0 ? undefined : compileQuery(rest)
   const skip = options.skip ?? 0
   const limit = options.limit ?? 0
   const sorted = options.sort !== undefined && Object.keys(options.sort).length > 0

@@ -1,0 +1,140 @@
+/**
+ * The `reconciler` command line, as a user runs it (a child process): help for
+ * every command, exit code 2 on bad usage, and `status` / `dead-letters` against
+ * embedded servers reached with connection strings that carry secrets, which
+ * never show in the output.
+ */
+import { EventStoreDBClient, jsonEvent } from "@eventstore/db-client"
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Fiber, Layer, Redacted } from "effect"
+import { MongoClient } from "mongodb"
+import * as App from "../src/App.js"
+import * as EventStoreServer from "../src/embedded/EventStoreServer.js"
+import * as MongoServer from "../src/embedded/MongoServer.js"
+import * as EventStoreDB from "../src/EventStoreDB.js"
+import * as MongoReadModelStore from "../src/MongoReadModelStore.js"
+import { Reconciler } from "../src/index.js"
+import { spawn } from "./support/child.js"
+import { ledger } from "./support/ledger.js"
+
+const BIN = "src/bin/reconciler.ts"
+/** No endpoints from the developer's environment leak into these runs. */
+const clean = { EVENTSTORE_CONNECTION_STRING: undefined, MONGODB_URI: undefined, MONGODB_DATABASE: undefined, RECONCILER_EMBEDDED: undefined }
+
+const runCli = (args: ReadonlyArray<string>, env: Record<string, string | undefined> = {}) =>
+  Effect.gen(function*() {
+    const child = yield* spawn(BIN, args, { ...clean, ...env })
+    const exit = yield* child.exit("50 seconds")
+    return { code: exit.code, output: child.output() }
+  })
+
+describe("reconciler command line", () => {
+  it.scopedLive("every command explains itself with --help", () =>
+    Effect.gen(function*() {
+      const commands: ReadonlyArray<readonly [ReadonlyArray<string>, RegExp]> = [
+        [[], /Keeps MongoDB read models reconciled/],
+        [["run"], /--batch-size integer[\s\S]*until SIGINT\/SIGTERM/],
+        [["status"], /checkpoint, head position of its categories, lag/],
+        [["dead-letters"], /Inspect and retry dead-lettered events/],
+        [["dead-letters", "list"], /List the dead-lettered events/],
+        [["dead-letters", "retry"], /Apply the dead letters again/],
+        [["embedded"], /--eventstore-port integer --mongo-port integer \[--data-dir directory\]/]
+      ]
+      const results = yield* Effect.forEach(commands, ([command]) => runCli([...command, "--help"]), { concurrency: 4 })
+      results.forEach((result, i) => {
+        expect(result.code, commands[i]![0].join(" ")).toBe(0)
+        expect(result.output).toMatch(commands[i]![1])
+      })
+    }), { timeout: 90_000 })
+
+  it.scopedLive("an unknown flag, a bad value or a bad setting: a clear message and exit code 2", () =>
+    Effect.gen(function*() {
+      const module = ["--module", "examples/openbank.ts"]
+      const cases: ReadonlyArray<readonly [ReadonlyArray<string>, Record<string, string>, RegExp]> = [
+        [["run", ...module, "--bogus"], {}, /unknown argument: '--bogus'/],
+        [["run", ...module, "--lanes", "zero"], {}, /'zero' is not a integer/],
+        [["run", ...module, "--lanes", "0"], {}, /--lanes must be a positive integer/],
+        [["run", ...module, "--mode", "sideways"], {}, /catch-up, persistent/],
+        [["status", "--module", "no/such/module.ts"], {}, /no\/such\/module\.ts' must exist/],
+        [["embedded", "--eventstore-port", "70000", "--mongo-port", "0"], {}, /--eventstore-port must be a port/],
+        [["frobnicate"], {}, /frobnicate/],
+        [["status", ...module], {}, /EVENTSTORE_CONNECTION_STRING to be set/],
+        [["run", ...module], { RECONCILER_EMBEDDED: "true", RECONCILER_LANES: "many" }, /RECONCILER_LANES/]
+      ]
+      const results = yield* Effect.forEach(cases, ([args, env]) => runCli(args, env), { concurrency: 4 })
+      results.forEach((result, i) => {
+        expect(result.code, cases[i]![0].join(" ")).toBe(2)
+        expect(result.output).toMatch(cases[i]![2])
+      })
+    }), { timeout: 90_000 })
+
+  it.scopedLive("status and dead-letters: figures per projection, retry after a fix, secrets never printed", () =>
+    Effect.gen(function*() {
+      const eventStore = yield* EventStoreServer.make()
+      const mongo = yield* MongoServer.make()
+      const secret = "hunter2-do-not-print"
+      const env = {
+        EVENTSTORE_CONNECTION_STRING: eventStore.connectionString.replace("esdb://", `esdb://admin:${secret}@`),
+        MONGODB_URI: `${mongo.uri}&appName=${secret}`,
+        MONGODB_DATABASE: "cli_test"
+      }
+
+      // A history with three poison events: doc-9 explodes on its last event, doc-1
+      // explodes and then moves on, and one event does not match its schema.
+      const client = yield* Effect.acquireRelease(
+        Effect.sync(() => EventStoreDBClient.connectionString(eventStore.connectionString)),
+        (client) => Effect.promise(() => client.dispose())
+      )
+      const events = [
+        ["ledger-1", "Credited", { doc: "doc-1", amount: 5 }],
+        ["ledger-2", "Credited", { doc: "doc-9", amount: 7 }],
+        ["ledger-1", "Exploded", { doc: "doc-1" }],
+        ["ledger-2", "Exploded", { doc: "doc-9" }],
+        ["ledger-3", "Credited", { doc: 42, amount: "lots" }],
+        ["ledger-1", "Credited", { doc: "doc-1", amount: 1 }]
+      ] as const
+      for (const [stream, type, data] of events) {
+        yield* Effect.promise(() => client.appendToStream(stream, jsonEvent({ type, data: data as never })))
+      }
+      const ports = Layer.merge(
+        EventStoreDB.layer({ connectionString: Redacted.make(eventStore.connectionString) }),
+        MongoReadModelStore.layer({ uri: mongo.uri, database: "cli_test" })
+      )
+      yield* Effect.gen(function*() {
+        const running = yield* Effect.fork(Reconciler.run(ledger, { commitInterval: "20 millis" }))
+        yield* App.awaitCaughtUp([ledger], { attempts: 600 })
+        yield* Fiber.interrupt(running)
+      }).pipe(Effect.provide(ports))
+
+      const status = yield* runCli(["status", "--module", "test/support/ledger.ts"], env)
+      expect(status.code).toBe(0)
+      expect(status.output).toMatch(/projection\s+checkpoint\s+head\s+lag\s+dead letters/)
+      expect(status.output).toMatch(/ledger@1\s+5\s+5\s+0\s+3/)
+      expect(status.output).toContain("EventStoreDB from EVENTSTORE_CONNECTION_STRING")
+
+      const list = yield* runCli(["dead-letters", "list", "-m", "test/support/ledger.ts"], env)
+      expect(list.code).toBe(0)
+      expect(list.output).toMatch(/ledger@1 .* Exploded .* ledger-1@1 .* evolve threw on Exploded: Error: exploded on doc-1/)
+      expect(list.output).toMatch(/ledger-2@1 .* exploded on doc-9/)
+      expect(list.output).toMatch(/ledger-3@0 .* does not match the schema of Credited/)
+      expect(list.output).toContain("3 dead letters")
+
+      // Unchanged projection: all fail again (or are superseded), the letters stay, exit 1.
+      const again = yield* runCli(["dead-letters", "retry", "-m", "test/support/ledger.ts"], env)
+      expect(again.code).toBe(1)
+      expect(again.output).toContain("ledger: 0 retried, 2 failed again, 1 superseded")
+
+      // After the fix: doc-9's letter applies; doc-1's stays (a later event already applied).
+      const fixed = yield* runCli(["dead-letters", "retry", "-m", "test/support/ledger-fixed.ts"], env)
+      expect(fixed.output).toContain("ledger: 1 retried, 1 failed again, 1 superseded")
+      const db = yield* Effect.acquireRelease(
+        Effect.promise(() => new MongoClient(mongo.uri).connect()),
+        (m) => Effect.promise(() => m.close())
+      ).pipe(Effect.map((m) => m.db("cli_test")))
+      const doc9 = yield* Effect.promise(() => db.collection("ledger").findOne({ _id: "doc-9" as never }))
+      expect(doc9?.applied).toHaveLength(2)
+      expect(yield* Effect.promise(() => db.collection("reconciler_dead_letters").countDocuments())).toBe(2)
+
+      for (const output of [status.output, list.output, again.output, fixed.output]) expect(output).not.toContain(secret)
+    }), { timeout: 90_000 })
+})
