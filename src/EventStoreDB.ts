@@ -256,8 +256,15 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
   const client = yield* Effect.acquireRelease(
     Effect.try({
       try: () => EventStoreDBClient.connectionString(Redacted.value(options.connectionString)),
-      catch: (cause) =>
-        new EventSourceError({ message: "invalid EventStoreDB connection string", retryable: false, cause })
+      // The parser's message quotes the connection string, which may hold credentials:
+      // only the position is kept, and not the cause.
+      catch: (cause) => {
+        const at = /position (\d+)/.exec(cause instanceof Error ? cause.message : "")?.[1]
+        return new EventSourceError({
+          message: `invalid EventStoreDB connection string${at === undefined ? "" : ` (at position ${at})`}`,
+          retryable: false
+        })
+      }
     }),
     (client) =>
       Effect.promise(async () => {

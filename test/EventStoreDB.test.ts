@@ -385,9 +385,15 @@ describe("EventStoreDB event source", () => {
 
     it.scoped("an invalid connection string fails the layer, not retryable", () =>
       Effect.gen(function*() {
-        const error = yield* Layer.build(EventStoreDB.layer({ connectionString: Redacted.make("nonsense://x") })).pipe(Effect.flip)
+        const error = yield* Layer.build(
+          EventStoreDB.layer({ connectionString: Redacted.make("esdb://admin:s3cret@host:2113?tls=fals") })
+        ).pipe(Effect.flip)
         expect(error).toBeInstanceOf(EventSourceError)
         expect((error as EventSourceError).retryable).toBe(false)
+        // the secret shows nowhere in the error
+        expect(JSON.stringify(error)).not.toContain("s3cret")
+        expect(String(error)).not.toContain("s3cret")
+        expect((error as EventSourceError).message).toContain("position")
       }))
   })
 })
