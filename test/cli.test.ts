@@ -57,7 +57,7 @@ describe("reconciler command line", () => {
         [["run", ...module, "--mode", "sideways"], {}, /catch-up, persistent/],
         [["status", "--module", "no/such/module.ts"], {}, /no\/such\/module\.ts' must exist/],
         [["embedded", "--eventstore-port", "70000", "--mongo-port", "0"], {}, /--eventstore-port must be a port/],
-        [["frobnicate"], {}, /frobnicate/],
+        [["frobnicate"], {}, /Invalid subcommand for reconciler - use one of 'run'/],
         [["status", ...module], {}, /EVENTSTORE_CONNECTION_STRING to be set/],
         [["run", ...module], { RECONCILER_EMBEDDED: "true", RECONCILER_LANES: "many" }, /RECONCILER_LANES/]
       ]
