@@ -316,6 +316,13 @@ export class Engine {
         return { dropped: db, ok: 1 }
       case "listCollections":
         return this.listCollections(command, db)
+      case "renameCollection":
+        return this.renameCollection(command)
+      case "dbStats": {
+        const colls = [...(this.storage.dbs.get(db)?.values() ?? [])]
+        const objects = colls.reduce((n, c) => n + c.docs.size, 0)
+        return { db, collections: colls.length, views: 0, objects, indexes: colls.reduce((n, c) => n + c.indexes.size, 0), dataSize: 0, storageSize: 0, ok: 1 }
+      }
       case "listDatabases":
         return this.listDatabases(command)
       default:
@@ -621,6 +628,37 @@ export class Engine {
       docs = docs.filter((d) => q.test(d))
     }
     return { cursor: { firstBatch: docs, id: Long.fromNumber(0), ns: `${db}.$cmd.listCollections` }, ok: 1 }
+  }
+
+  private renameCollection(command: Doc): Doc {
+    const from = String(command.renameCollection)
+    const to = String(command.to)
+    const split = (ns: string): [string, string] => {
+      const dot = ns.indexOf(".")
+      if (dot <= 0) throw new CommandError(73, "InvalidNamespace", `Invalid namespace specified '${ns}'`)
+      return [ns.slice(0, dot), ns.slice(dot + 1)]
+    }
+    const [fromDb, fromName] = split(from)
+    const [toDb, toName] = split(to)
+    const source = this.storage.collection(fromDb, fromName)
+    if (source === undefined) throw new CommandError(26, "NamespaceNotFound", "Source collection " + from + " does not exist")
+    if (this.storage.collection(toDb, toName) !== undefined) {
+      if (!bool(command.dropTarget, false)) throw new CommandError(48, "NamespaceExists", "target namespace exists")
+      this.storage.dropCollection(toDb, toName)
+    }
+    const target = this.storage.ensureCollection(toDb, toName)
+    for (const index of source.indexes.values()) {
+      if (index.name === "_id_") continue
+      target.addIndex(index.spec)
+      this.storage.journal?.([{ t: "ci", db: toDb, c: toName, spec: index.spec }])
+    }
+    const seq = ++this.storage.seq
+    for (const [key, v] of source.docs) {
+      target.commit(key, { ...v, seq }, seq)
+      this.storage.journal?.([{ t: "put", db: toDb, c: toName, doc: v.raw }])
+    }
+    this.storage.dropCollection(fromDb, fromName)
+    return { ok: 1 }
   }
 
   private listDatabases(command: Doc): Doc {
