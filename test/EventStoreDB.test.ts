@@ -21,10 +21,12 @@ import {
   Schedule,
   Schema,
   Scope,
-  Stream
+  Stream,
+  TestClock
 } from "effect"
 import { randomUUID } from "node:crypto"
 import * as fs from "node:fs"
+import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 import * as EventStoreServer from "../src/embedded/EventStoreServer.js"
@@ -216,6 +218,49 @@ describe("EventStoreDB event source", () => {
         yield* append(`${category}-3`, 5)
         const [sentinel] = yield* sub.take(1)
         expect(sentinel!.position).toBe(4n)
+      }))
+
+    it.scoped("resubscribes on the schedule's clock (TestClock): no new attempt before the backoff elapses", () =>
+      Effect.gen(function*() {
+        // A TCP endpoint that counts connection attempts and drops them: the server is "unavailable".
+        const attempts = { n: 0 }
+        const endpoint = yield* Effect.acquireRelease(
+          Effect.async<net.Server>((resume) => {
+            const server = net.createServer((socket) => {
+              attempts.n++
+              socket.destroy()
+            })
+            server.listen(0, "127.0.0.1", () => resume(Effect.succeed(server)))
+          }),
+          (server) => Effect.async<void>((resume) => {
+            server.close(() => resume(Effect.void))
+          })
+        )
+        const port = (endpoint.address() as net.AddressInfo).port
+        const source = yield* Layer.build(
+          EventStoreDB.layer({
+            connectionString: Redacted.make(`esdb://127.0.0.1:${port}?tls=false`),
+            resubscribe: Schedule.spaced("1 minute").pipe(Schedule.intersect(Schedule.recurs(1)))
+          })
+        ).pipe(Effect.map(Context.get(EventSource)))
+        const fiber = yield* source.subscribe(catchUp(["down"])).pipe(Stream.runDrain, Effect.fork)
+        // real time passes for the IO; the schedule waits on the TestClock
+        const realWait = Effect.promise(() => new Promise((r) => setTimeout(r, 20)))
+        const until = (done: () => boolean) =>
+          Effect.gen(function*() {
+            for (let i = 0; i < 250 && !done(); i++) yield* realWait
+            expect(done()).toBe(true)
+          })
+        yield* until(() => attempts.n >= 1)
+        // however long we wait in real time, the next attempt waits for the clock
+        for (let i = 0; i < 10; i++) yield* realWait
+        expect(attempts.n).toBe(1)
+        expect(fiber.unsafePoll()).toBeNull()
+        yield* TestClock.adjust("1 minute")
+        yield* until(() => fiber.unsafePoll() !== null)
+        expect(attempts.n).toBeGreaterThanOrEqual(2)
+        const exit = yield* Fiber.await(fiber)
+        expect(Exit.isFailure(exit)).toBe(true)
       }))
 
     it.scopedLive("fails with a retryable error once resubscribing gives up", () =>
