@@ -40,6 +40,12 @@ export const make = (
   const tty = stream.isTTY === true
   const every = options.every ?? 0.1
   let lastPlain = -1
+  let lastPlainText = ""
+  const plain = (line: ProgressLine) => {
+    const text = `${String(Math.floor(line.fraction * 100)).padStart(3)}% ${line.text}`
+    if (text !== lastPlainText) stream.write(`${text}\n`)
+    lastPlainText = text
+  }
   let lastDrawn = ""
   const draw = (line: ProgressLine) => {
     const text = `${bar(line.fraction)} ${String(Math.floor(line.fraction * 100)).padStart(3)}% ${line.text}`
@@ -55,15 +61,15 @@ export const make = (
       const step = Math.floor(line.fraction / every)
       if (step > lastPlain) {
         lastPlain = step
-        stream.write(`${String(Math.floor(line.fraction * 100)).padStart(3)}% ${line.text}\n`)
+        plain(line)
       }
     },
     done: (line) => {
       if (tty) {
         draw(line)
         stream.write("\n")
-      } else {
-        stream.write(`${String(Math.floor(line.fraction * 100)).padStart(3)}% ${line.text}\n`)
+      } else if (Math.floor(line.fraction / every) > lastPlain || lastPlainText === "") {
+        plain(line)
       }
     }
   }
