@@ -10,6 +10,7 @@ import {
   DISPATCH_TO_SINGLE,
   END,
   EventStoreDBClient,
+  eventTypeFilter,
   jsonEvent,
   PersistentSubscriptionDoesNotExistError,
   PersistentSubscriptionExistsError,
@@ -270,6 +271,24 @@ describe("catch-up subscriptions", () => {
     expect(all.map((e) => e.event!.streamId)).toEqual([`${a}-1`, `${a}-2`])
     const after = await take(client.subscribeToAll({ fromPosition: position!, filter }), 1)
     expect(after.map((e) => e.event!.streamId)).toEqual([`${a}-2`])
+  })
+
+  it("filters $all by event type prefix, and subscribes from the end", async () => {
+    const stream = `${uniqueCategory("et")}-1`
+    const type = `Typed${randomUUID().replace(/-/g, "").slice(0, 8)}`
+    const filter = eventTypeFilter({ prefixes: [type] })
+    const fromEnd = client.subscribeToAll({ fromPosition: END, filter })
+    const caughtUp = new Promise<void>((resolve) => fromEnd.once("caughtUp", () => resolve()))
+    const live = take(fromEnd, 2)
+    await caughtUp
+    await client.appendToStream(stream, [
+      jsonEvent({ type: `${type}A`, data: {} }),
+      jsonEvent({ type: "Other", data: {} }),
+      jsonEvent({ type: `${type}B`, data: {} })
+    ])
+    expect((await live).map((e) => e.event!.type)).toEqual([`${type}A`, `${type}B`])
+    const history = await take(client.subscribeToAll({ fromPosition: START, filter }), 2)
+    expect(history.map((e) => e.event!.revision)).toEqual([0n, 2n])
   })
 })
 
