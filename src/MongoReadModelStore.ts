@@ -285,7 +285,6 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
       if (!(e instanceof MongoBulkWriteError)) throw e
       const errors = writeErrorsOf(e)
       const others = errors.filter((w) => !(isIdDuplicate(w) && writes[w.index]!.expectedVersion === 0))
-      for (const w of errors) if (!others.includes(w)) conflicts.add(w.index)
       if (others.length > 0) {
         const first = others[0]!
         const unique = first.code === 11000
@@ -297,12 +296,18 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
           cause: e
         })
       }
-      if (session !== undefined) return { conflicts, error: e } // the transaction is aborted: the caller retries without them
+      if (session !== undefined) {
+        // The transaction is aborted: the caller runs it again without these.
+        for (const w of errors) conflicts.add(w.index)
+        return { conflicts, error: e }
+      }
+      // Outside a transaction a duplicate `_id` is a conflict, unless it is our own write applied by an
+      // earlier attempt (a retry after a lost reply): the read-back below tells them apart by token.
       result = e.result
     }
-    const settled = result.matchedCount + result.upsertedCount + conflicts.size
+    const settled = result.matchedCount + result.upsertedCount
     if (settled < writes.length) {
-      // Some guarded replacement matched nothing: read back the undecided ids by their tokens.
+      // Some guarded write matched nothing or collided: read back the undecided ids by their tokens.
       const upserted = new Set(Object.keys(result.upsertedIds).map(Number))
       const undecided = writes.map((_, i) => i).filter((i) => !conflicts.has(i) && !upserted.has(i))
       const found = await collection
