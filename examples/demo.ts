@@ -255,7 +255,7 @@ const demo = (args: Args) =>
       }
       await Promise.all(inFlight)
     })
-    yield* App.awaitCaughtUp(projections)
+    yield* App.awaitCaughtUpWhile(engine, projections)
     yield* Fiber.interrupt(reporter)
     yield* observe
     progress.done(line())

@@ -12,7 +12,7 @@
  * bigger demo over the same projections (examples/demo.ts).
  */
 import { EventStoreDBClient, jsonEvent } from "@eventstore/db-client"
-import { Console, Effect, Fiber, Redacted, Schema } from "effect"
+import { Console, Effect, Redacted, Schema } from "effect"
 import { MongoClient } from "mongodb"
 import { pathToFileURL } from "node:url"
 import * as App from "../src/App.js"
@@ -232,9 +232,7 @@ const main = Effect.gen(function*() {
   for (const [stream, event] of simulate(60)) {
     yield* Effect.promise(() => client.appendToStream(stream, jsonEvent(event)))
   }
-  const running = yield* Effect.fork(App.run(projections))
-  yield* App.awaitCaughtUp(projections)
-  yield* Fiber.interrupt(running)
+  yield* App.runUntilCaughtUp(projections)
 
   const mongo = yield* Effect.acquireRelease(
     Effect.promise(() => new MongoClient(Redacted.value(endpoints.mongo.uri)).connect()),

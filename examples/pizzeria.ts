@@ -13,7 +13,7 @@
  * examples/pizzeria.ts` runs the same projections as a service.
  */
 import { EventStoreDBClient, jsonEvent } from "@eventstore/db-client"
-import { Console, Effect, Fiber, Redacted, Schema } from "effect"
+import { Console, Effect, Redacted, Schema } from "effect"
 import { MongoClient } from "mongodb"
 import { pathToFileURL } from "node:url"
 import * as App from "../src/App.js"
@@ -212,9 +212,7 @@ const main = Effect.gen(function*() {
   for (const [stream, events] of sampleOrders()) {
     yield* Effect.promise(() => client.appendToStream(stream, events.map((e) => jsonEvent(e))))
   }
-  const running = yield* Effect.fork(App.run(projections))
-  yield* App.awaitCaughtUp(projections)
-  yield* Fiber.interrupt(running)
+  yield* App.runUntilCaughtUp(projections)
 
   const mongo = yield* Effect.acquireRelease(
     Effect.promise(() => new MongoClient(Redacted.value(endpoints.mongo.uri)).connect()),

@@ -20,7 +20,7 @@
  * @since 0.1.0
  */
 import * as path from "node:path"
-import { Config, ConfigError, Context, Data, Duration, Effect, Layer, Option, Redacted, Schedule } from "effect"
+import { Config, ConfigError, Context, Data, Duration, Effect, Fiber, Layer, Option, Redacted, Schedule } from "effect"
 import * as EventStoreServer from "./embedded/EventStoreServer.js"
 import * as MongoServer from "./embedded/MongoServer.js"
 import { EventSource as EventSourceTag } from "./EventSource.js"
@@ -272,3 +272,35 @@ export class NotCaughtUp extends Data.TaggedError("NotCaughtUp")<{
     return `${this.projection} did not reach position ${this.head}`
   }
 }
+
+/**
+ * Waits for {@link awaitCaughtUp} while `engine` runs: fails with the engine's
+ * error if it stops first, so that a failing engine is never waited on forever.
+ *
+ * @since 0.1.0
+ */
+export const awaitCaughtUpWhile = <E>(
+  engine: Fiber.Fiber<void, E>,
+  runnables: ReadonlyArray<Runnable>,
+  options: { readonly interval?: Duration.DurationInput; readonly attempts?: number } = {}
+) =>
+  Effect.raceFirst(
+    awaitCaughtUp(runnables, options),
+    Fiber.join(engine).pipe(Effect.zipRight(Effect.dieMessage("the projections stopped before catching up")))
+  )
+
+/**
+ * Runs the projections until they have caught up with the head of their
+ * categories as it stands when called, then stops them (drained, checkpoints
+ * committed). Fails with the engine's error if it fails first.
+ *
+ * @since 0.1.0
+ */
+export const runUntilCaughtUp = Effect.fn("App.runUntilCaughtUp")(function*(
+  runnables: ReadonlyArray<Runnable>,
+  overrides: Reconciler.RunOptions = {}
+) {
+  const engine = yield* Effect.fork(run(runnables, overrides))
+  yield* awaitCaughtUpWhile(engine, runnables)
+  yield* Fiber.interrupt(engine)
+})
