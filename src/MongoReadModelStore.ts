@@ -101,6 +101,26 @@ const transientCodes = new Set([6, 7, 89, 91, 112, 189, 262, 9001, 10107, 11600,
 const closedError = () =>
   new StoreError({ message: "MongoReadModelStore used after its scope closed (the MongoClient is closed)", transient: false })
 
+/** Whether a driver error (or the error it wraps, as a bulk write wraps a network error) is transient. */
+const isTransient = (cause: unknown, depth = 0): boolean => {
+  if (depth > 4 || cause === null || typeof cause !== "object") return false
+  if (cause instanceof MongoNetworkError || cause instanceof MongoServerSelectionError) return true
+  if (
+    cause instanceof MongoError &&
+    (cause.hasErrorLabel("RetryableWriteError") ||
+      cause.hasErrorLabel("TransientTransactionError") ||
+      cause.hasErrorLabel("UnknownTransactionCommitResult") ||
+      cause.hasErrorLabel("ResetPool") ||
+      cause.hasErrorLabel("PoolRequestedRetry") ||
+      (typeof cause.code === "number" && transientCodes.has(cause.code)) ||
+      cause.name === "MongoPoolClearedError")
+  ) {
+    return true
+  }
+  const wrapped = cause as { errorResponse?: unknown; cause?: unknown }
+  return isTransient(wrapped.errorResponse, depth + 1) || isTransient(wrapped.cause, depth + 1)
+}
+
 /** Classifies a driver error. @since 0.1.0 */
 export const toStoreError = (operation: string, cause: unknown, closed = false): StoreError => {
   if (closed || cause instanceof MongoTopologyClosedError || cause instanceof MongoClientClosedError || cause instanceof MongoNotConnectedError) {
@@ -108,19 +128,8 @@ export const toStoreError = (operation: string, cause: unknown, closed = false):
       ? closedError()
       : new StoreError({ message: `${operation}: the MongoClient is closed`, transient: false, cause })
   }
-  const transient =
-    cause instanceof MongoNetworkError ||
-    cause instanceof MongoServerSelectionError ||
-    (cause instanceof MongoError &&
-      (cause.hasErrorLabel("RetryableWriteError") ||
-        cause.hasErrorLabel("TransientTransactionError") ||
-        cause.hasErrorLabel("UnknownTransactionCommitResult") ||
-        cause.hasErrorLabel("ResetPool") ||
-        cause.hasErrorLabel("PoolRequestedRetry") ||
-        (typeof cause.code === "number" && transientCodes.has(cause.code)) ||
-        cause.name === "MongoPoolClearedError"))
   const detail = cause instanceof Error ? cause.message : String(cause)
-  return new StoreError({ message: `${operation} failed: ${detail}`, transient, cause })
+  return new StoreError({ message: `${operation} failed: ${detail}`, transient: isTransient(cause), cause })
 }
 
 const toLong = (n: bigint): Long => Long.fromBigInt(n)
@@ -282,7 +291,8 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
     try {
       result = await collection.bulkWrite(ops, { ordered: false, ...(session ? { session } : {}) })
     } catch (e) {
-      if (!(e instanceof MongoBulkWriteError)) throw e
+      // A bulk error without per-operation errors is a failure of the whole command (network, write concern…).
+      if (!(e instanceof MongoBulkWriteError) || writeErrorsOf(e).length === 0 || e.writeConcernError !== undefined) throw e
       const errors = writeErrorsOf(e)
       const others = errors.filter((w) => !(isIdDuplicate(w) && writes[w.index]!.expectedVersion === 0))
       if (others.length > 0) {

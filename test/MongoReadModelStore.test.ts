@@ -5,6 +5,9 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Cause, ConfigProvider, Deferred, Effect, Exit, FastCheck as fc, Fiber, Layer, Option, Schedule, Scope } from "effect"
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import { MongoClient, MongoError, MongoNetworkError, MongoServerError, type Document } from "mongodb"
 import * as MongoServer from "../src/embedded/MongoServer.js"
 import { EventSource, InMemory, Reconciler } from "../src/index.js"
@@ -284,6 +287,9 @@ describe("MongoReadModelStore", () => {
     expect(error.transient).toBe(false)
     expect(error.cause).toBe(bad)
     expect(MongoReadModelStore.toStoreError("op", new Error("x")).transient).toBe(false)
+    // A bulk write reports a lost connection as a wrapped network error, without labels.
+    const wrapped = Object.assign(new MongoError("connection closed"), { errorResponse: new MongoNetworkError("closed") })
+    expect(MongoReadModelStore.toStoreError("op", wrapped).transient).toBe(true)
     expect(new MongoError("x")).toBeInstanceOf(Error)
   })
 })
@@ -352,6 +358,51 @@ describe("MongoReadModelStore with the engine", () => {
       const model = yield* readModel(database)
       expect(model["doc-0"]).toEqual({ total: "not a number", applied: [] })
       expect(model["doc-1"]).toEqual({ total: 7, applied: ["e1"] })
+    }))
+
+  it.scoped("converges when the server restarts mid-run (data directory, same port)", () =>
+    Effect.gen(function*() {
+      const dir = mkdtempSync(join(tmpdir(), "store-failover-"))
+      yield* Effect.addFinalizer(() => Effect.sync(() => rmSync(dir, { recursive: true, force: true })))
+      const firstScope = yield* Scope.make()
+      const secondScope = yield* Scope.make()
+      yield* Effect.addFinalizer(() => Scope.close(secondScope, Exit.void).pipe(Effect.andThen(Scope.close(firstScope, Exit.void))))
+      const first = yield* Scope.extend(MongoServer.make({ dataDir: dir }), firstScope)
+      const history = Array.from({ length: 40 }, (_, i) => ({ kind: "Credited" as const, stream: i % 3, doc: i % 5, amount: i }))
+      const log = yield* InMemory.makeEventLog({ endAtHead: true })
+      yield* appendHistory(log, history)
+      const port = yield* MongoReadModelStore.make({ uri: first.uri, database: "failover", clientOptions: { serverSelectionTimeoutMS: 10_000 } })
+      let writes = 0
+      let restarts = 0
+      const restarting: ReadModelStore["Type"] = {
+        ...port,
+        write: (batch) =>
+          Effect.tap(port.write(batch), () =>
+            ++writes === 3
+              ? Effect.gen(function*() {
+                // The server goes away after the third write, and comes back on the same port with its data.
+                yield* Scope.close(firstScope, Exit.void)
+                yield* Scope.extend(MongoServer.make({ dataDir: dir, port: first.port }), secondScope).pipe(Effect.orDie)
+                restarts++
+              })
+              : Effect.void)
+      }
+      yield* Reconciler.run(ledger, { batchSize: 4, lanes: 2, retrySchedule: immediate, resubscribeSchedule: immediate }).pipe(
+        Effect.provideService(EventSource.EventSource, log.port),
+        Effect.provideService(ReadModelStore, restarting)
+      )
+      expect(restarts).toBe(1)
+      const check = yield* Effect.promise(async () => {
+        const client = await new MongoClient(first.uri).connect()
+        try {
+          return await client.db("failover").collection(ledger.collection).find({}).toArray()
+        } finally {
+          await client.close()
+        }
+      })
+      const model = Object.fromEntries(check.map((d) => [String(d._id), { total: d.total, applied: d.applied }]))
+      expect(model).toEqual(Object.fromEntries(referenceFold(history)))
+      expect(yield* port.readCheckpoint("ledger@1")).toEqual(Option.some(BigInt(history.length)))
     }))
 
   const paramsArbitrary = fc.record({
