@@ -35,7 +35,8 @@ import type {
   PersistentSubscriptionToStreamSettings,
   ResolvedEvent
 } from "@eventstore/db-client"
-import { Config, ConfigError, Effect, Layer, Option, Redacted, Schedule, Stream } from "effect"
+import { Chunk, Config, ConfigError, Effect, Layer, Option, Redacted, Schedule, Stream } from "effect"
+import type { Readable } from "node:stream"
 import type { Delivery, Settlement, Subscription } from "./EventSource.js"
 import { EventSource, EventSourceError } from "./EventSource.js"
 
@@ -203,7 +204,8 @@ const escapeRegex = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
 export const categoriesRegex = (categories: ReadonlyArray<string>) =>
   `^(?:${categories.map(escapeRegex).join("|")})-`
 
-interface Unsubscribable<A> extends AsyncIterable<A> {
+/** What the client's subscriptions are: object-mode readables that can cancel their call. */
+interface Unsubscribable extends Readable {
   unsubscribe(): Promise<void>
 }
 
@@ -211,44 +213,75 @@ interface Unsubscribable<A> extends AsyncIterable<A> {
 const closed = new WeakSet<object>()
 
 /**
- * Pulls a client subscription one event at a time. The scope owns the
- * subscription: closing it cancels the call. The stream ends with a retryable
- * failure when the server ends the subscription (a drop).
+ * Pulls a client subscription: each pull takes what the subscription has
+ * buffered (at most its high-water mark, 16 events), or waits for the next
+ * event; the stream is then re-chunked to single deliveries, so the engine's
+ * in-flight bound holds exactly. Not reading lets the buffers fill, and gRPC
+ * flow control holds the server back. The scope owns the subscription:
+ * closing it cancels the call. The stream fails with a retryable error when
+ * the subscription fails or the server ends it (a drop).
  */
 const pull = <A, B>(
-  open: () => Unsubscribable<A>,
+  open: () => Unsubscribable,
   what: string,
-  f: (a: A, subscription: Unsubscribable<A>) => B
+  f: (a: A, subscription: Unsubscribable) => B
 ): Stream.Stream<B, EventSourceError> =>
   Stream.unwrapScoped(
     Effect.gen(function*() {
       const subscription = yield* Effect.try({ try: open, catch: sourceError(what) })
       keepRawBytes(subscription)
-      const iterator = subscription[Symbol.asyncIterator]()
-      // Closing: cancel the call first (so a pending pull can end), then release the iterator.
-      // Finalizers are uninterruptible: each step is made interruptible so its timeout holds.
+      // listeners stay for the subscription's life, so no error is ever unhandled
+      let failure: EventSourceError | undefined
+      let wake: (() => void) | undefined
+      const notify = () => {
+        const w = wake
+        wake = undefined
+        w?.()
+      }
+      const onError = (error: unknown) => {
+        failure ??= sourceError(what)(error)
+        notify()
+      }
+      const onEnd = () => {
+        failure ??= new EventSourceError({ message: `${what}: the subscription ended`, retryable: true })
+        notify()
+      }
+      subscription.on("error", onError)
+      subscription.on("end", onEnd)
+      subscription.on("close", onEnd)
+      subscription.on("readable", notify)
+      // Closing: cancel the call, then destroy the readable. Finalizers are
+      // uninterruptible: the step is made interruptible so its timeout holds.
       yield* Effect.addFinalizer(() =>
         Effect.sync(() => closed.add(subscription)).pipe(
           Effect.zipRight(Effect.promise(() => subscription.unsubscribe())),
           Effect.interruptible,
           Effect.timeout("5 seconds"),
           Effect.ignore,
-          Effect.zipRight(
-            Effect.promise(async () => {
-              await iterator.return?.()
-            }).pipe(Effect.interruptible, Effect.timeout("5 seconds"), Effect.ignore)
-          )
+          Effect.zipRight(Effect.sync(() => {
+            subscription.off("readable", notify)
+            subscription.destroy()
+          }))
         )
       )
-      return Stream.repeatEffectOption(
-        Effect.tryPromise({ try: () => iterator.next(), catch: (e) => Option.some(sourceError(what)(e)) }).pipe(
-          Effect.flatMap((r) =>
-            r.done
-              ? Effect.fail(Option.some(new EventSourceError({ message: `${what}: the subscription ended`, retryable: true })))
-              : Effect.succeed(f(r.value, subscription))
-          )
-        )
-      )
+      const next: Effect.Effect<Chunk.Chunk<B>, Option.Option<EventSourceError>> = Effect.suspend(() => {
+        const out: Array<B> = []
+        for (let a = subscription.read() as A | null; a !== null; a = subscription.read() as A | null) {
+          out.push(f(a, subscription))
+          if (out.length >= 64) break
+        }
+        if (out.length > 0) return Effect.succeed(Chunk.unsafeFromArray(out))
+        if (failure) return Effect.fail(Option.some(failure))
+        // nothing buffered: wait for the next event (or the end), then pull again
+        return Effect.async<void>((resume) => {
+          if (subscription.readableLength > 0 || failure) return resume(Effect.void)
+          wake = () => resume(Effect.void)
+          return Effect.sync(() => {
+            wake = undefined
+          })
+        }).pipe(Effect.as(Chunk.empty<B>()))
+      })
+      return Stream.repeatEffectChunkOption(next).pipe(Stream.rechunk(1))
     })
   )
 
