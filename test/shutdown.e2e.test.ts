@@ -162,5 +162,9 @@ describe("graceful shutdown, end to end", () => {
       expect((yield* third.exit()).signal).toBe("SIGKILL")
       expect(yield* checkpoint).toBeLessThan(yield* head) // it really was cut off mid-stream
       expect(yield* converged(yield* service())).toBe(4000)
+
+      // ---- the servers stop cleanly on SIGTERM too ---------------------------------
+      yield* servers.kill("SIGTERM")
+      expect(yield* servers.exit()).toEqual({ code: 0, signal: null })
     }), { timeout: 120_000 })
 })
