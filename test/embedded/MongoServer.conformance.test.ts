@@ -128,6 +128,11 @@ describe("values", () => {
     const inc = await c.findOne({ _id: 1 }, { promoteValues: false })
     expect(inc?.n).toBeInstanceOf(Long)
     expect((inc?.n as Long).toNumber()).toBe(7)
+    // Elements pushed into arrays keep their types too.
+    await c.updateOne({ _id: 1 }, { $push: { arr: { $each: [Long.fromNumber(1), new Double(2), Decimal128.fromString("3.5")] } } } as Document)
+    await c.updateOne({ _id: 1 }, { $addToSet: { arr: Long.fromNumber(9) } } as Document)
+    const pushed = await c.findOne({ _id: 1 }, { promoteValues: false })
+    expect((pushed?.arr as Array<unknown>).map((v) => (v as { _bsontype: string })._bsontype)).toEqual(["Long", "Double", "Decimal128", "Long"])
   })
 
   it("does integer arithmetic exactly: Long beyond 2^53, Int32 overflow to Long", async () => {

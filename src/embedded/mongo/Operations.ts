@@ -275,6 +275,7 @@ export const applyUpdate = (
     } else if (isOperatorUpdate(u)) {
       const expr: Doc = {}
       const args = new Map<string, unknown>()
+      const elements = new Map<string, Array<unknown>>()
       for (const op of Object.keys(u)) {
         if (!updateOperators.has(op)) throw new CommandError(9, "FailedToParse", `Unknown modifier: ${op}. Expected a valid update modifier or pipeline-style update specified as an array`)
         const arg = u[op]
@@ -283,6 +284,13 @@ export const applyUpdate = (
         const target = op === "$setOnInsert" ? "$set" : op
         expr[target] = { ...(expr[target] as Doc | undefined), ...arg }
         if (typedArgs.has(op)) for (const path of Object.keys(arg)) args.set(path, arg[path])
+        if (op === "$push" || op === "$addToSet") {
+          for (const path of Object.keys(arg)) {
+            const value = arg[path]
+            const each = isPlainObject(value) && Array.isArray(value.$each) ? value.$each : [value]
+            elements.set(path, [...(elements.get(path) ?? []), ...each])
+          }
+        }
       }
       for (const op of Object.keys(expr)) {
         for (const path of Object.keys(expr[op] as Doc)) {
@@ -299,7 +307,7 @@ export const applyUpdate = (
         const positional = JSON.stringify(Object.values(expr).flatMap((a) => Object.keys(a as Doc))).match(/\.\$(\.|")/)
         mingoUpdate(target, toView(expr) as any, arrayFilters === undefined ? undefined : (toView(arrayFilters) as Array<Doc>), positional ? (toView(filter) as Doc) : undefined, { queryOptions })
       }
-      result = retype(target, raw, args) as Doc
+      result = retype(target, raw, args, "", elements) as Doc
       for (const [path, value] of exact) setPath(result, path, value)
     } else if (isPlainObject(u)) {
       if ("_id" in u && "_id" in raw && keyOf(u._id) !== keyOf(raw._id)) {

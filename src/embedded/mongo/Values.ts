@@ -294,7 +294,13 @@ const sameView = (a: unknown, b: unknown): boolean => keyOf(a) === keyOf(b) && r
  * the update's arguments keep the argument's type; arithmetic on a Long, Double or
  * Decimal128 keeps that type.
  */
-export const retype = (newView: unknown, oldRaw: unknown, args: ReadonlyMap<string, unknown>, path = ""): unknown => {
+export const retype = (
+  newView: unknown,
+  oldRaw: unknown,
+  args: ReadonlyMap<string, unknown>,
+  path = "",
+  elements: ReadonlyMap<string, ReadonlyArray<unknown>> = new Map()
+): unknown => {
   const arg = args.get(path)
   if (arg !== undefined && sameView(toView(arg), newView)) return arg
   if (oldRaw !== undefined && sameView(toView(oldRaw), newView) && !isPlainObject(newView) && !Array.isArray(newView)) {
@@ -319,12 +325,20 @@ export const retype = (newView: unknown, oldRaw: unknown, args: ReadonlyMap<stri
   }
   if (Array.isArray(newView)) {
     const old = Array.isArray(oldRaw) ? oldRaw : []
-    return newView.map((v, i) => retype(v, old[i], args, path === "" ? String(i) : `${path}.${i}`))
+    const pool = elements.get(path)
+    return newView.map((v, i) => {
+      // An element added by `$push`/`$addToSet` keeps the type it was sent with.
+      if (pool !== undefined && (old[i] === undefined || !sameView(toView(old[i]), v))) {
+        const sent = pool.find((p) => sameView(toView(p), v))
+        if (sent !== undefined) return sent
+      }
+      return retype(v, old[i], args, path === "" ? String(i) : `${path}.${i}`, elements)
+    })
   }
   if (isPlainObject(newView)) {
     const old = isPlainObject(oldRaw) ? oldRaw : {}
     const out: Doc = {}
-    for (const k of Object.keys(newView)) out[k] = retype(newView[k], old[k], args, path === "" ? k : `${path}.${k}`)
+    for (const k of Object.keys(newView)) out[k] = retype(newView[k], old[k], args, path === "" ? k : `${path}.${k}`, elements)
     return out
   }
   return newView
