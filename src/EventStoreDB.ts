@@ -7,8 +7,9 @@
  * - **persistent**: one consumer group per `$ce-<category>` stream (created if
  *   missing, Pinned by default), settled with ack / nack.
  *
- * Deliveries are pulled one by one from the client's async iterator, so the
- * engine's backpressure reaches the server (gRPC flow control). A dropped
+ * Deliveries are pulled from the client's subscription (a bounded object-mode
+ * readable) only as the engine asks for them, so the engine's backpressure
+ * reaches the server (gRPC flow control). A dropped
  * subscription is resubscribed with jittered exponential backoff; when that
  * gives up, the stream fails with a retryable {@link EventSourceError}.
  *

@@ -30,6 +30,7 @@ import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 import * as EventStoreServer from "../src/embedded/EventStoreServer.js"
+import { start as startServer } from "../src/embedded/eventstore/Server.js"
 import type { Delivery, Subscription } from "../src/EventSource.js"
 import { ack, EventSource, EventSourceError, nack } from "../src/EventSource.js"
 import * as EventStoreDB from "../src/EventStoreDB.js"
@@ -218,6 +219,41 @@ describe("EventStoreDB event source", () => {
         yield* append(`${category}-3`, 5)
         const [sentinel] = yield* sub.take(1)
         expect(sentinel!.position).toBe(4n)
+      }))
+
+    it.scopedLive.skipIf(skipExternal)("backpressure: a subscription nobody pulls holds the server back", () =>
+      Effect.gen(function*() {
+        const server = yield* Effect.acquireRelease(
+          Effect.promise(() => startServer({})),
+          (s) => Effect.promise(() => s.close())
+        )
+        const connectionString = `esdb://127.0.0.1:${server.port}?tls=false`
+        const source = yield* Layer.build(EventStoreDB.layer({ connectionString: Redacted.make(connectionString) })).pipe(
+          Effect.map(Context.get(EventSource))
+        )
+        const client = yield* makeClient(connectionString)
+        const category = uniqueCategory("bp")
+        const total = 5_000
+        for (let i = 0; i < total; i += 1000) {
+          yield* Effect.promise(() =>
+            client.appendToStream(`${category}-${i}`, Array.from({ length: 1000 }, (_, k) => credited("a", i + k)))
+          )
+        }
+        const pull = yield* Stream.toPull(source.subscribe(catchUp([category])))
+        yield* pull
+        // wait until the server stops sending (its writes are held by flow control), within bounds
+        const realWait = Effect.promise(() => new Promise((r) => setTimeout(r, 20)))
+        let last = -1
+        for (let i = 0; i < 100 && server.store.stats.eventsRead !== last; i++) {
+          last = server.store.stats.eventsRead
+          yield* realWait
+          yield* realWait
+        }
+        const held = server.store.stats.eventsRead
+        expect(held).toBeLessThan(total / 2)
+        // pulling resumes the flow
+        for (let i = 0; i < held + 100; i++) yield* pull
+        expect(server.store.stats.eventsRead).toBeGreaterThan(held)
       }))
 
     it.scoped("resubscribes on the schedule's clock (TestClock): no new attempt before the backoff elapses", () =>

@@ -7,7 +7,7 @@
  */
 import { randomUUID } from "node:crypto"
 import * as grpc from "@grpc/grpc-js"
-import type { EventRecord, ProposedEvent, Resolved, Store } from "./Store.js"
+import type { EventRecord, ProposedEvent, Store } from "./Store.js"
 import { StreamDeleted, WrongExpectedVersion } from "./Store.js"
 import { shared, streams } from "./proto.js"
 import {
@@ -43,7 +43,9 @@ const write = (call: grpc.ServerWritableStream<ReadReq, ReadResp>, message: Read
   })
 }
 
-const eventResp = (resolved: Resolved, form: UuidForm): ReadResp => {
+const eventResp = (store: Store, record: EventRecord, resolveLinks: boolean, form: UuidForm): ReadResp => {
+  const resolved = store.resolve(record, resolveLinks)
+  store.stats.eventsRead++
   const resp = new streams.ReadResp()
   resp.setEvent(fillReadEvent(new streams.ReadResp.ReadEvent(), resolved, streams.ReadResp.ReadEvent.RecordedEvent, form))
   return resp
@@ -258,7 +260,7 @@ const read = async (store: Store, call: grpc.ServerWritableStream<ReadReq, ReadR
       }
       for (const r of records) {
         if (call.cancelled) return
-        await write(call, eventResp(store.resolve(r, resolveLinks), form))
+        await write(call, eventResp(store, r, resolveLinks, form))
       }
       call.end()
       return
@@ -296,7 +298,7 @@ const read = async (store: Store, call: grpc.ServerWritableStream<ReadReq, ReadR
         for (const r of batch) {
           if (call.cancelled) return
           next = r.revision + 1n
-          await write(call, eventResp(store.resolve(r, resolveLinks), form))
+          await write(call, eventResp(store, r, resolveLinks, form))
         }
       }
     } finally {
@@ -319,7 +321,7 @@ const read = async (store: Store, call: grpc.ServerWritableStream<ReadReq, ReadR
         const r = log[i]!
         if (!matches(r)) continue
         sent++
-        await write(call, eventResp(store.resolve(r, resolveLinks), form))
+        await write(call, eventResp(store, r, resolveLinks, form))
       }
     } else {
       let i = ao.hasPosition() ? Number(BigInt(ao.getPosition()!.getCommitPosition())) - 2 : ao.hasStart() ? -1 : log.length - 1
@@ -328,7 +330,7 @@ const read = async (store: Store, call: grpc.ServerWritableStream<ReadReq, ReadR
         const r = log[i]!
         if (!matches(r)) continue
         sent++
-        await write(call, eventResp(store.resolve(r, resolveLinks), form))
+        await write(call, eventResp(store, r, resolveLinks, form))
       }
     }
     call.end()
@@ -362,7 +364,7 @@ const read = async (store: Store, call: grpc.ServerWritableStream<ReadReq, ReadR
       for (; index < end; index++) {
         if (call.cancelled) return
         const r = log[index]!
-        if (matches(r)) await write(call, eventResp(store.resolve(r, resolveLinks), form))
+        if (matches(r)) await write(call, eventResp(store, r, resolveLinks, form))
         if (window > 0 && ++scanned >= window) {
           scanned = 0
           const resp = new streams.ReadResp()
