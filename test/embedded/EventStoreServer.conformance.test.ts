@@ -515,6 +515,19 @@ describe("persistent subscriptions", () => {
     await second.unsubscribe()
   })
 
+  it("lists all groups and restarts the subsystem; groups survive a restart", async () => {
+    const stream = `${uniqueCategory("list")}-1`
+    await client.createPersistentSubscriptionToStream(stream, "a", settings())
+    await client.createPersistentSubscriptionToStream(stream, "b", settings())
+    const all = await client.listAllPersistentSubscriptions()
+    expect(all.filter((g) => g.eventSource === stream).map((g) => g.groupName).sort()).toEqual(["a", "b"])
+    await client.restartPersistentSubscriptionSubsystem()
+    await eventually(async () => {
+      const info = await client.getPersistentSubscriptionToStreamInfo(stream, "a")
+      expect(info.groupName).toBe("a")
+    })
+  })
+
   it("rejects subscribing to a missing group", async () => {
     const subscription = client.subscribeToPersistentSubscriptionToStream(`${uniqueCategory("none")}-1`, "nope")
     const error = await take(subscription, 1).catch((e) => e)
