@@ -127,6 +127,21 @@ export class Collection {
         this.history.set(key, hist)
       }
       hist.push({ seq, v: version })
+      // Keep only the versions some open snapshot sees, and the latest.
+      const needed = new Set<number>([hist.length - 1])
+      for (const t of this.storage.active) {
+        for (let i = hist.length - 1; i >= 0; i--) {
+          if (hist[i]!.seq <= t.snapshot) {
+            needed.add(i)
+            break
+          }
+        }
+      }
+      if (needed.size < hist.length) {
+        const kept = hist.filter((_, i) => needed.has(i))
+        hist.length = 0
+        hist.push(...kept)
+      }
     }
     for (const index of this.uniqueIndexes()) {
       if (prev !== undefined) {
