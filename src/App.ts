@@ -41,13 +41,10 @@ import * as Reconciler from "./Reconciler.js"
  *
  * @since 0.1.0
  */
-export interface Endpoints {
+export class Endpoints extends Context.Tag("effect-reconciler/App/Endpoints")<Endpoints, {
   readonly eventStore: { readonly connectionString: Redacted.Redacted<string>; readonly embedded: boolean }
   readonly mongo: { readonly uri: Redacted.Redacted<string>; readonly database: string; readonly embedded: boolean }
-}
-
-/** @since 0.1.0 */
-export const Endpoints = Context.GenericTag<Endpoints>("effect-reconciler/App/Endpoints")
+}>() {}
 
 /**
  * The endpoint settings:
@@ -164,7 +161,7 @@ export const settings: Config.Config<Reconciler.RunOptions> = Config.all({
 })
 
 /** A description of where the service runs, safe to log (no connection strings). @since 0.1.0 */
-export const describeEndpoints = (endpoints: Endpoints): string =>
+export const describeEndpoints = (endpoints: Endpoints["Type"]): string =>
   `EventStoreDB ${endpoints.eventStore.embedded ? "embedded" : "from EVENTSTORE_CONNECTION_STRING"}, ` +
   `MongoDB ${endpoints.mongo.embedded ? "embedded" : "from MONGODB_URI"} (database ${endpoints.mongo.database})`
 
@@ -185,7 +182,9 @@ export const run = Effect.fn("App.run")(function*(
     `reconciling ${runnables.map((r) => r.name).join(", ")} (${options.mode}, ${options.lanes} lanes, batch ${options.batchSize})` +
       Option.match(endpoints, { onNone: () => "", onSome: (e) => `; ${describeEndpoints(e)}` })
   )
-  yield* Reconciler.runAll(runnables, options)
+  yield* Reconciler.runAll(runnables, options).pipe(
+    Effect.onInterrupt(() => Effect.logInfo("stopped; checkpoints committed"))
+  )
 })
 
 const definedOnly = <A extends object>(options: A): A =>
