@@ -14,6 +14,7 @@ import * as MongoServer from "../src/embedded/MongoServer.js"
 import * as EventStoreDB from "../src/EventStoreDB.js"
 import * as MongoReadModelStore from "../src/MongoReadModelStore.js"
 import { Reconciler } from "../src/index.js"
+import * as Progress from "../src/internal/progress.js"
 import { spawn } from "./support/child.js"
 import { ledger } from "./support/ledger.js"
 
@@ -137,4 +138,39 @@ describe("reconciler command line", () => {
 
       for (const output of [status.output, list.output, again.output, fixed.output]) expect(output).not.toContain(secret)
     }), { timeout: 90_000 })
+})
+
+describe("progress output", () => {
+  /** A fake output stream: what was written, and whether it is a terminal. */
+  const sink = (isTTY: boolean) => {
+    const writes: Array<string> = []
+    const stream = { isTTY, columns: 200, write: (s: string) => writes.push(s) > 0 } as unknown as NodeJS.WriteStream
+    return { stream, writes }
+  }
+
+  it("the bar fills with the fraction, in eighths, and clamps", () => {
+    expect(Progress.bar(0, 8)).toBe(`▕${" ".repeat(8)}▏`)
+    expect(Progress.bar(0.5, 8)).toBe(`▕████${" ".repeat(4)}▏`)
+    expect(Progress.bar(1 / 16, 8)).toBe(`▕▌${" ".repeat(7)}▏`)
+    expect(Progress.bar(2, 8)).toBe("▕████████▏")
+    expect(Progress.bar(Number.NaN, 8)).toBe(`▕${" ".repeat(8)}▏`)
+  })
+
+  it("a terminal gets one line redrawn in place; anything else gets plain lines every 10 %", () => {
+    const tty = sink(true)
+    const onTty = Progress.make(tty.stream)
+    const plain = sink(false)
+    const onPlain = Progress.make(plain.stream)
+    for (let i = 0; i <= 100; i += 5) {
+      onTty.update({ fraction: i / 100, text: `${i} done` })
+      onPlain.update({ fraction: i / 100, text: `${i} done` })
+    }
+    onTty.done({ fraction: 1, text: "100 done" })
+    onPlain.done({ fraction: 1, text: "100 done" })
+    expect(tty.writes.every((w) => w.startsWith("\r\x1b[2K") || w === "\n")).toBe(true)
+    expect(tty.writes.at(-1)).toBe("\n")
+    expect(plain.writes.join("")).not.toContain("\r")
+    expect(plain.writes).toHaveLength(11) // 0 %, 10 %, …, 100 %, and the end not repeated
+    expect(plain.writes.at(-1)).toBe("100% 100 done\n")
+  })
 })
