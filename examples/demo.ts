@@ -34,12 +34,14 @@ of the events.
 Options:
   --events N   how many events to append (default 5000)
   --seed S     the simulation's seed (default 42)
+  --tamper     change one stored account before verifying (shows a mismatch being caught)
   --help       show this help
 
 Environment:
   EVENTSTORE_CONNECTION_STRING   use this EventStoreDB instead of the embedded one
   MONGODB_URI                    use this MongoDB instead of the embedded one
-  MONGODB_DATABASE               database of the read models (default: a fresh one per run)
+  MONGODB_DATABASE               database of the read models (default: read_models embedded,
+                                 a fresh one per run on a real MongoDB)
   RECONCILER_LANES, RECONCILER_BATCH_SIZE, ...   engine settings (see docs/service.md)
 `
 
@@ -128,6 +130,7 @@ export const compare = (collection: string, expected: Documents, actual: Documen
 interface Args {
   readonly events: number
   readonly seed: number
+  readonly tamper: boolean
 }
 
 class UsageError extends Error {}
@@ -137,7 +140,7 @@ const parse = (argv: ReadonlyArray<string>): Args | "help" => {
   try {
     values = parseArgs({
       args: [...argv],
-      options: { events: { type: "string" }, seed: { type: "string" }, help: { type: "boolean" } },
+      options: { events: { type: "string" }, seed: { type: "string" }, tamper: { type: "boolean" }, help: { type: "boolean" } },
       strict: true,
       allowPositionals: false
     }).values
@@ -151,7 +154,11 @@ const parse = (argv: ReadonlyArray<string>): Args | "help" => {
     if (!Number.isInteger(n) || n < min) throw new UsageError(`--${name} must be an integer ≥ ${min}, got ${JSON.stringify(raw)}`)
     return n
   }
-  return { events: integer("events", values.events, 5000, 1), seed: integer("seed", values.seed, 42, 1) }
+  return {
+    events: integer("events", values.events, 5000, 1),
+    seed: integer("seed", values.seed, 42, 1),
+    tamper: values.tamper === true
+  }
 }
 
 /** Reads the recorded openbank events back, in commit order. */
@@ -269,6 +276,11 @@ const demo = (args: Args) =>
       Effect.promise(() => new MongoClient(Redacted.value(endpoints.mongo.uri)).connect()),
       (mongo) => Effect.promise(() => mongo.close())
     )
+    if (args.tamper) {
+      yield* Effect.promise(() =>
+        mongo.db(endpoints.mongo.database).collection("accounts").updateOne({ kind: "account" }, { $inc: { balance: 1 } })
+      )
+    }
     const persons = yield* readCollection(mongo, endpoints.mongo.database, "persons")
     const accounts = yield* readCollection(mongo, endpoints.mongo.database, "accounts")
     const mismatches = [
@@ -281,7 +293,7 @@ const demo = (args: Args) =>
     }
     if (mismatches.length > 50) yield* Console.error(`… and ${mismatches.length - 50} more`)
     yield* Console.log(
-      `verified ${recorded.length} events, ${documents} documents, ${mismatches.length} mismatches ` +
+      `verified ${recorded.length} events, ${documents} documents, ${mismatches.length} mismatch${mismatches.length === 1 ? "" : "es"} ` +
         `(${elapsed.toFixed(1)} s, ${Math.round(recorded.length / elapsed)} events/s)`
     )
     return mismatches.length === 0 ? 0 : 1

@@ -170,6 +170,15 @@ describe("npm start", () => {
       expect(demo.output()).not.toContain("\r")
     }), { timeout: 60_000 })
 
+  it.scopedLive("a tampered read model is caught: the differing document is listed and the exit code is 1", () =>
+    Effect.gen(function*() {
+      const env = { EVENTSTORE_CONNECTION_STRING: undefined, MONGODB_URI: undefined, MONGODB_DATABASE: undefined }
+      const demo = yield* spawn("examples/demo.ts", ["--events", "150", "--tamper"], env)
+      expect(yield* demo.exit("50 seconds")).toEqual({ code: 1, signal: null })
+      expect(demo.output()).toMatch(/^mismatch accounts\/a\d+: expected \{"balance":(-?\d+),.*\}, got \{"balance":(-?\d+),/m)
+      expect(demo.output()).toMatch(/^verified 150 events, \d+ documents, 1 mismatch /m)
+    }), { timeout: 60_000 })
+
   it.scopedLive("--help explains the options; a bad value exits 2", () =>
     Effect.gen(function*() {
       const [help, bad] = yield* Effect.all([
