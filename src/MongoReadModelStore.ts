@@ -376,7 +376,9 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
     load: Effect.fn("MongoReadModelStore.load")(function*(collection: string, ids: ReadonlyArray<string>) {
       if (ids.length === 0) return new Map<string, StoredDocument>()
       const docs = yield* call("load", () =>
-        db.collection<Document>(collection).find({ _id: { $in: [...ids] } } as Document).toArray()
+        db.collection<Document>(collection)
+          .find({ _id: { $in: [...ids] } } as Document, { batchSize: ids.length + 1 }) // all in the first batch: one round trip
+          .toArray()
       )
       const out = new Map<string, StoredDocument>()
       for (const d of docs) {
