@@ -20,6 +20,7 @@ export interface GroupSettings {
   /** For stream groups: the first revision to deliver, or start / end. */
   readonly startFrom: bigint | "start" | "end"
   readonly extraStatistics: boolean
+  /** 0 = messages never time out. */
   readonly messageTimeoutMs: number
   readonly maxRetryCount: number
   readonly checkpointAfterMs: number
@@ -465,7 +466,9 @@ export class Group {
   }
 
   private send(sub: Subscriber, message: Message): void {
-    this.outstanding.set(message.id, { message, subscriber: sub, deadline: Date.now() + this.settings.messageTimeoutMs })
+    // a message timeout of 0 means messages never time out
+    const timeout = this.settings.messageTimeoutMs > 0 ? this.settings.messageTimeoutMs : Infinity
+    this.outstanding.set(message.id, { message, subscriber: sub, deadline: Date.now() + timeout })
     sub.inFlight.add(message.id)
     const bucket = bucketOf(message)
     this.bucketInFlight.set(bucket, (this.bucketInFlight.get(bucket) ?? 0) + 1)
