@@ -6,7 +6,7 @@
  */
 import { EventStoreDBClient, jsonEvent } from "@eventstore/db-client"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Fiber, Layer, Redacted } from "effect"
+import { ConfigProvider, Context, Duration, Effect, Fiber, Layer, Redacted } from "effect"
 import { MongoClient } from "mongodb"
 import * as App from "../src/App.js"
 import * as EventStoreServer from "../src/embedded/EventStoreServer.js"
@@ -173,4 +173,67 @@ describe("progress output", () => {
     expect(plain.writes).toHaveLength(11) // 0 %, 10 %, …, 100 %, and the end not repeated
     expect(plain.writes.at(-1)).toBe("100% 100 done\n")
   })
+})
+
+describe("App configuration", () => {
+  const withEnv = (env: Record<string, string>) => Effect.withConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env))))
+
+  it.effect("engine settings: defaults, every variable read, bad values rejected", () =>
+    Effect.gen(function*() {
+      expect(yield* App.settings.pipe(withEnv({}))).toEqual({
+        mode: "catch-up",
+        lanes: 4,
+        batchSize: 100,
+        laneBuffer: 256,
+        drainTimeout: Duration.seconds(10),
+        commitInterval: Duration.seconds(1),
+        group: undefined
+      })
+      const set = yield* App.settings.pipe(withEnv({
+        RECONCILER_MODE: "persistent",
+        RECONCILER_LANES: "2",
+        RECONCILER_BATCH_SIZE: "50",
+        RECONCILER_LANE_BUFFER: "8",
+        RECONCILER_DRAIN_TIMEOUT: "3 seconds",
+        RECONCILER_COMMIT_INTERVAL: "200 millis",
+        RECONCILER_GROUP: "billing"
+      }))
+      expect(set).toEqual({
+        mode: "persistent",
+        lanes: 2,
+        batchSize: 50,
+        laneBuffer: 8,
+        drainTimeout: Duration.seconds(3),
+        commitInterval: Duration.millis(200),
+        group: "billing"
+      })
+      for (const [name, value] of [["RECONCILER_MODE", "sideways"], ["RECONCILER_LANES", "0"], ["RECONCILER_BATCH_SIZE", "x"], ["RECONCILER_DRAIN_TIMEOUT", "soon"]]) {
+        const error = yield* App.settings.pipe(withEnv({ [name!]: value! }), Effect.flip)
+        expect(String(error)).toContain(name)
+      }
+    }))
+
+  it.scoped("endpoints: connection strings are redacted; missing ones are an error unless embedded servers are allowed", () =>
+    Effect.gen(function*() {
+      const secret = "hunter2-do-not-print"
+      const given = yield* Layer.build(App.endpointsLayer()).pipe(
+        Effect.map(Context.get(App.Endpoints)),
+        withEnv({ EVENTSTORE_CONNECTION_STRING: `esdb://admin:${secret}@db:2113`, MONGODB_URI: `mongodb://u:${secret}@db` })
+      )
+      expect(Redacted.value(given.eventStore.connectionString)).toContain(secret)
+      expect(String(given.eventStore.connectionString)).not.toContain(secret)
+      expect(JSON.stringify(given)).not.toContain(secret)
+      expect(App.describeEndpoints(given)).toBe(
+        "EventStoreDB from EVENTSTORE_CONNECTION_STRING, MongoDB from MONGODB_URI (database read_models)"
+      )
+      const missing = yield* Layer.build(App.endpointsLayer()).pipe(withEnv({ MONGODB_URI: "mongodb://db" }), Effect.flip)
+      expect(String(missing)).toContain("EVENTSTORE_CONNECTION_STRING")
+      const embedded = yield* Layer.build(App.endpointsLayer()).pipe(
+        Effect.map(Context.get(App.Endpoints)),
+        withEnv({ RECONCILER_EMBEDDED: "true", MONGODB_DATABASE: "elsewhere" })
+      )
+      expect(embedded.eventStore.embedded && embedded.mongo.embedded).toBe(true)
+      expect(Redacted.value(embedded.mongo.uri)).toMatch(/^mongodb:\/\/127\.0\.0\.1:\d+\//)
+      expect(embedded.mongo.database).toBe("elsewhere")
+    }))
 })
