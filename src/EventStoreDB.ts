@@ -213,6 +213,9 @@ interface Unsubscribable extends Readable {
 /** Subscriptions whose scope closed: settling their deliveries is pointless (the server redelivers). */
 const closed = new WeakSet<object>()
 
+/** Subscriptions open on a client, failed when the client is disposed under them. */
+type OpenSubscriptions = Set<Unsubscribable>
+
 /**
  * Pulls a client subscription: each pull takes what the subscription has
  * buffered (at most its high-water mark, 16 events), or waits for the next
@@ -223,6 +226,7 @@ const closed = new WeakSet<object>()
  * the subscription fails or the server ends it (a drop).
  */
 const pull = <A, B>(
+  live: OpenSubscriptions,
   open: () => Unsubscribable,
   what: string,
   f: (a: A, subscription: Unsubscribable) => B
@@ -231,6 +235,7 @@ const pull = <A, B>(
     Effect.gen(function*() {
       const subscription = yield* Effect.try({ try: open, catch: sourceError(what) })
       keepRawBytes(subscription)
+      live.add(subscription)
       // listeners stay for the subscription's life, so no error is ever unhandled
       let failure: EventSourceError | undefined
       let wake: (() => void) | undefined
@@ -240,7 +245,7 @@ const pull = <A, B>(
         w?.()
       }
       const onError = (error: unknown) => {
-        failure ??= sourceError(what)(error)
+        failure ??= error instanceof EventSourceError ? error : sourceError(what)(error)
         notify()
       }
       const onEnd = () => {
@@ -254,7 +259,10 @@ const pull = <A, B>(
       // Closing: cancel the call, then destroy the readable. Finalizers are
       // uninterruptible: the step is made interruptible so its timeout holds.
       yield* Effect.addFinalizer(() =>
-        Effect.sync(() => closed.add(subscription)).pipe(
+        Effect.sync(() => {
+          closed.add(subscription)
+          live.delete(subscription)
+        }).pipe(
           Effect.zipRight(Effect.promise(() => subscription.unsubscribe())),
           Effect.interruptible,
           Effect.timeout("5 seconds"),
@@ -287,6 +295,8 @@ const pull = <A, B>(
   )
 
 const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
+  const live: OpenSubscriptions = new Set()
+  let disposed = false
   const client = yield* Effect.acquireRelease(
     Effect.try({
       try: () => EventStoreDBClient.connectionString(Redacted.value(options.connectionString)),
@@ -302,6 +312,13 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
     }),
     (client) =>
       Effect.promise(async () => {
+        disposed = true
+        // A subscription still open now outlived its scope: it fails instead of waiting forever.
+        for (const subscription of live) {
+          subscription.destroy(
+            new EventSourceError({ message: "the EventStoreDB client was closed under the subscription", retryable: false })
+          )
+        }
         await client.dispose()
         // The client leaves its channel open after dispose; close it so no handle lingers.
         const getChannel = (client as unknown as { getChannel?: () => Promise<{ close(): void }> }).getChannel
@@ -316,7 +333,9 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
 
   /** Resubscribes a subscription (built from the current resume point) while failures are retryable. */
   const resubscribing = <A>(open: () => Stream.Stream<A, EventSourceError>): Stream.Stream<A, EventSourceError> =>
-    Stream.suspend(open).pipe(
+    Stream.suspend(() =>
+      disposed ? Stream.fail(new EventSourceError({ message: "the EventStoreDB client is closed", retryable: false })) : open()
+    ).pipe(
       Stream.retry(Schedule.whileInput(resubscribe, (e: EventSourceError) => e.retryable))
     )
 
@@ -324,6 +343,7 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
     let last = after
     return resubscribing(() =>
       pull(
+        live,
         () =>
           client.subscribeToStream(categoryStream(category), {
             fromRevision: Option.getOrElse(last, () => START),
@@ -348,6 +368,7 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
     const regex = categoriesRegex(categories)
     return resubscribing(() =>
       pull(
+        live,
         () =>
           client.subscribeToAll({
             fromPosition: Option.match(last, {
@@ -382,6 +403,7 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
     return resubscribing(() =>
       Stream.unwrap(ensureGroup(stream, group).pipe(Effect.as(
         pull(
+          live,
           (): PersistentSubscriptionToStream => client.subscribeToPersistentSubscriptionToStream(stream, group, { bufferSize }),
           `persistent subscription ${group} on ${stream}`,
           (resolved: PersistentSubscriptionToStreamResolvedEvent, subscription) => {
@@ -411,7 +433,14 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
     )
   }
 
-  const subscribe = (subscription: Subscription): Stream.Stream<Delivery, EventSourceError> => {
+  const subscribe = (subscription: Subscription): Stream.Stream<Delivery, EventSourceError> =>
+    Stream.suspend(() =>
+      disposed
+        ? Stream.fail(new EventSourceError({ message: "the EventStoreDB client is closed", retryable: false }))
+        : subscribeOpen(subscription)
+    )
+
+  const subscribeOpen = (subscription: Subscription): Stream.Stream<Delivery, EventSourceError> => {
     const categories = [...new Set(subscription.categories)]
     if (categories.length === 0) {
       return Stream.fail(new EventSourceError({ message: "a subscription needs at least one category", retryable: false }))

@@ -449,6 +449,30 @@ describe("EventStoreDB event source", () => {
       }))
   })
 
+  describe("lifetime", () => {
+    it.scopedLive("a subscription that outlives the layer fails (not retryable) instead of hanging", () =>
+      Effect.gen(function*() {
+        const connectionString = external ?? (yield* EventStoreServer.make()).connectionString
+        const layerScope = yield* Scope.make()
+        const source = yield* Layer.buildWithScope(
+          EventStoreDB.layer({ connectionString: Redacted.make(connectionString), resubscribe: fast }),
+          layerScope
+        ).pipe(Effect.map(Context.get(EventSource)))
+        const client = yield* makeClient(connectionString)
+        const category = uniqueCategory("outlive")
+        yield* Effect.promise(() => client.appendToStream(`${category}-1`, credited("a", 1)))
+        const sub = yield* collectInto(source.subscribe(catchUp([category])))
+        yield* sub.take(1)
+        yield* Scope.close(layerScope, Exit.void)
+        const exit = yield* Fiber.await(sub.fiber)
+        expect(Exit.isFailure(exit)).toBe(true)
+        const error = Exit.isFailure(exit) ? yield* Effect.flip(Effect.failCause(exit.cause)) : undefined
+        expect((error as EventSourceError).retryable).toBe(false)
+        const again = yield* source.subscribe(catchUp([category])).pipe(Stream.runDrain, Effect.flip)
+        expect(again.retryable).toBe(false)
+      }))
+  })
+
   describe("configuration", () => {
     it.scopedLive("layerConfig reads EVENTSTORE_CONNECTION_STRING, redacted", () =>
       Effect.gen(function*() {
