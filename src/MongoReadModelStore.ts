@@ -101,6 +101,16 @@ const transientCodes = new Set([6, 7, 89, 91, 112, 189, 262, 9001, 10107, 11600,
 const closedError = () =>
   new StoreError({ message: "MongoReadModelStore used after its scope closed (the MongoClient is closed)", transient: false })
 
+const TRANSACTION_RETRIES = 5
+
+/** Whether a driver error, or the error it wraps, carries `label`. */
+const hasLabel = (cause: unknown, label: string, depth = 0): boolean => {
+  if (depth > 4 || cause === null || typeof cause !== "object") return false
+  if (cause instanceof MongoError && cause.hasErrorLabel(label)) return true
+  const wrapped = cause as { errorResponse?: unknown; cause?: unknown }
+  return hasLabel(wrapped.errorResponse, label, depth + 1) || hasLabel(wrapped.cause, label, depth + 1)
+}
+
 /** Whether a driver error (or the error it wraps, as a bulk write wraps a network error) is transient. */
 const isTransient = (cause: unknown, depth = 0): boolean => {
   if (depth > 4 || cause === null || typeof cause !== "object") return false
@@ -341,9 +351,12 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
       return { conflicts: [...outcome.conflicts].sort((a, b) => a - b).map((i) => writes[i]!.id) }
     }
     // In a transaction a duplicate key aborts everything: drop the conflicting writes and run it again.
+    // A transient transaction error (a write conflict, typically two batches moving the checkpoint) runs
+    // it again too, a few times, before the engine sees a transient error.
     const session = client.startSession()
     try {
       const known = new Set<number>()
+      let retries = 0
       for (;;) {
         const remaining = writes.map((_, i) => i).filter((i) => !known.has(i))
         session.startTransaction({ readConcern: { level: "snapshot" }, writeConcern: { w: "majority" } })
@@ -364,6 +377,7 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
           return { conflicts: [...known].sort((a, b) => a - b).map((i) => writes[i]!.id) }
         } catch (e) {
           if (session.inTransaction()) await session.abortTransaction().catch(() => undefined)
+          if (retries++ < TRANSACTION_RETRIES && hasLabel(e, "TransientTransactionError")) continue
           throw e
         }
       }

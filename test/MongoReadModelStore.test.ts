@@ -405,6 +405,26 @@ describe("MongoReadModelStore with the engine", () => {
       expect(yield* port.readCheckpoint("ledger@1")).toEqual(Option.some(BigInt(history.length)))
     }))
 
+  it.scoped("parallel lanes moving one checkpoint: write conflicts are retried inside the store", () =>
+    Effect.gen(function*() {
+      const history = Array.from({ length: 1200 }, (_, i) => ({ kind: "Credited" as const, stream: i % 30, doc: i % 120, amount: 1 }))
+      const log = yield* InMemory.makeEventLog({ endAtHead: true })
+      yield* appendHistory(log, history)
+      const { port, database } = yield* store({ transactions: "auto" })
+      const failures: Array<string> = []
+      const watched: ReadModelStore["Type"] = {
+        ...port,
+        write: (batch) => Effect.tapError(port.write(batch), (e) => Effect.sync(() => failures.push(e.message)))
+      }
+      yield* Reconciler.run(ledger, { lanes: 4, batchSize: 25, retrySchedule: immediate, resubscribeSchedule: immediate }).pipe(
+        Effect.provideService(EventSource.EventSource, log.port),
+        Effect.provideService(ReadModelStore, watched)
+      )
+      // Every batch commits the checkpoint in its transaction, so lanes collide on it; the engine must not see it.
+      expect(failures).toEqual([])
+      expect(yield* readModel(database)).toEqual(Object.fromEntries(referenceFold(history)))
+    }))
+
   const paramsArbitrary = fc.record({
     lanes: fc.integer({ min: 1, max: 4 }),
     batchSize: fc.integer({ min: 1, max: 6 }),
