@@ -200,8 +200,9 @@ const demo = (args: Args) =>
       (client) => Effect.promise(() => client.dispose())
     )
 
-    // The projections run while the bank appends.
-    const engine = yield* Effect.fork(App.run(projections))
+    // The projections run while the bank appends. Forked into this scope, so that
+    // the engine is stopped (and drains) before the layers close the clients.
+    const engine = yield* Effect.forkScoped(App.run(projections))
 
     const progress = Progress.make()
     const positions: Array<bigint> = []
@@ -237,15 +238,16 @@ const demo = (args: Args) =>
       Effect.zipRight(Effect.sync(() => progress.update(line()))),
       Effect.zipRight(Effect.sleep("100 millis")),
       Effect.forever,
-      Effect.fork
+      Effect.forkScoped
     )
 
     // Tellers append concurrently, each event after those it depends on (its own
     // stream's earlier events, the owner's registration, the credited account's opening).
-    yield* Effect.promise(async () => {
+    yield* Effect.tryPromise(async (signal) => {
       const last = new Map<string, Promise<unknown>>()
       const inFlight = new Set<Promise<unknown>>()
       for (const [stream, event] of simulate(args.events, args.seed)) {
+        if (signal.aborted) break // interrupted (Ctrl-C): stop appending
         const next = run === "" ? { stream, event } : prefix(run, stream, event)
         while (inFlight.size >= TELLERS) await Promise.race(inFlight)
         const after = [next.stream, ...dependencies(next.event)].flatMap((s) => last.get(s) ?? [])
@@ -258,7 +260,8 @@ const demo = (args: Args) =>
           })
         last.set(next.stream, append)
         inFlight.add(append)
-        void append.finally(() => inFlight.delete(append))
+        const settled = () => void inFlight.delete(append)
+        append.then(settled, settled) // a failure surfaces through race / all below
       }
       await Promise.all(inFlight)
     })

@@ -299,7 +299,11 @@ export const runUntilCaughtUp = Effect.fn("App.runUntilCaughtUp")(function*(
   runnables: ReadonlyArray<Runnable>,
   overrides: Reconciler.RunOptions = {}
 ) {
-  const engine = yield* Effect.fork(run(runnables, overrides))
-  yield* awaitCaughtUpWhile(engine, runnables)
-  yield* Fiber.interrupt(engine)
+  yield* Effect.scoped(Effect.gen(function*() {
+    // In this scope: however this ends, the engine stops (drains) here, while
+    // the clients it uses are still open.
+    const engine = yield* Effect.forkScoped(run(runnables, overrides))
+    yield* awaitCaughtUpWhile(engine, runnables)
+    yield* Fiber.interrupt(engine)
+  }))
 })

@@ -6,14 +6,13 @@
  */
 import { EventStoreDBClient, jsonEvent } from "@eventstore/db-client"
 import { describe, expect, it } from "@effect/vitest"
-import { ConfigProvider, Context, Duration, Effect, Fiber, Layer, Redacted } from "effect"
+import { ConfigProvider, Context, Duration, Effect, Layer, Redacted } from "effect"
 import { MongoClient } from "mongodb"
 import * as App from "../src/App.js"
 import * as EventStoreServer from "../src/embedded/EventStoreServer.js"
 import * as MongoServer from "../src/embedded/MongoServer.js"
 import * as EventStoreDB from "../src/EventStoreDB.js"
 import * as MongoReadModelStore from "../src/MongoReadModelStore.js"
-import { Reconciler } from "../src/index.js"
 import * as Progress from "../src/internal/progress.js"
 import { spawn } from "./support/child.js"
 import { ledger } from "./support/ledger.js"
@@ -101,11 +100,7 @@ describe("reconciler command line", () => {
         EventStoreDB.layer({ connectionString: Redacted.make(eventStore.connectionString) }),
         MongoReadModelStore.layer({ uri: mongo.uri, database: "cli_test" })
       )
-      yield* Effect.gen(function*() {
-        const running = yield* Effect.fork(Reconciler.run(ledger, { commitInterval: "20 millis" }))
-        yield* App.awaitCaughtUp([ledger], { attempts: 600 })
-        yield* Fiber.interrupt(running)
-      }).pipe(Effect.provide(ports))
+      yield* App.runUntilCaughtUp([ledger], { commitInterval: "20 millis" }).pipe(Effect.provide(ports))
 
       const status = yield* runCli(["status", "--module", "test/support/ledger.ts"], env)
       expect(status.code).toBe(0)
