@@ -3,7 +3,7 @@
  * tests: the unmodified `@eventstore/db-client` works against it with
  * `esdb://127.0.0.1:<port>?tls=false`. It serves streams (append, read,
  * catch-up subscriptions, delete, tombstone), `$ce-<category>` links and
- * persistent subscriptions to streams; optionally it journals to a data
+ * persistent subscriptions (to streams and `$all`); optionally it journals to a data
  * directory so a demo can restart with its events. Where it differs from a
  * real server, the real server is right (see docs/embedded-eventstore.md).
  *

@@ -14,6 +14,7 @@ import {
   jsonEvent,
   PersistentSubscriptionDoesNotExistError,
   PersistentSubscriptionExistsError,
+  persistentSubscriptionToAllSettingsFromDefaults,
   persistentSubscriptionToStreamSettingsFromDefaults,
   ROUND_ROBIN,
   START,
@@ -526,6 +527,35 @@ describe("persistent subscriptions", () => {
       const info = await client.getPersistentSubscriptionToStreamInfo(stream, "a")
       expect(info.groupName).toBe("a")
     })
+  })
+
+  it("runs groups on $all with a filter, positioned by commit position", async () => {
+    const category = uniqueCategory("pall")
+    const group = `g${randomUUID().slice(0, 8)}`
+    const { position } = await client.appendToStream(`${category}-1`, [credited(1), credited(2)])
+    await client.appendToStream(`${uniqueCategory("other")}-1`, credited(99))
+    await client.createPersistentSubscriptionToAll(
+      group,
+      persistentSubscriptionToAllSettingsFromDefaults({ startFrom: START }),
+      { filter: streamNameFilter({ prefixes: [`${category}-`] }) }
+    )
+    const subscription = client.subscribeToPersistentSubscriptionToAll(group)
+    const got: Array<[number, bigint]> = []
+    for await (const e of subscription) {
+      got.push([(e.event!.data as { amount: number }).amount, e.event!.position!.commit])
+      await subscription.ack(e)
+      if (got.length === 1) await client.appendToStream(`${category}-2`, credited(3))
+      if (got.length === 3) break
+    }
+    expect(got.map(([amount]) => amount)).toEqual([1, 2, 3])
+    expect(got[1]![1]).toBe(position!.commit)
+    const info = await client.getPersistentSubscriptionToAllInfo(group)
+    expect(info.settings.startFrom).toBe(START)
+    expect(info.eventSource).toBe("$all")
+    await client.deletePersistentSubscriptionToAll(group)
+    expect(await client.getPersistentSubscriptionToAllInfo(group).catch((e) => e)).toBeInstanceOf(
+      PersistentSubscriptionDoesNotExistError
+    )
   })
 
   it("rejects subscribing to a missing group", async () => {

@@ -1,7 +1,7 @@
 /**
  * `event_store.client.persistent_subscriptions.PersistentSubscriptions` over
  * {@link PersistentSubscriptions}: create / update / delete / read (ack, nack)
- * / getInfo / list / replayParked / restartSubsystem, for stream groups.
+ * / getInfo / list / replayParked / restartSubsystem, for stream and `$all` groups.
  *
  * Internal to the embedded server.
  */
@@ -16,6 +16,7 @@ import {
   type PersistentSubscriptions
 } from "./PersistentSubscriptions.js"
 import { persistent, shared } from "./proto.js"
+import type { AllFilter } from "./GroupSource.js"
 import { fillReadEvent, readStreamName, readUuid, statusError, type UuidForm } from "./wire.js"
 
 type SettingsMessage = InstanceType<typeof persistent.CreateReq.Settings> | InstanceType<typeof persistent.UpdateReq.Settings>
@@ -84,8 +85,22 @@ const groupError = (error: unknown, stream: string, group: string) => {
   return statusError(grpc.status.INTERNAL, undefined, String(error))
 }
 
-const allUnsupported = () =>
-  statusError(grpc.status.UNIMPLEMENTED, undefined, "Persistent subscriptions to $all are not supported by the embedded server")
+const ALL = "$all"
+
+type AllOptionsMessage = InstanceType<typeof persistent.CreateReq.AllOptions> | InstanceType<typeof persistent.UpdateReq.AllOptions>
+
+/** Start point of a `$all` group (an inclusive position, the start or the end). */
+const allStartFrom = (a: AllOptionsMessage): GroupSettings["startFrom"] =>
+  a.hasPosition() ? BigInt(a.getPosition()!.getCommitPosition()) : a.hasEnd() ? "end" : "start"
+
+const allFilterOf = (a: InstanceType<typeof persistent.CreateReq.AllOptions>): AllFilter | undefined => {
+  if (!a.hasFilter()) return undefined
+  const f = a.getFilter()!
+  const on = f.hasEventType() ? "type" : "stream"
+  const expr = on === "type" ? f.getEventType() : f.getStreamIdentifier()
+  if (!expr) return undefined
+  return { on, regex: expr.getRegex() || undefined, prefixes: expr.getPrefixList() }
+}
 
 const infoOf = (g: Group): InstanceType<typeof persistent.SubscriptionInfo> => {
   const i = new persistent.SubscriptionInfo()
@@ -108,10 +123,10 @@ const infoOf = (g: Group): InstanceType<typeof persistent.SubscriptionInfo> => {
   i.setAveragePerSecond(0)
   i.setTotalItems(String(g.totalItems))
   i.setCountSinceLastMeasurement("0")
-  i.setLastCheckpointedEventPosition(g.lastCheckpointed?.toString(10) ?? "")
-  i.setLastKnownEventPosition(g.lastKnown?.toString(10) ?? "")
+  i.setLastCheckpointedEventPosition(g.format(g.lastCheckpointed))
+  i.setLastKnownEventPosition(g.format(g.lastKnown))
   i.setResolveLinkTos(s.resolveLinkTos)
-  i.setStartFrom(s.startFrom === "start" ? "0" : s.startFrom === "end" ? "-1" : s.startFrom.toString(10))
+  i.setStartFrom(g.startFromText)
   i.setMessageTimeoutMilliseconds(s.messageTimeoutMs)
   i.setExtraStatistics(s.extraStatistics)
   i.setMaxRetryCount(s.maxRetryCount)
@@ -142,11 +157,16 @@ export const makePersistentService = (groups: PersistentSubscriptions): grpc.Unt
     callback: grpc.sendUnaryData<InstanceType<typeof persistent.CreateResp>>
   ) {
     const o = call.request.getOptions()!
-    if (o.hasAll()) return callback(allUnsupported())
+    const all = o.hasAll() ? o.getAll()! : undefined
     const so = o.hasStream() ? o.getStream() : undefined
-    const stream = readStreamName(so ? so.getStreamIdentifier() : o.getStreamIdentifier())
+    const stream = all ? ALL : readStreamName(so ? so.getStreamIdentifier() : o.getStreamIdentifier())
     try {
-      groups.create(stream, o.getGroupName(), settingsOf(o.getSettings()!, so))
+      const base = settingsOf(o.getSettings()!, so)
+      groups.create(
+        stream,
+        o.getGroupName(),
+        all ? { ...base, startFrom: allStartFrom(all), filter: allFilterOf(all) } : base
+      )
       callback(null, new persistent.CreateResp())
     } catch (error) {
       callback(groupError(error, stream, o.getGroupName()))
@@ -158,11 +178,14 @@ export const makePersistentService = (groups: PersistentSubscriptions): grpc.Unt
     callback: grpc.sendUnaryData<InstanceType<typeof persistent.UpdateResp>>
   ) {
     const o = call.request.getOptions()!
-    if (o.hasAll()) return callback(allUnsupported())
+    const all = o.hasAll() ? o.getAll()! : undefined
     const so = o.hasStream() ? o.getStream() : undefined
-    const stream = readStreamName(so ? so.getStreamIdentifier() : o.getStreamIdentifier())
+    const stream = all ? ALL : readStreamName(so ? so.getStreamIdentifier() : o.getStreamIdentifier())
     try {
-      groups.update(stream, o.getGroupName(), settingsOf(o.getSettings()!, so))
+      const base = settingsOf(o.getSettings()!, so)
+      // an update keeps a $all group's filter (the protocol cannot change it)
+      const settings = all ? { ...base, startFrom: allStartFrom(all), filter: groups.get(stream, o.getGroupName()).settings.filter } : base
+      groups.update(stream, o.getGroupName(), settings)
       callback(null, new persistent.UpdateResp())
     } catch (error) {
       callback(groupError(error, stream, o.getGroupName()))
@@ -174,8 +197,7 @@ export const makePersistentService = (groups: PersistentSubscriptions): grpc.Unt
     callback: grpc.sendUnaryData<InstanceType<typeof persistent.DeleteResp>>
   ) {
     const o = call.request.getOptions()!
-    if (o.hasAll()) return callback(allUnsupported())
-    const stream = readStreamName(o.getStreamIdentifier())
+    const stream = o.hasAll() ? ALL : readStreamName(o.getStreamIdentifier())
     try {
       groups.delete(stream, o.getGroupName())
       callback(null, new persistent.DeleteResp())
@@ -189,8 +211,7 @@ export const makePersistentService = (groups: PersistentSubscriptions): grpc.Unt
     callback: grpc.sendUnaryData<InstanceType<typeof persistent.GetInfoResp>>
   ) {
     const o = call.request.getOptions()!
-    if (o.hasAll()) return callback(allUnsupported())
-    const stream = readStreamName(o.getStreamIdentifier())
+    const stream = o.hasAll() ? ALL : readStreamName(o.getStreamIdentifier())
     try {
       const resp = new persistent.GetInfoResp()
       resp.setSubscriptionInfo(infoOf(groups.get(stream, o.getGroupName())))
@@ -208,9 +229,8 @@ export const makePersistentService = (groups: PersistentSubscriptions): grpc.Unt
     let list: Array<Group>
     if (o.hasListForStream()) {
       const so = o.getListForStream()!
-      if (so.hasAll()) list = []
-      else {
-        const stream = readStreamName(so.getStream())
+      {
+        const stream = so.hasAll() ? ALL : readStreamName(so.getStream())
         list = groups.list(stream)
         if (list.length === 0) {
           return callback(
@@ -231,8 +251,7 @@ export const makePersistentService = (groups: PersistentSubscriptions): grpc.Unt
     callback: grpc.sendUnaryData<InstanceType<typeof persistent.ReplayParkedResp>>
   ) {
     const o = call.request.getOptions()!
-    if (o.hasAll()) return callback(allUnsupported())
-    const stream = readStreamName(o.getStreamIdentifier())
+    const stream = o.hasAll() ? ALL : readStreamName(o.getStreamIdentifier())
     try {
       groups.get(stream, o.getGroupName()).replayParked(o.hasStopAt() ? Number(o.getStopAt()) : undefined)
       callback(null, new persistent.ReplayParkedResp())
@@ -260,12 +279,7 @@ export const makePersistentService = (groups: PersistentSubscriptions): grpc.Unt
       if (req.hasOptions()) {
         if (group) return
         const o = req.getOptions()!
-        if (o.hasAll()) {
-          ended = true
-          call.emit("error", allUnsupported())
-          return
-        }
-        const stream = readStreamName(o.getStreamIdentifier())
+        const stream = o.hasAll() ? ALL : readStreamName(o.getStreamIdentifier())
         const name = o.getGroupName()
         form = o.getUuidOption()?.hasStructured() ? "structured" : "string"
         try {

@@ -1,6 +1,6 @@
 /**
  * Persistent subscriptions (server-side consumer groups) of the embedded
- * event store: competing consumers over one stream, at-least-once, with
+ * event store: competing consumers over one stream or `$all`, at-least-once, with
  * ack / nack (park · retry · skip · stop), message timeouts with growing retry
  * counts, parking beyond `maxRetryCount`, replay of parked messages, consumer
  * strategies (RoundRobin, DispatchToSingle, Pinned) and a checkpoint kept in
@@ -9,6 +9,8 @@
  * Internal to the embedded server.
  */
 import { randomUUID } from "node:crypto"
+import type { AllFilter, GroupSource } from "./GroupSource.js"
+import { allSource, streamSource } from "./GroupSource.js"
 import type { Resolved, Store } from "./Store.js"
 import { parseLink } from "./Store.js"
 
@@ -32,6 +34,8 @@ export interface GroupSettings {
   readonly readBatchSize: number
   readonly historyBufferSize: number
   readonly strategy: ConsumerStrategy
+  /** `$all` groups: which records they see. */
+  readonly filter?: AllFilter | undefined
 }
 
 export class GroupExists extends Error {
@@ -49,7 +53,7 @@ export interface Message {
   readonly resolved: Resolved
   /** What the subscriber acks by: the link's id when there is a link, else the event's. */
   readonly id: string
-  /** The revision in the source stream; `undefined` for replayed parked messages. */
+  /** The revision in the source stream (the position in `$all`); `undefined` for replayed parked messages. */
   readonly sequence: bigint | undefined
   readonly retryCount: number
 }
@@ -122,16 +126,32 @@ export class Group {
   private unlisten: () => void
   totalItems = 0
 
+  private source: GroupSource
+
   constructor(
     private readonly store: Store,
+    /** The stream, or `$all`. */
     readonly stream: string,
     readonly name: string,
     public settings: GroupSettings
   ) {
+    this.source = this.sourceFor(settings)
     this.start()
     this.unlisten = store.onAppend((records) => {
-      if (records.some((r) => r.streamId === this.stream)) this.dispatch()
+      if (this.source.touches(records)) this.dispatch()
     })
+  }
+
+  private sourceFor(settings: GroupSettings): GroupSource {
+    return this.stream === "$all" ? allSource(this.store, settings.filter) : streamSource(this.store, this.stream)
+  }
+
+  /** Start point and checkpoints in the protocol's text form. */
+  get startFromText(): string {
+    return this.source.formatStart(this.settings.startFrom)
+  }
+  format(sequence: bigint | undefined): string {
+    return sequence === undefined ? "" : this.source.format(sequence)
   }
 
   get parkedStream() {
@@ -144,12 +164,9 @@ export class Group {
   /** (Re)starts from the stored checkpoint, or from `startFrom`. */
   private start(): void {
     const cp = this.store.readStream(this.checkpointStream, "end", true, 1)?.[0]
-    const checkpoint = cp ? parseCheckpoint(cp.data) : undefined
+    const checkpoint = cp ? this.source.parse(decoder.decode(cp.data).trim().replace(/^"|"$/g, "")) : undefined
     this.lastCheckpoint = checkpoint
-    if (checkpoint !== undefined) this.nextRead = checkpoint + 1n
-    else if (this.settings.startFrom === "start") this.nextRead = 0n
-    else if (this.settings.startFrom === "end") this.nextRead = this.store.nextRevision(this.stream)
-    else this.nextRead = this.settings.startFrom
+    this.nextRead = checkpoint !== undefined ? checkpoint + 1n : this.source.start(this.settings.startFrom)
   }
 
   /** Drops every subscriber and restarts from the checkpoint with new settings. */
@@ -157,6 +174,7 @@ export class Group {
     this.writeCheckpoint(true)
     this.dropAll("The subscription group was updated.")
     this.settings = settings
+    this.source = this.sourceFor(settings)
     this.pending.length = 0
     this.retry.length = 0
     this.outstanding.clear()
@@ -358,7 +376,7 @@ export class Group {
           id: randomUUID(),
           type: "$SubscriptionCheckpoint",
           contentType: "application/json",
-          data: encoder.encode(cp.toString(10)),
+          data: encoder.encode(this.stream === "$all" ? JSON.stringify(this.source.format(cp)) : cp.toString(10)),
           metadata: new Uint8Array()
         }])
       } catch {
@@ -374,8 +392,7 @@ export class Group {
     return this.lastCheckpoint
   }
   get lastKnown(): bigint | undefined {
-    const n = this.store.nextRevision(this.stream)
-    return n === 0n ? undefined : n - 1n
+    return this.source.lastKnown()
   }
   get connections(): ReadonlyArray<{ sink: SubscriberSink; inFlight: number; available: number; totalItems: number }> {
     return this.subscribers.map((s) => ({
@@ -448,21 +465,17 @@ export class Group {
 
   private readMore(): boolean {
     if (this.pending.length >= Math.max(1, this.settings.historyBufferSize)) return false
-    const batch = this.store.readStream(this.stream, this.nextRead, false, Math.max(1, this.settings.readBatchSize))
-    if (!batch || batch.length === 0) {
-      // the stream may have been truncated past the read position
-      const first = this.store.firstRevision(this.stream)
-      if (first > this.nextRead && this.store.nextRevision(this.stream) > this.nextRead) this.nextRead = first
-      return false
-    }
-    for (const record of batch) {
+    const { records, next } = this.source.read(this.nextRead, Math.max(1, this.settings.readBatchSize))
+    const advanced = next > this.nextRead
+    for (const record of records) {
       const resolved = this.store.resolve(record, this.settings.resolveLinkTos)
       const id = resolved.link?.id ?? resolved.event!.id
-      this.pending.push({ resolved, id, sequence: record.revision, retryCount: 0 })
-      this.inProgress.add(record.revision)
+      const sequence = this.source.sequenceOf(record)
+      this.pending.push({ resolved, id, sequence, retryCount: 0 })
+      this.inProgress.add(sequence)
     }
-    this.nextRead = batch[batch.length - 1]!.revision + 1n
-    return true
+    if (advanced) this.nextRead = next
+    return records.length > 0 || advanced
   }
 
   private send(sub: Subscriber, message: Message): void {
@@ -536,11 +549,6 @@ export class Group {
     }
     this.dispatch()
   }
-}
-
-const parseCheckpoint = (data: Uint8Array): bigint | undefined => {
-  const text = decoder.decode(data).trim().replace(/^"|"$/g, "")
-  return /^\d+$/.test(text) ? BigInt(text) : undefined
 }
 
 /** Journal hook for group definitions. */
