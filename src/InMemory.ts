@@ -431,7 +431,7 @@ export const makeStore = (options: StoreOptions = {}) =>
             conflicts.push(w.id)
             continue
           }
-          documents.set(w.id, { id: w.id, body: w.body, meta: w.meta })
+          documents.set(w.id, w) // a write has the shape of a stored document
         }
         if (batch.checkpoint !== undefined) commit(batch.checkpoint)
         return { conflicts }

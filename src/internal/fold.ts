@@ -56,7 +56,10 @@ export interface BatchFold<P> {
   readonly poisoned: ReadonlyArray<{ readonly part: P; readonly reason: string }>
 }
 
-interface Working {
+/** A document while its batch folds; it becomes the document's {@link DocumentFold}. */
+interface Working extends DocumentFold {
+  write: DocumentWrite | undefined
+  next: Current | undefined
   state: unknown
   readonly before: DocumentMeta
   position: bigint | undefined
@@ -112,7 +115,9 @@ const fold = <P extends { readonly event: Event; readonly key: string }>(
         deleted: before.deleted,
         applied: 0,
         duplicates: 0,
-        encoded: undefined
+        encoded: undefined,
+        write: undefined,
+        next: stored
       }
       working.set(id, doc)
     }
@@ -180,12 +185,8 @@ const fold = <P extends { readonly event: Event; readonly key: string }>(
   }
 
   const writes: Array<DocumentWrite> = []
-  const documents = new Map<string, DocumentFold>()
   for (const [id, doc] of working) {
-    if (doc.applied === 0) {
-      documents.set(id, { write: undefined, next: current(id), applied: 0, duplicates: doc.duplicates })
-      continue
-    }
+    if (doc.applied === 0) continue
     if (!encodeEachStep && doc.state !== undefined) {
       const result = codec.encode(doc.state)
       if (Either.isLeft(result)) return undefined
@@ -197,16 +198,11 @@ const fold = <P extends { readonly event: Event; readonly key: string }>(
       streams: doc.streams ?? doc.before.streams,
       deleted: doc.deleted
     }
-    const write: DocumentWrite = {
-      id,
-      expectedVersion: doc.before.version,
-      body: doc.state === undefined ? undefined : doc.encoded,
-      meta
-    }
-    writes.push(write)
-    documents.set(id, { write, next: { state: doc.state, meta }, applied: doc.applied, duplicates: doc.duplicates })
+    doc.write = { id, expectedVersion: doc.before.version, body: doc.state === undefined ? undefined : doc.encoded, meta }
+    doc.next = { state: doc.state, meta }
+    writes.push(doc.write)
   }
-  return { writes, documents, poisoned }
+  return { writes, documents: working, poisoned }
 }
 
 export const describe = (error: unknown): string =>
