@@ -7,7 +7,11 @@
  * (`-- --events N --streams S` to change the size).
  */
 import { Effect, Either, Schema } from "effect"
-import { EventSource, InMemory, Projection, ReadModelStore, Reconciler } from "../src/index.js"
+import * as EventSource from "../src/EventSource.js"
+import * as InMemory from "../src/InMemory.js"
+import * as Projection from "../src/Projection.js"
+import * as ReadModelStore from "../src/ReadModelStore.js"
+import * as Reconciler from "../src/Reconciler.js"
 
 const arg = (name: string, fallback: number) => {
   const at = process.argv.indexOf(`--${name}`)
