@@ -12,7 +12,6 @@ import { randomUUID } from "node:crypto"
 import type { AllFilter, GroupSource } from "./GroupSource.js"
 import { allSource, streamSource } from "./GroupSource.js"
 import type { Resolved, Store } from "./Store.js"
-import { parseLink } from "./Store.js"
 
 export type ConsumerStrategy = "DispatchToSingle" | "RoundRobin" | "Pinned"
 
@@ -102,7 +101,7 @@ export const parkedStreamOf = (stream: string, group: string) => `$persistentsub
 export const checkpointStreamOf = (stream: string, group: string) =>
   `$persistentsubscription-${stream}::${group}-checkpoint`
 
-/** One consumer group on one stream. */
+/** One consumer group on one stream or on `$all`. */
 export class Group {
   private subscribers: Array<Subscriber> = []
   private nextRead = 0n
@@ -606,5 +605,3 @@ export class PersistentSubscriptions {
     this.groups.clear()
   }
 }
-
-export { parseLink }
