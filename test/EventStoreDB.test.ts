@@ -384,6 +384,27 @@ describe("EventStoreDB event source", () => {
         yield* replayed!.settle(ack)
       }))
 
+    it.scopedLive("nack skip drops an event on purpose: not redelivered, not parked", () =>
+      Effect.gen(function*() {
+        const { append, client, source } = yield* setup()
+        const category = uniqueCategory("skip")
+        yield* append(`${category}-1`, credited("a", 1))
+        const sub = yield* collectInto(source.subscribe(persistent([category], "g")))
+        const [first] = yield* sub.take(1)
+        yield* first!.settle(nack("skip", "not ours"))
+        yield* append(`${category}-1`, credited("a", 2))
+        const [second] = yield* sub.take(1)
+        expect(json(second!)).toEqual({ doc: "a", amount: 2 })
+        yield* second!.settle(ack)
+        const info = yield* eventually(
+          Effect.promise(() => client.getPersistentSubscriptionToStreamInfo(`$ce-${category}`, "g")).pipe(
+            Effect.filterOrFail((i) => i.stats.totalInFlightMessages === 0)
+          )
+        )
+        expect(info.stats.parkedMessageCount).toBe(0n)
+        expect(info.stats.retryBufferCount).toBe(0)
+      }))
+
     it.scopedLive("two subscribers in one group (Pinned): every event once, per-stream order kept", () =>
       Effect.gen(function*() {
         const { append, client, source } = yield* setup()
