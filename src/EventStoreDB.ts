@@ -36,7 +36,7 @@ import type {
   PersistentSubscriptionToStreamSettings,
   ResolvedEvent
 } from "@eventstore/db-client"
-import { Chunk, Config, ConfigError, Effect, Layer, Option, Redacted, Schedule, Stream } from "effect"
+import { Chunk, Config, ConfigError, Effect, Layer, Metric, Option, Redacted, Schedule, Stream } from "effect"
 import type { Readable } from "node:stream"
 import type { Delivery, Settlement, Subscription } from "./EventSource.js"
 import { EventSource, EventSourceError } from "./EventSource.js"
@@ -69,6 +69,15 @@ export interface Options {
  */
 export const config: Config.Config<Options> = Config.all({
   connectionString: Config.redacted("EVENTSTORE_CONNECTION_STRING")
+})
+
+/**
+ * Resubscriptions after a dropped subscription or an unavailable server.
+ *
+ * @since 0.1.0
+ */
+export const resubscriptions = Metric.counter("eventstore_resubscriptions", {
+  description: "EventStoreDB subscriptions resubscribed after a drop"
 })
 
 const defaultResubscribe: Schedule.Schedule<unknown, EventSourceError> = Schedule.exponential("100 millis").pipe(
@@ -336,7 +345,17 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
     Stream.suspend(() =>
       disposed ? Stream.fail(new EventSourceError({ message: "the EventStoreDB client is closed", retryable: false })) : open()
     ).pipe(
-      Stream.retry(Schedule.whileInput(resubscribe, (e: EventSourceError) => e.retryable))
+      Stream.retry(
+        Schedule.whileInput(resubscribe, (e: EventSourceError) => e.retryable).pipe(
+          Schedule.tapInput((e: EventSourceError) =>
+            e.retryable
+              ? Effect.logWarning("EventStoreDB subscription dropped; resubscribing", e.message).pipe(
+                Effect.zipRight(Metric.increment(resubscriptions))
+              )
+              : Effect.void
+          )
+        )
+      )
     )
 
   const catchUpOne = (category: string, after: Option.Option<bigint>): Stream.Stream<Delivery, EventSourceError> => {

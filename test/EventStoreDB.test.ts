@@ -15,6 +15,7 @@ import {
   Exit,
   Fiber,
   Layer,
+  Metric,
   Option,
   Queue,
   Redacted,
@@ -210,6 +211,7 @@ describe("EventStoreDB event source", () => {
         yield* append(`${category}-1`, 2)
         const sub = yield* collectInto(source.subscribe(catchUp([category])))
         yield* sub.take(2)
+        const before = (yield* Metric.value(EventStoreDB.resubscriptions)).count
         yield* Scope.close(serverScope, Exit.void)
         yield* EventStoreServer.make({ dataDir, port: first.port })
         yield* append(`${category}-2`, 3)
@@ -219,6 +221,7 @@ describe("EventStoreDB event source", () => {
         yield* append(`${category}-3`, 5)
         const [sentinel] = yield* sub.take(1)
         expect(sentinel!.position).toBe(4n)
+        expect((yield* Metric.value(EventStoreDB.resubscriptions)).count).toBeGreaterThan(before)
       }))
 
     it.scopedLive.skipIf(skipExternal)("backpressure: a subscription nobody pulls holds the server back", () =>
