@@ -42,7 +42,7 @@ describe("reconciler command line", () => {
       ]
       const results = yield* Effect.forEach(commands, ([command]) => runCli([...command, "--help"]), { concurrency: 4 })
       results.forEach((result, i) => {
-        expect(result.code, commands[i]![0].join(" ")).toBe(0)
+        expect(result.code, `${commands[i]![0].join(" ")}: ${result.output}`).toBe(0)
         expect(result.output).toMatch(commands[i]![1])
       })
     }), { timeout: 90_000 })
@@ -63,7 +63,7 @@ describe("reconciler command line", () => {
       ]
       const results = yield* Effect.forEach(cases, ([args, env]) => runCli(args, env), { concurrency: 4 })
       results.forEach((result, i) => {
-        expect(result.code, cases[i]![0].join(" ")).toBe(2)
+        expect(result.code, `${cases[i]![0].join(" ")}: ${result.output}`).toBe(2)
         expect(result.output).toMatch(cases[i]![2])
       })
     }), { timeout: 90_000 })
