@@ -29,7 +29,7 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { Effect, Exit, Scope } from "effect"
+import { Effect, Exit, FastCheck as fc, Scope } from "effect"
 import * as EventStoreServer from "../../src/embedded/EventStoreServer.js"
 
 /** Starts an embedded server through the public module; `close` shuts it down. */
@@ -555,6 +555,59 @@ describe("persistent subscriptions", () => {
     await client.deletePersistentSubscriptionToAll(group)
     expect(await client.getPersistentSubscriptionToAllInfo(group).catch((e) => e)).toBeInstanceOf(
       PersistentSubscriptionDoesNotExistError
+    )
+  })
+
+  it("settles by the book: every delivery decision (ack, retry, park, skip) against a model", async () => {
+    type Decision = "ack" | "retry" | "park" | "skip"
+    const decision = fc.constantFrom<Decision>("ack", "retry", "park", "skip")
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.array(decision, { maxLength: 4 }), { minLength: 1, maxLength: 8 }),
+        fc.integer({ min: 0, max: 3 }),
+        async (plans, maxRetryCount) => {
+          // the model: attempt k of event i follows plans[i][k] (ack when the plan runs out)
+          const expected = plans.map((plan) => {
+            for (let k = 0;; k++) {
+              const d = plan[k] ?? "ack"
+              if (d === "retry" && k < maxRetryCount) continue
+              return { attempts: k + 1, outcome: d === "retry" ? "park" : d }
+            }
+          })
+          const stream = `${uniqueCategory("model")}-1`
+          await client.appendToStream(stream, plans.map((_, i) => credited(i)))
+          await client.createPersistentSubscriptionToStream(stream, "g", settings({ maxRetryCount, consumerStrategyName: ROUND_ROBIN }))
+          const subscription = client.subscribeToPersistentSubscriptionToStream(stream, "g", { bufferSize: 3 })
+          const attempts = plans.map(() => [] as Array<number>)
+          let final = 0
+          let sentinel = false
+          for await (const e of subscription) {
+            const i = (e.event!.data as { amount: number }).amount
+            if (i === -1) {
+              sentinel = true
+              await subscription.ack(e)
+              break
+            }
+            attempts[i]!.push(e.retryCount)
+            const k = attempts[i]!.length - 1
+            const d = plans[i]![k] ?? "ack"
+            if (d === "ack") await subscription.ack(e)
+            else await subscription.nack(d, `decision ${k}`, e)
+            if (k + 1 === expected[i]!.attempts) final++
+            // once every event is final, nothing but the sentinel may come
+            if (final === plans.length) await client.appendToStream(stream, credited(-1))
+          }
+          await subscription.unsubscribe()
+          expect(sentinel).toBe(true)
+          expect(attempts).toEqual(expected.map(({ attempts }) => Array.from({ length: attempts }, (_, k) => k)))
+          const parked = await collect(
+            client.readStream(`$persistentsubscription-${stream}::g-parked`, { resolveLinkTos: true })
+          ).catch(() => [])
+          const parkedIds = parked.map((p) => (p.event!.data as { amount: number }).amount).sort((a, b) => a - b)
+          expect(parkedIds).toEqual(expected.flatMap(({ outcome }, i) => (outcome === "park" ? [i] : [])))
+        }
+      ),
+      { numRuns: 25 }
     )
   })
 
