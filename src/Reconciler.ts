@@ -126,6 +126,8 @@ interface Part {
   readonly key: string
 }
 
+const samePart = (a: Part, b: Part) => a.tracked === b.tracked
+
 /** Marks one part of its delivery done; returns the delivery when that was the last part. */
 const partDone = (tracked: Tracked, poison: string | undefined): Tracked | undefined => {
   if (poison !== undefined && tracked.poison === undefined) tracked.poison = poison
@@ -242,11 +244,12 @@ export const run = (
           if (mode === "persistent") {
             yield* Effect.forEach(
               finished,
-              (tracked) => tracked.delivery.settle(tracked.poison !== undefined ? nack("park", tracked.poison) : ack),
+              (tracked) =>
+                tracked.delivery.settle(tracked.poison !== undefined ? nack("park", tracked.poison) : ack).pipe(
+                  // What the source could not take is redelivered later; the markers make that harmless.
+                  Effect.catchAll((error) => Effect.logWarning("settling a delivery failed", error.message))
+                ),
               { discard: true }
-            ).pipe(
-              // What the source could not take is redelivered later; the markers make that harmless.
-              Effect.catchAll((error) => Effect.logWarning("settling deliveries failed", error.message))
             )
           }
           for (const tracked of finished) {
@@ -270,7 +273,8 @@ export const run = (
         Effect.gen(function*() {
           const processBatch = makeBatch()
           while (true) {
-            const parts = yield* lane.take(batchSize)
+            // An event's parts in one lane stay in one batch, so that `read` sees its partners before it.
+            const parts = yield* lane.take(batchSize, samePart)
             if (parts === undefined) return
             yield* settle(yield* processBatch(parts))
           }
@@ -298,21 +302,20 @@ export const run = (
           return partDone(tracked, undefined)
         }
         if (typeof event === "string") return partDone(tracked, event)
-        let key: string | ReadonlyArray<string>
+        let keys: ReadonlyArray<string>
+        let lanesOf: ReadonlyArray<number>
         try {
-          key = runnable.key(event as never)
+          const key = runnable.key(event as never)
+          keys = typeof key === "string" ? [key] : Array.isArray(key) ? [...new Set(key)] : []
+          if (typeof key !== "string" && !Array.isArray(key)) throw new TypeError(`key returned ${String(key)}`)
+          for (const k of keys) if (typeof k !== "string") throw new TypeError(`key returned a non-string: ${String(k)}`)
+          lanesOf = keys.map((k) => laneOf(partition(event, k), laneCount))
         } catch (error) {
-          return partDone(tracked, `key threw on ${delivery.type}: ${describe(error)}`)
+          return partDone(tracked, `key or partition failed on ${delivery.type}: ${describe(error)}`)
         }
-        if (typeof key === "string") {
-          lanes[laneOf(partition(event, key), laneCount)]!.push({ tracked, event, key })
-          return undefined
-        }
-        const keys = [...new Set(key)]
-        if (keys.some((k) => typeof k !== "string")) return partDone(tracked, `key returned a non-string on ${delivery.type}`)
         if (keys.length === 0) return partDone(tracked, undefined)
         tracked.remaining = keys.length
-        for (const k of keys) lanes[laneOf(partition(event, k), laneCount)]!.push({ tracked, event, key: k })
+        for (let i = 0; i < keys.length; i++) lanes[lanesOf[i]!]!.push({ tracked, event, key: keys[i]! })
         return undefined
       }
 
@@ -402,39 +405,52 @@ export const run = (
 
       // Runs on every exit (end of source, failure, interruption) before the lanes'
       // and the subscription's scopes close: drain, commit, nack the rest.
+      // Finalizers are uninterruptible; each wait is made interruptible so that its
+      // deadline holds even when the store or the source is down.
+      const withDeadline = <A, E>(effect: Effect.Effect<A, E>, what: string) =>
+        effect.pipe(
+          Effect.interruptible,
+          Effect.timeoutOption(drainTimeout),
+          Effect.flatMap(Option.match({
+            onNone: () => Effect.logWarning(`${what} timed out after ${Duration.format(drainTimeout)}`),
+            onSome: () => Effect.void
+          }))
+        )
       yield* Effect.addFinalizer(() =>
         Effect.gen(function*() {
           yield* Fiber.interrupt(committer)
           yield* Metric.set(stalled, 0)
           for (const lane of lanes) lane.end()
-          const drained = yield* Fiber.joinAll(laneFibers).pipe(
-            // Finalizers are uninterruptible: without this the timeout could not cut the wait.
-            Effect.interruptible,
-            Effect.timeoutOption(drainTimeout),
-            Effect.exit
+          // Every lane finishes its in-flight batch, even when another lane failed.
+          yield* withDeadline(
+            Effect.forEach(laneFibers, Fiber.await, { concurrency: "unbounded", discard: true }),
+            "draining the lanes (in-flight work abandoned)"
           )
-          if (Exit.isSuccess(drained) && Option.isNone(drained.value)) {
-            yield* Effect.logWarning(`drain timed out after ${Duration.format(drainTimeout)}; abandoning in-flight work`)
-          }
           yield* Effect.forEach(laneFibers, Fiber.interrupt, { discard: true })
-          yield* commit.pipe(Effect.catchAll((error) => Effect.logError("final checkpoint commit failed", error)))
+          yield* withDeadline(
+            commit.pipe(Effect.catchAll((error) => Effect.logError("final checkpoint commit failed", error))),
+            "the final checkpoint commit"
+          )
           // Received but not applied: hand back for redelivery (catch-up resumes from the checkpoint).
           if (mode === "persistent") {
-            yield* Effect.forEach(
-              [...unsettled],
-            (tracked) =>
-                tracked.delivery.settle(nack("retry", "the reconciler stopped before applying it")).pipe(
-                  Effect.catchAll(() => Effect.void)
-                ),
-              { discard: true }
+            yield* withDeadline(
+              Effect.forEach(
+                [...unsettled],
+                (tracked) =>
+                  tracked.delivery.settle(nack("retry", "the reconciler stopped before applying it")).pipe(Effect.ignore),
+                { concurrency: "unbounded", discard: true }
+              ),
+              "nacking what was not applied"
             )
           }
         })
       )
 
-      // The source runs until it ends (finite sources) or fails; a failing lane stops it.
-      const laneFailure = Fiber.joinAll(laneFibers).pipe(Effect.zipRight(Effect.never))
-      yield* Effect.raceFirst(pull, laneFailure)
+      // The source runs until it ends (finite sources) or fails; a failing lane or
+      // committer stops it.
+      const failureOf = (fibers: ReadonlyArray<Fiber.Fiber<void, ReconcilerError>>) =>
+        Fiber.joinAll(fibers).pipe(Effect.zipRight(Effect.never))
+      yield* Effect.raceFirst(pull, Effect.raceFirst(failureOf(laneFibers), failureOf([committer])))
       // The source ended: finish what is queued and surface any lane's failure.
       for (const lane of lanes) lane.end()
       yield* Fiber.joinAll(laneFibers)
@@ -585,4 +601,10 @@ export const runAll = (
   runnables: ReadonlyArray<Runnable>,
   options: RunOptions = {}
 ): Effect.Effect<void, ReconcilerError | InvalidRunOptions, EventSource | ReadModelStore> =>
-  Effect.all(runnables.map((runnable) => run(runnable, options)), { concurrency: "unbounded", discard: true })
+  options.group !== undefined && runnables.length > 1
+    ? Effect.fail(
+      new InvalidRunOptions({
+        message: "a consumer group serves one projection: leave group unset to name each group after its projection"
+      })
+    )
+    : Effect.all(runnables.map((runnable) => run(runnable, options)), { concurrency: "unbounded", discard: true })

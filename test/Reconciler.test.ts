@@ -432,4 +432,94 @@ describe("Reconciler", () => {
       expect(error._tag).toBe("ReconcilerError")
       expect(error.message).toContain("access denied")
     }))
+  it.scoped("a failing lane does not cut the others: their in-flight batches finish before the engine stops", () =>
+    Effect.gen(function*() {
+      const log = yield* InMemory.makeEventLog()
+      // doc-0 and doc-1 land in different lanes of two.
+      yield* log.append("ledger-0", [{ id: "e0", type: "Credited", data: { doc: "doc-0", amount: 1 } }])
+      yield* log.append("ledger-1", [{ id: "e1", type: "Credited", data: { doc: "doc-1", amount: 1 } }])
+      const store = yield* InMemory.makeStore()
+      const failed = yield* Deferred.make<void>()
+      const port: Port = {
+        ...store.port,
+        write: (batch) =>
+          batch.writes[0]!.id === "doc-0"
+            ? Deferred.succeed(failed, undefined).pipe(
+              Effect.zipRight(Effect.fail(new ReadModelStore.StoreError({ message: "disk full", transient: false })))
+            )
+            // The other lane is mid-write when the first one fails.
+            : Deferred.await(failed).pipe(Effect.zipRight(Effect.sleep("1 second")), Effect.zipRight(store.port.write(batch)))
+      }
+      const fiber = yield* Effect.fork(runWith(log, port, { lanes: 2 }))
+      const { exit } = yield* driveToEnd(fiber, "100 millis")
+      expect(Exit.isFailure(exit)).toBe(true)
+      expect([...store.documents(ledger.collection).keys()]).toEqual(["doc-1"])
+    }))
+
+  it.scoped("stopping while the store is down ends within the drain timeout instead of retrying forever", () =>
+    Effect.gen(function*() {
+      const log = yield* InMemory.makeEventLog()
+      yield* appendHistory(log, credits(10, 2))
+      const store = yield* InMemory.makeStore()
+      let down = false
+      const written = yield* Deferred.make<void>()
+      const gate = <A>(effect: Effect.Effect<A, ReadModelStore.StoreError>) =>
+        Effect.suspend(() => down ? Effect.fail(new ReadModelStore.StoreError({ message: "unreachable", transient: true })) : effect)
+      const port: Port = {
+        ...store.port,
+        write: (batch) => gate(store.port.write(batch)).pipe(Effect.tap(() => Deferred.succeed(written, undefined))),
+        commitCheckpoint: (checkpoint) => gate(store.port.commitCheckpoint(checkpoint))
+      }
+      const fiber = yield* Effect.fork(
+        Reconciler.run(ledger, { drainTimeout: "2 seconds" }).pipe(
+          Effect.provideService(EventSource.EventSource, log.port),
+          Effect.provideService(ReadModelStore.ReadModelStore, port)
+        )
+      )
+      yield* Deferred.await(written)
+      down = true
+      const stopping = yield* Effect.fork(Fiber.interrupt(fiber))
+      const { steps } = yield* driveToEnd(stopping, "500 millis")
+      // It gave up on the final commit after its deadline, not before, and did not hang.
+      expect(steps).toBeGreaterThanOrEqual(4)
+      expect(steps).toBeLessThan(40)
+    }))
+
+  it.scoped("a committer that cannot commit stops the engine, typed, instead of dying silently", () =>
+    Effect.gen(function*() {
+      const log = yield* InMemory.makeEventLog() // live
+      yield* appendHistory(log, credits(10, 2))
+      const store = yield* InMemory.makeStore()
+      const port: Port = {
+        ...store.port,
+        // Batch writes carry no checkpoint here, so only the committer commits.
+        write: (batch) => store.port.write({ ...batch, checkpoint: undefined }),
+        commitCheckpoint: () => Effect.fail(new ReadModelStore.StoreError({ message: "permission denied", transient: false }))
+      }
+      const fiber = yield* Effect.fork(runWith(log, port, { commitInterval: "1 second" }))
+      const { exit } = yield* driveToEnd(fiber, "1 second")
+      expect(Exit.isFailure(exit)).toBe(true)
+      expect(String(Exit.isFailure(exit) ? Cause.squash(exit.cause) : "")).toContain("permission denied")
+    }))
+
+  it.scoped("a key function returning garbage makes the event poison, dead-lettered, not a crash", () =>
+    Effect.gen(function*() {
+      const log = yield* InMemory.makeEventLog({ endAtHead: true })
+      yield* log.append("ledger-1", [
+        { id: "bad", type: "Credited", data: { doc: "doc-1", amount: 1 } },
+        { id: "good", type: "Credited", data: { doc: "doc-2", amount: 1 } }
+      ])
+      const store = yield* InMemory.makeStore()
+      const projection = Projection.make({
+        ...ledger,
+        name: "ledger-bad-key",
+        key: (event) => (event.id === "bad" ? undefined : ledger.key(event)) as string
+      })
+      yield* Reconciler.run(projection).pipe(
+        Effect.provideService(EventSource.EventSource, log.port),
+        Effect.provideService(ReadModelStore.ReadModelStore, store.port)
+      )
+      expect(store.letters().map((l) => l.eventId)).toEqual(["bad"])
+      expect([...store.documents(ledger.collection).keys()]).toEqual(["doc-2"])
+    }))
 })

@@ -52,12 +52,18 @@ export class Lane<A> {
     this.signal.wake()
   }
 
-  /** Up to `max` items in order, waiting for at least one; `undefined` when ended and empty. */
-  take(max: number): Effect.Effect<Array<A> | undefined> {
+  /**
+   * Up to `max` items in order, waiting for at least one; `undefined` when ended
+   * and empty. Items `together` with the last one taken come along past `max`.
+   */
+  take(max: number, together?: (a: A, b: A) => boolean): Effect.Effect<Array<A> | undefined> {
     return Effect.suspend(() => {
       const available = this.items.length - this.head
       if (available > 0) {
-        const end = this.head + Math.min(max, available)
+        let end = this.head + Math.min(max, available)
+        if (together !== undefined) {
+          while (end < this.items.length && together(this.items[end - 1]!, this.items[end]!)) end++
+        }
         const batch = this.items.slice(this.head, end)
         this.head = end
         if (this.head === this.items.length) {
@@ -67,7 +73,7 @@ export class Lane<A> {
         return Effect.succeed(batch)
       }
       if (this.ended) return Effect.succeed(undefined)
-      return Effect.zipRight(this.signal.wait(), this.take(max))
+      return Effect.zipRight(this.signal.wait(), this.take(max, together))
     })
   }
 }
