@@ -237,10 +237,15 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
       catch: (cause) => toStoreError("connect", cause)
     }),
     (client) =>
-      Effect.promise(() => {
+      // A close that fails or hangs must not turn a clean stop into a defect or a hang.
+      Effect.tryPromise(() => {
         closed = true
         return client.close()
-      })
+      }).pipe(
+        Effect.interruptible,
+        Effect.timeout("10 seconds"),
+        Effect.catchAll((error) => Effect.logWarning("closing the MongoDB client failed", String(error)))
+      )
   )
   const db: Db = client.db(options.database ?? "read_models", { writeConcern: options.writeConcern ?? { w: "majority" } })
   const checkpoints = db.collection<Document>(CHECKPOINTS)

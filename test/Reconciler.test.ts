@@ -99,11 +99,14 @@ describe("Reconciler", () => {
       })
   )
 
-  it.effect("interrupted mid-batch: drains in-flight work, commits the checkpoint, never calls the store after release", () =>
+  it.scoped("interrupted mid-batch: drains in-flight work, commits the checkpoint, never calls the store after release", () =>
     Effect.gen(function*() {
       const rejections: Array<unknown> = []
       const onRejection = (reason: unknown) => rejections.push(reason)
-      process.on("unhandledRejection", onRejection)
+      yield* Effect.acquireRelease(
+        Effect.sync(() => process.on("unhandledRejection", onRejection)),
+        () => Effect.sync(() => process.off("unhandledRejection", onRejection))
+      )
       const log = yield* InMemory.makeEventLog() // live: the subscription never ends by itself
       const history = credits(200, 10)
       yield* appendHistory(log, history)
@@ -138,7 +141,6 @@ describe("Reconciler", () => {
       const appliedIds = new Set(written.flatMap((doc) => (doc.body as { applied: Array<string> }).applied))
       for (let i = 0; i < Number(checkpoint); i++) expect(appliedIds.has(`e${i}`)).toBe(true)
       yield* Effect.promise(() => new Promise((resolve) => setImmediate(resolve)))
-      process.off("unhandledRejection", onRejection)
       expect(rejections).toEqual([])
     }))
 
