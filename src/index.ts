@@ -3,6 +3,7 @@
  *
  * @since 0.1.0
  */
+export * as App from "./App.js"
 export * as EventSource from "./EventSource.js"
 export * as EventStoreDB from "./EventStoreDB.js"
 export * as EventStoreServer from "./embedded/EventStoreServer.js"
