@@ -209,6 +209,16 @@ export const toDelivery = (
 // ---- subscriptions ---------------------------------------------------------
 
 const categoryStream = (category: string) => `$ce-${category}`
+
+// Events appended together share their commit position and differ by prepare
+// position; `$all` is ordered by both. The delivery position packs the two into
+// one bigint that grows along `$all`: commit in the high 64 bits, prepare in the low.
+const low64 = (1n << 64n) - 1n
+/** The position a delivery of a filtered `$all` subscription carries. */
+export const allPosition = (position: { readonly commit: bigint; readonly prepare: bigint }): bigint =>
+  (position.commit << 64n) | position.prepare
+/** The `$all` position a packed delivery position stands for. */
+export const positionOfAll = (packed: bigint) => ({ commit: packed >> 64n, prepare: packed & low64 })
 const escapeRegex = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
 /** The `$all` stream-name filter of several categories. */
 export const categoriesRegex = (categories: ReadonlyArray<string>) =>
@@ -272,7 +282,8 @@ const pull = <A, B>(
           closed.add(subscription)
           live.delete(subscription)
         }).pipe(
-          Effect.zipRight(Effect.promise(() => subscription.unsubscribe())),
+          // tryPromise: a rejection (say, the call never opened) must not become a defect.
+          Effect.zipRight(Effect.tryPromise(() => subscription.unsubscribe())),
           Effect.interruptible,
           Effect.timeout("5 seconds"),
           Effect.ignore,
@@ -285,7 +296,12 @@ const pull = <A, B>(
       const next: Effect.Effect<Chunk.Chunk<B>, Option.Option<EventSourceError>> = Effect.suspend(() => {
         const out: Array<B> = []
         for (let a = subscription.read() as A | null; a !== null; a = subscription.read() as A | null) {
-          out.push(f(a, subscription))
+          try {
+            out.push(f(a, subscription))
+          } catch (error) {
+            // A record the source cannot position fails the stream, loudly and typed.
+            return Effect.fail(Option.some(error instanceof EventSourceError ? error : sourceError(what)(error)))
+          }
           if (out.length >= 64) break
         }
         if (out.length > 0) return Effect.succeed(Chunk.unsafeFromArray(out))
@@ -320,7 +336,7 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
       }
     }),
     (client) =>
-      Effect.promise(async () => {
+      Effect.tryPromise(async () => {
         disposed = true
         // A subscription still open now outlived its scope: it fails instead of waiting forever.
         for (const subscription of live) {
@@ -390,15 +406,16 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
         live,
         () =>
           client.subscribeToAll({
-            fromPosition: Option.match(last, {
-              onNone: () => START,
-              onSome: (p) => ({ commit: p, prepare: p })
-            }),
+            fromPosition: Option.match(last, { onNone: () => START, onSome: positionOfAll }),
             filter: streamNameFilter({ regex })
           }),
         `catch-up subscription to $all (${regex})`,
         (resolved: ResolvedEvent & { commitPosition?: bigint }) => {
-          const position = resolved.commitPosition ?? resolved.event?.position?.commit ?? 0n
+          const recorded = resolved.event?.position ?? resolved.link?.position
+          if (recorded === undefined) {
+            throw new EventSourceError({ message: `an event of $all came without its position (${resolved.event?.id})`, retryable: false })
+          }
+          const position = allPosition(recorded)
           last = Option.some(position)
           return toDelivery(resolved, position)
         }
@@ -475,7 +492,7 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
     })
   }
 
-  /** The newest resolvable event of a category stream: its link revision and event commit position. */
+  /** The newest resolvable event of a category stream: its link revision and its (packed) `$all` position. */
   const newest = (category: string) =>
     Effect.tryPromise({
       try: async () => {
@@ -498,7 +515,8 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
         if (!newestLink) return undefined
         // the newest event still there, for its commit position
         const resolvable = page.find((r) => r.event?.position !== undefined)
-        return { revision: newestLink.revision, commit: resolvable?.event?.position?.commit }
+        const position = resolvable?.event?.position
+        return { revision: newestLink.revision, all: position === undefined ? undefined : allPosition(position) }
       },
       catch: sourceError(`reading the head of ${categoryStream(category)}`)
     })
@@ -513,7 +531,7 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
       }
       const heads = yield* Effect.forEach(unique, newest, { concurrency: "unbounded" })
       let max: bigint | undefined
-      for (const h of heads) if (h?.commit !== undefined && (max === undefined || h.commit > max)) max = h.commit
+      for (const h of heads) if (h?.all !== undefined && (max === undefined || h.all > max)) max = h.all
       return Option.fromNullable(max)
     }).pipe(Effect.withSpan("EventStoreDB.head"))
 
