@@ -229,7 +229,7 @@ const demo = (args: Args) =>
               positions.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
               sorted = true
             }
-            return covered(positions, checkpoint)
+            return covered(positions, BigInt.asUintN(64, checkpoint))
           }
         })),
         Effect.tap((n) => Effect.sync(() => applied.set(projection.name, n)))
@@ -254,7 +254,8 @@ const demo = (args: Args) =>
         const append: Promise<unknown> = Promise.all(after)
           .then(() => client.appendToStream(next.stream, jsonEvent(next.event)))
           .then((result) => {
-            positions.push(result.position?.commit ?? BigInt(positions.length))
+            // the prepare part of the $all position (see App.behind)
+            positions.push(result.position?.prepare ?? BigInt(positions.length))
             sorted = false
             appended++
           })
