@@ -18,11 +18,12 @@
  */
 import { Command, Options, ValidationError } from "@effect/cli"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
-import { Cause, ConfigError, Console, Effect, Exit, Layer, Option, Schema } from "effect"
+import { Cause, ConfigError, Console, Effect, Exit, Option, Schema } from "effect"
 import * as path from "node:path"
 import * as App from "../App.js"
 import * as EventStoreServer from "../embedded/EventStoreServer.js"
 import * as MongoServer from "../embedded/MongoServer.js"
+import { checkpointId } from "../Projection.js"
 import { ReadModelStore } from "../ReadModelStore.js"
 import * as Cli from "../internal/cli.js"
 
@@ -118,7 +119,7 @@ const list = Command.make(
       const store = yield* ReadModelStore
       const rows: Array<Array<string>> = []
       for (const runnable of runnables) {
-        for (const letter of yield* store.deadLetters(`${runnable.name}@${runnable.version}`)) {
+        for (const letter of yield* store.deadLetters(checkpointId(runnable))) {
           rows.push([
             letter.projection,
             letter.eventId,
@@ -216,7 +217,7 @@ const message = (cause: Cause.Cause<unknown>): string => {
 }
 
 const main = cli(process.argv).pipe(
-  Effect.provide(Layer.mergeAll(NodeContext.layer)),
+  Effect.provide(NodeContext.layer),
   Effect.catchIf(ValidationError.isValidationError, (error) =>
     // @effect/cli has printed the message (and help where useful).
     ValidationError.isHelpRequested(error) ? Effect.void : Effect.sync(() => (process.exitCode = USAGE))),
