@@ -254,7 +254,7 @@ const demo = (args: Args) =>
         const append: Promise<unknown> = Promise.all(after)
           .then(() => client.appendToStream(next.stream, jsonEvent(next.event)))
           .then((result) => {
-            // the prepare part of the $all position (see App.behind)
+            // the prepare position: how the engine positions several-category subscriptions
             positions.push(result.position?.prepare ?? BigInt(positions.length))
             sorted = false
             appended++

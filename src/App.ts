@@ -192,25 +192,8 @@ const definedOnly = <A extends object>(options: A): A =>
 
 // ---- observing ----------------------------------------------------------------
 
-const LOW_64 = 1n << 64n
-
-/**
- * How far a checkpoint is behind a head (0 when it has reached it).
- *
- * Workaround: the EventStoreDB adapter positions several-category (`$all`)
- * subscriptions by `commit << 64 | prepare`, and the MongoDB store keeps
- * positions as 64-bit `Long`s, so such a checkpoint comes back as its low 64
- * bits (the prepare position, which grows along `$all` as well). When the head
- * does not fit in 64 bits, the low 64 bits of both are compared. Exact either
- * way; drop this once the store keeps positions wider than 64 bits.
- */
-export const behind = (checkpoint: bigint, head: bigint): bigint => {
-  if (checkpoint >= head) return 0n
-  if (head < LOW_64) return head - checkpoint
-  const c = BigInt.asUintN(64, checkpoint)
-  const h = BigInt.asUintN(64, head)
-  return h > c ? h - c : 0n
-}
+/** How far a checkpoint is behind a head (0 when it has reached it), in positions of its subscription. */
+export const behind = (checkpoint: bigint, head: bigint): bigint => (checkpoint >= head ? 0n : head - checkpoint)
 
 /**
  * Where a catch-up projection stands: its committed checkpoint, the head of its

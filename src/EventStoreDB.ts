@@ -211,14 +211,13 @@ export const toDelivery = (
 const categoryStream = (category: string) => `$ce-${category}`
 
 // Events appended together share their commit position and differ by prepare
-// position; `$all` is ordered by both. The delivery position packs the two into
-// one bigint that grows along `$all`: commit in the high 64 bits, prepare in the low.
-const low64 = (1n << 64n) - 1n
-/** The position a delivery of a filtered `$all` subscription carries. */
-export const allPosition = (position: { readonly commit: bigint; readonly prepare: bigint }): bigint =>
-  (position.commit << 64n) | position.prepare
-/** The `$all` position a packed delivery position stands for. */
-export const positionOfAll = (packed: bigint) => ({ commit: packed >> 64n, prepare: packed & low64 })
+// position; the prepare position is unique and grows along `$all`, and fits the
+// 64 bits stores keep. Resuming after it may hand over the rest of its append
+// again (those are recognised as applied).
+/** The position a delivery of a filtered `$all` subscription carries: its prepare position. */
+export const allPosition = (position: { readonly commit: bigint; readonly prepare: bigint }): bigint => position.prepare
+/** The `$all` position to resume after a delivery position. */
+export const positionOfAll = (prepare: bigint) => ({ commit: prepare, prepare })
 const escapeRegex = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
 /** The `$all` stream-name filter of several categories. */
 export const categoriesRegex = (categories: ReadonlyArray<string>) =>
@@ -492,7 +491,7 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
     })
   }
 
-  /** The newest resolvable event of a category stream: its link revision and its (packed) `$all` position. */
+  /** The newest resolvable event of a category stream: its link revision and its `$all` (prepare) position. */
   const newest = (category: string) =>
     Effect.tryPromise({
       try: async () => {
