@@ -38,7 +38,7 @@ describe("reconciler command line", () => {
         [["dead-letters"], /Inspect and retry dead-lettered events/],
         [["dead-letters", "list"], /List the dead-lettered events/],
         [["dead-letters", "retry"], /Apply the dead letters again/],
-        [["embedded"], /--eventstore-port integer --mongo-port integer \[--data-dir directory\]/]
+        [["embedded"], /--eventstore-port integer --mongo-port integer \[--data-dir directory\] \[--transaction-lifetime-limit-seconds integer\]/]
       ]
       const results = yield* Effect.forEach(commands, ([command]) => runCli([...command, "--help"]), { concurrency: 4 })
       results.forEach((result, i) => {

@@ -7,7 +7,7 @@
  * reconciler status --module examples/openbank.ts
  * reconciler dead-letters list  --module examples/openbank.ts [--projection NAME]
  * reconciler dead-letters retry --module examples/openbank.ts [--projection NAME]
- * reconciler embedded --eventstore-port P --mongo-port Q [--data-dir D]
+ * reconciler embedded --eventstore-port P --mongo-port Q [--data-dir D] [--transaction-lifetime-limit-seconds S]
  * ```
  *
  * Endpoints and engine settings come from the environment (see docs/service.md);
@@ -181,13 +181,24 @@ const embeddedServers = Command.make(
     dataDir: Options.directory("data-dir").pipe(
       Options.optional,
       Options.withDescription("keep the data in this directory (journals); in memory when absent")
+    ),
+    transactionLifetime: Options.integer("transaction-lifetime-limit-seconds").pipe(
+      Options.withSchema(Schema.Int.pipe(Schema.greaterThanOrEqualTo(1, {
+        message: () => "--transaction-lifetime-limit-seconds must be a whole number of seconds, at least 1"
+      }))),
+      Options.withDefault(60),
+      Options.withDescription("MongoDB aborts transactions open longer than this (a crashed client's locks go with them)")
     )
   },
   (args) =>
     Effect.gen(function*() {
       const dataDir = (name: string) => Option.getOrUndefined(Option.map(args.dataDir, (dir) => path.join(dir, name)))
       const eventStore = yield* EventStoreServer.make({ port: args.eventstorePort, dataDir: dataDir("eventstore") })
-      const mongo = yield* MongoServer.make({ port: args.mongoPort, dataDir: dataDir("mongo") })
+      const mongo = yield* MongoServer.make({
+        port: args.mongoPort,
+        dataDir: dataDir("mongo"),
+        transactionLifetimeLimitSeconds: args.transactionLifetime
+      })
       yield* Console.log(`embedded EventStoreDB listening on ${eventStore.connectionString}`)
       yield* Console.log(`embedded MongoDB listening on ${mongo.uri}`)
       yield* Console.log(

@@ -12,7 +12,7 @@
  * @since 0.1.0
  */
 import { Context, Data, Effect, Layer } from "effect"
-import { Engine } from "./mongo/Commands.js"
+import { DEFAULT_TRANSACTION_LIFETIME_SECONDS, Engine } from "./mongo/Commands.js"
 import * as Journal from "./mongo/Journal.js"
 import { WireServer } from "./mongo/Server.js"
 
@@ -27,6 +27,12 @@ export interface Options {
   readonly fsync?: boolean | undefined
   /** The replica set name announced in hello (default `rs0`). */
   readonly replicaSet?: string | undefined
+  /**
+   * Transactions open longer are aborted, releasing what they hold (MongoDB's
+   * `transactionLifetimeLimitSeconds`, default 60): how long a crashed client's
+   * transaction keeps its documents locked.
+   */
+  readonly transactionLifetimeLimitSeconds?: number | undefined
 }
 
 /** A running embedded server: the bound port and a connection string for the driver. @since 0.1.0 */
@@ -52,7 +58,10 @@ export class MongoServer extends Context.Tag("effect-reconciler/embedded/MongoSe
  */
 export const make = Effect.fn("MongoServer.make")(function* (options: Options = {}) {
   const host = options.host ?? "127.0.0.1"
-  const engine = new Engine({ setName: options.replicaSet ?? "rs0" })
+  const engine = new Engine({
+    setName: options.replicaSet ?? "rs0",
+    transactionLifetimeMs: (options.transactionLifetimeLimitSeconds ?? DEFAULT_TRANSACTION_LIFETIME_SECONDS) * 1000
+  })
   const journal = yield* Effect.acquireRelease(
     Effect.try({
       try: () => (options.dataDir === undefined ? undefined : Journal.open(engine.storage, options.dataDir, { fsync: options.fsync === true })),

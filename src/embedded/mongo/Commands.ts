@@ -38,7 +38,7 @@ import { type Doc, bool, isPlainObject, keyOf, num, toView, valuesAt } from "./V
 export const MAX_WIRE_VERSION = 21
 const DEFAULT_BATCH = 101
 /** MongoDB's default transactionLifetimeLimitSeconds. */
-export const TRANSACTION_LIFETIME_MS = 60_000
+export const DEFAULT_TRANSACTION_LIFETIME_SECONDS = 60
 const MAX_BATCH_BYTES = 8 * 1024 * 1024
 
 interface Cursor {
@@ -59,6 +59,8 @@ const retryableWrites = new Set(["insert", "update", "delete", "findAndModify", 
 
 export interface EngineOptions {
   readonly setName: string
+  /** Transactions open longer are aborted (MongoDB's transactionLifetimeLimitSeconds). */
+  readonly transactionLifetimeMs: number
 }
 
 /** The server's state and command handlers, independent of the network. */
@@ -164,7 +166,7 @@ export class Engine {
         case "ismaster":
           return this.hello(command, connectionId, legacy)
       }
-      if (this.storage.active.size > 0) this.storage.expire(TRANSACTION_LIFETIME_MS)
+      if (this.storage.active.size > 0) this.storage.expire(this.options.transactionLifetimeMs)
       const access = this.access(command, name)
       txn = access instanceof TransactionAccess ? access.txn : undefined
       const retryable =

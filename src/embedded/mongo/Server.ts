@@ -6,7 +6,7 @@
  * @internal
  */
 import * as net from "node:net"
-import { type Engine, TRANSACTION_LIFETIME_MS } from "./Commands.js"
+import type { Engine } from "./Commands.js"
 import type { Transaction } from "./Storage.js"
 import { EXHAUST_ALLOWED, Framer, MORE_TO_COME, OP_MSG, decode, encodeMsg, encodeReply } from "./Wire.js"
 import { num } from "./Values.js"
@@ -86,7 +86,7 @@ export class WireServer {
       }
       let pending = blockers.length
       const oldest = Math.min(...blockers.map((t) => t.startedAt))
-      const timer = setTimeout(() => done(), Math.max(0, oldest + TRANSACTION_LIFETIME_MS - Date.now()) + 1)
+      const timer = setTimeout(() => done(), Math.max(0, oldest + this.engine.options.transactionLifetimeMs - Date.now()) + 1)
       timer.unref()
       timers.add(timer)
       let finished = false
@@ -96,7 +96,7 @@ export class WireServer {
         clearTimeout(timer)
         timers.delete(timer)
         wakers.delete(done)
-        this.engine.storage.expire(TRANSACTION_LIFETIME_MS)
+        this.engine.storage.expire(this.engine.options.transactionLifetimeMs)
         resolve()
       }
       wakers.add(done)
