@@ -186,38 +186,14 @@ export const makeStreamsService = (store: Store): grpc.UntypedServiceImplementat
     call: grpc.ServerUnaryCall<InstanceType<typeof streams.DeleteReq>, unknown>,
     callback: grpc.sendUnaryData<InstanceType<typeof streams.DeleteResp>>
   ) {
-    const o = call.request.getOptions()!
-    const streamId = readStreamName(o.getStreamIdentifier())
-    try {
-      const position = store.delete(streamId, readExpected(o), false)
-      const resp = new streams.DeleteResp()
-      const p = new streams.DeleteResp.Position()
-      p.setCommitPosition(position.toString(10))
-      p.setPreparePosition(position.toString(10))
-      resp.setPosition(p)
-      callback(null, resp)
-    } catch (error) {
-      callback(deleteError(error))
-    }
+    removeStream(store, call.request.getOptions()!, false, streams.DeleteResp, streams.DeleteResp.Position, callback)
   },
 
   tombstone(
     call: grpc.ServerUnaryCall<InstanceType<typeof streams.TombstoneReq>, unknown>,
     callback: grpc.sendUnaryData<InstanceType<typeof streams.TombstoneResp>>
   ) {
-    const o = call.request.getOptions()!
-    const streamId = readStreamName(o.getStreamIdentifier())
-    try {
-      const position = store.delete(streamId, readExpected(o), true)
-      const resp = new streams.TombstoneResp()
-      const p = new streams.TombstoneResp.Position()
-      p.setCommitPosition(position.toString(10))
-      p.setPreparePosition(position.toString(10))
-      resp.setPosition(p)
-      callback(null, resp)
-    } catch (error) {
-      callback(deleteError(error))
-    }
+    removeStream(store, call.request.getOptions()!, true, streams.TombstoneResp, streams.TombstoneResp.Position, callback)
   },
 
   batchAppend(call: grpc.ServerDuplexStream<unknown, unknown>) {
@@ -231,6 +207,31 @@ const deleteError = (error: unknown) =>
     : error instanceof StreamDeleted
     ? streamDeletedError(error.streamId)
     : statusError(grpc.status.INTERNAL, undefined, String(error))
+
+/** Deletes (soft) or tombstones a stream and answers with the position of the deletion. */
+const removeStream = <
+  Resp extends { setPosition(p: Position): void },
+  Position extends { setCommitPosition(v: string): void; setPreparePosition(v: string): void }
+>(
+  store: Store,
+  options: Parameters<typeof readExpected>[0] & { getStreamIdentifier(): Parameters<typeof readStreamName>[0] },
+  tombstone: boolean,
+  Response: new() => Resp,
+  PositionOf: new() => Position,
+  callback: grpc.sendUnaryData<Resp>
+) => {
+  try {
+    const position = store.delete(readStreamName(options.getStreamIdentifier()), readExpected(options), tombstone)
+    const resp = new Response()
+    const p = new PositionOf()
+    p.setCommitPosition(position.toString(10))
+    p.setPreparePosition(position.toString(10))
+    resp.setPosition(p)
+    callback(null, resp)
+  } catch (error) {
+    callback(deleteError(error))
+  }
+}
 
 const read = async (store: Store, call: grpc.ServerWritableStream<ReadReq, ReadResp>): Promise<void> => {
   const options = call.request.getOptions()!
