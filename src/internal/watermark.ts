@@ -42,12 +42,4 @@ export class Watermark {
   get current(): bigint | undefined {
     return this.mark
   }
-
-  /** How many tracked deliveries are not settled yet. */
-  get pending(): number {
-    let count = 0
-    for (let i = this.head; i < this.done.length; i++) if (!this.done[i]) count++
-    return count
-  }
-
 }
