@@ -151,26 +151,40 @@ const infoOf = (g: Group): InstanceType<typeof persistent.SubscriptionInfo> => {
 type ReadReq = InstanceType<typeof persistent.ReadReq>
 type ReadResp = InstanceType<typeof persistent.ReadResp>
 
+/** Answers a unary call about one group, mapping the group's errors to the statuses the client expects. */
+const answer = <Resp>(stream: string, group: string, callback: grpc.sendUnaryData<Resp>, respond: () => Resp) => {
+  try {
+    callback(null, respond())
+  } catch (error) {
+    callback(groupError(error, stream, group))
+  }
+}
+
+/** The target of a create or update: `$all` or a stream, and the stream options if any. */
+const targetOf = <All, StreamOptions extends { getStreamIdentifier(): Parameters<typeof readStreamName>[0] }>(o: {
+  hasAll(): boolean
+  getAll(): All | undefined
+  hasStream(): boolean
+  getStream(): StreamOptions | undefined
+  getStreamIdentifier(): Parameters<typeof readStreamName>[0]
+}) => {
+  const all = o.hasAll() ? o.getAll()! : undefined
+  const so = o.hasStream() ? o.getStream() : undefined
+  return { all, so, stream: all ? ALL : readStreamName(so ? so.getStreamIdentifier() : o.getStreamIdentifier()) }
+}
+
 export const makePersistentService = (groups: PersistentSubscriptions): grpc.UntypedServiceImplementation => ({
   create(
     call: grpc.ServerUnaryCall<InstanceType<typeof persistent.CreateReq>, unknown>,
     callback: grpc.sendUnaryData<InstanceType<typeof persistent.CreateResp>>
   ) {
     const o = call.request.getOptions()!
-    const all = o.hasAll() ? o.getAll()! : undefined
-    const so = o.hasStream() ? o.getStream() : undefined
-    const stream = all ? ALL : readStreamName(so ? so.getStreamIdentifier() : o.getStreamIdentifier())
-    try {
+    const { all, so, stream } = targetOf(o)
+    answer(stream, o.getGroupName(), callback, () => {
       const base = settingsOf(o.getSettings()!, so)
-      groups.create(
-        stream,
-        o.getGroupName(),
-        all ? { ...base, startFrom: allStartFrom(all), filter: allFilterOf(all) } : base
-      )
-      callback(null, new persistent.CreateResp())
-    } catch (error) {
-      callback(groupError(error, stream, o.getGroupName()))
-    }
+      groups.create(stream, o.getGroupName(), all ? { ...base, startFrom: allStartFrom(all), filter: allFilterOf(all) } : base)
+      return new persistent.CreateResp()
+    })
   },
 
   update(
@@ -178,18 +192,14 @@ export const makePersistentService = (groups: PersistentSubscriptions): grpc.Unt
     callback: grpc.sendUnaryData<InstanceType<typeof persistent.UpdateResp>>
   ) {
     const o = call.request.getOptions()!
-    const all = o.hasAll() ? o.getAll()! : undefined
-    const so = o.hasStream() ? o.getStream() : undefined
-    const stream = all ? ALL : readStreamName(so ? so.getStreamIdentifier() : o.getStreamIdentifier())
-    try {
+    const { all, so, stream } = targetOf(o)
+    answer(stream, o.getGroupName(), callback, () => {
       const base = settingsOf(o.getSettings()!, so)
       // an update keeps a $all group's filter (the protocol cannot change it)
       const settings = all ? { ...base, startFrom: allStartFrom(all), filter: groups.get(stream, o.getGroupName()).settings.filter } : base
       groups.update(stream, o.getGroupName(), settings)
-      callback(null, new persistent.UpdateResp())
-    } catch (error) {
-      callback(groupError(error, stream, o.getGroupName()))
-    }
+      return new persistent.UpdateResp()
+    })
   },
 
   delete(
@@ -198,12 +208,10 @@ export const makePersistentService = (groups: PersistentSubscriptions): grpc.Unt
   ) {
     const o = call.request.getOptions()!
     const stream = o.hasAll() ? ALL : readStreamName(o.getStreamIdentifier())
-    try {
+    answer(stream, o.getGroupName(), callback, () => {
       groups.delete(stream, o.getGroupName())
-      callback(null, new persistent.DeleteResp())
-    } catch (error) {
-      callback(groupError(error, stream, o.getGroupName()))
-    }
+      return new persistent.DeleteResp()
+    })
   },
 
   getInfo(
@@ -212,13 +220,11 @@ export const makePersistentService = (groups: PersistentSubscriptions): grpc.Unt
   ) {
     const o = call.request.getOptions()!
     const stream = o.hasAll() ? ALL : readStreamName(o.getStreamIdentifier())
-    try {
+    answer(stream, o.getGroupName(), callback, () => {
       const resp = new persistent.GetInfoResp()
       resp.setSubscriptionInfo(infoOf(groups.get(stream, o.getGroupName())))
-      callback(null, resp)
-    } catch (error) {
-      callback(groupError(error, stream, o.getGroupName()))
-    }
+      return resp
+    })
   },
 
   list(
@@ -252,12 +258,10 @@ export const makePersistentService = (groups: PersistentSubscriptions): grpc.Unt
   ) {
     const o = call.request.getOptions()!
     const stream = o.hasAll() ? ALL : readStreamName(o.getStreamIdentifier())
-    try {
+    answer(stream, o.getGroupName(), callback, () => {
       groups.get(stream, o.getGroupName()).replayParked(o.hasStopAt() ? Number(o.getStopAt()) : undefined)
-      callback(null, new persistent.ReplayParkedResp())
-    } catch (error) {
-      callback(groupError(error, stream, o.getGroupName()))
-    }
+      return new persistent.ReplayParkedResp()
+    })
   },
 
   restartSubsystem(_call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) {

@@ -51,6 +51,15 @@ const eventResp = (store: Store, record: EventRecord, resolveLinks: boolean, for
   return resp
 }
 
+/** Tells a new catch-up subscriber it is subscribed. */
+const confirm = (call: grpc.ServerWritableStream<ReadReq, ReadResp>) => {
+  const confirmation = new streams.ReadResp()
+  const c = new streams.ReadResp.SubscriptionConfirmation()
+  c.setSubscriptionId(randomUUID())
+  confirmation.setConfirmation(c)
+  call.write(confirmation)
+}
+
 const fail = (call: grpc.ServerWritableStream<ReadReq, ReadResp>, error: unknown) => {
   if (error instanceof StreamDeleted) call.emit("error", streamDeletedError(error.streamId))
   else call.emit("error", statusError(grpc.status.INTERNAL, undefined, String(error)))
@@ -272,11 +281,7 @@ const read = async (store: Store, call: grpc.ServerWritableStream<ReadReq, ReadR
       : so.hasEnd()
       ? store.nextRevision(streamId)
       : 0n
-    const confirmation = new streams.ReadResp()
-    const c = new streams.ReadResp.SubscriptionConfirmation()
-    c.setSubscriptionId(randomUUID())
-    confirmation.setConfirmation(c)
-    call.write(confirmation)
+    confirm(call)
     const w = waiter(store, call)
     let caughtUp = false
     try {
@@ -341,11 +346,7 @@ const read = async (store: Store, call: grpc.ServerWritableStream<ReadReq, ReadR
   let index = ao.hasPosition() ? Number(BigInt(ao.getPosition()!.getCommitPosition())) : ao.hasEnd() ? log.length : 0
   const window = filter ? (filter.hasMax() ? filter.getMax() : 32) * Math.max(1, filter.getCheckpointintervalmultiplier()) : 0
   let scanned = 0
-  const confirmation = new streams.ReadResp()
-  const c = new streams.ReadResp.SubscriptionConfirmation()
-  c.setSubscriptionId(randomUUID())
-  confirmation.setConfirmation(c)
-  call.write(confirmation)
+  confirm(call)
   const w = waiter(store, call)
   let caughtUp = false
   try {
