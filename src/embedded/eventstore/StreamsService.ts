@@ -51,6 +51,13 @@ const eventResp = (store: Store, record: EventRecord, resolveLinks: boolean, for
   return resp
 }
 
+/** Tells a catch-up subscriber it has read everything there is (live events follow). */
+const caughtUpMessage = () => {
+  const resp = new streams.ReadResp()
+  resp.setCaughtUp(new streams.ReadResp.CaughtUp())
+  return resp
+}
+
 /** Tells a new catch-up subscriber it is subscribed. */
 const confirm = (call: grpc.ServerWritableStream<ReadReq, ReadResp>) => {
   const confirmation = new streams.ReadResp()
@@ -293,9 +300,7 @@ const read = async (store: Store, call: grpc.ServerWritableStream<ReadReq, ReadR
         if (batch.length === 0) {
           if (!caughtUp) {
             caughtUp = true
-            const resp = new streams.ReadResp()
-            resp.setCaughtUp(new streams.ReadResp.CaughtUp())
-            await write(call, resp)
+            await write(call, caughtUpMessage())
             continue
           }
           await w.wait()
@@ -354,9 +359,7 @@ const read = async (store: Store, call: grpc.ServerWritableStream<ReadReq, ReadR
       if (index >= log.length) {
         if (!caughtUp) {
           caughtUp = true
-          const resp = new streams.ReadResp()
-          resp.setCaughtUp(new streams.ReadResp.CaughtUp())
-          await write(call, resp)
+          await write(call, caughtUpMessage())
           continue
         }
         await w.wait()
