@@ -7,9 +7,10 @@
  * behind the source's head (a backlog, catch-up mode) a lane waits for its
  * batch to fill; the intake flushes the lanes when it reaches the head or when
  * it is held back by the in-flight bound, and a lane never waits more than
- * 1 s (a safety net; under a backlog latency is not the concern). Caught up (or in persistent mode, with no head to compare with) a
- * lane takes what it has after one turn of the event loop. Batches fill under
- * a backlog and flush at once when there is none.
+ * 1 s (a safety net; under a backlog latency is not the concern). Caught up
+ * (or in persistent mode, with no head to compare with) a lane takes what it
+ * has after one turn of the event loop. Batches fill under a backlog and flush
+ * at once when there is none.
  */
 import { Effect, Metric } from "effect"
 import type { ReconcilerError } from "../Errors.js"
