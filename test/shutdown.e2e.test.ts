@@ -1,7 +1,9 @@
 /**
- * Graceful shutdown, proven end to end: the service (`reconciler run`) runs as a
- * child process against the embedded servers running in another child process
- * (`reconciler embedded`), through the real clients, while events keep coming.
+ * Graceful shutdown, proven end to end: the service runs as the README tells
+ * operators to run it — the compiled `reconciler` bin itself (`reconciler run`),
+ * signalled directly, no wrapper — against the embedded servers running in
+ * another child process (`reconciler embedded`), through the real clients,
+ * while events keep coming.
  *
  * The projection is the test ledger (test/support/ledger.ts): every document
  * lists the ids of the events applied to it, in order, so a lost, doubled or
@@ -12,7 +14,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Fiber } from "effect"
 import { MongoClient } from "mongodb"
 import type { Child } from "./support/child.js"
-import { spawn, until } from "./support/child.js"
+import { alive, BIN, descendants, spawn, until } from "./support/child.js"
 
 const DOCS = 40
 const STREAMS = 12
@@ -65,7 +67,7 @@ const harness = (mode: "catch-up" | "persistent") =>
   Effect.gen(function*() {
     // ---- the servers, in their own process ---------------------------------
     // A crashed service's open transaction is aborted after 3 s instead of MongoDB's 60.
-    const servers = yield* spawn("src/bin/reconciler.ts", [
+    const servers = yield* spawn(BIN, [
       "embedded",
       "--eventstore-port",
       "0",
@@ -89,7 +91,7 @@ const harness = (mode: "catch-up" | "persistent") =>
     }
     /** The service, once it runs (its signal handlers are installed before it logs). */
     const service = () =>
-      spawn("src/bin/reconciler.ts", ["run", "--module", "test/support/ledger.ts"], env).pipe(
+      spawn(BIN, ["run", "--module", "test/support/ledger.ts"], env).pipe(
         Effect.tap((child) => child.line(/reconciling ledger/))
       )
 
@@ -165,6 +167,7 @@ describe("graceful shutdown, end to end", () => {
       yield* until("the service to be under way", Effect.map(checkpoint, (c) => c >= 200n))
       const before = yield* checkpoint
       const stillBehind = (yield* head) > before
+      const tree = descendants(first.process.pid!)
       const stopping = Date.now()
       yield* first.kill("SIGTERM")
       const exit = yield* first.exit(`${DRAIN_TIMEOUT_MS * 2} millis`)
@@ -172,6 +175,8 @@ describe("graceful shutdown, end to end", () => {
       expect(stillBehind).toBe(true)
       expect(exit).toEqual({ code: 0, signal: null })
       expect(took).toBeLessThan(DRAIN_TIMEOUT_MS)
+      expect(first.output()).toMatch(/reconciler: SIGTERM: stopping — draining/)
+      expect(tree.filter(alive)).toEqual([]) // nothing it started outlives it
       // The checkpoint was committed, and the read model holds exactly the events up to it.
       const committed = yield* checkpoint
       expect(committed).toBeGreaterThanOrEqual(before)
