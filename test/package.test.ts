@@ -264,5 +264,30 @@ export const ledger = Projection.make({
       const events = yield* recorded
       expect(events).toHaveLength(2500)
       expect(yield* readModel).toEqual(referenceFold(events))
-    }), { timeout: 180_000 })
+
+      // Started through npm — a script without `exec`, and npx — SIGTERM to npm itself: npm's shell
+      // (or npx) dies without passing it on, the bin sees its parent go and drains all the same.
+      const scripts = JSON.parse(fs.readFileSync(path.join(app, "package.json"), "utf8"))
+      fs.writeFileSync(
+        path.join(app, "package.json"),
+        JSON.stringify({ ...scripts, scripts: { service: "reconciler run --module ledger.js" } }, null, 2)
+      )
+      for (const [launcher, args] of [["npm", ["run", "service"]], ["npx", ["reconciler", "run", "--module", "ledger.js"]]] as const) {
+        yield* append(1000, launcher.length)
+        const before = yield* checkpoint
+        const started = yield* spawn(launcher, args, { ...cleanEnv(), ...env }, { cwd: app })
+        yield* started.line(/reconciling ledger/)
+        yield* until(`the service under ${launcher} to be under way`, Effect.map(checkpoint, (c) => c > before))
+        const launched = [started.process.pid!, ...descendants(started.process.pid!)]
+        // Should the test fail, nothing it started may outlive it (orphans are no longer anyone's children).
+        yield* Effect.addFinalizer(() => Effect.sync(() => launched.filter(alive).forEach((pid) => process.kill(pid, "SIGKILL"))))
+        process.kill(started.process.pid!, "SIGTERM")
+        yield* started.line(/reconciler: parent process \d+ exited: stopping — draining/)
+        yield* until(`everything ${launcher} started to exit`, Effect.sync(() => launched.filter(alive).length === 0))
+        const stoppedAt = yield* checkpoint
+        expect(stoppedAt, launcher).toBeGreaterThan(before)
+        expect(started.output()).toMatch(/stopped; checkpoints committed/)
+        expect(yield* readModel).toEqual(referenceFold((yield* recorded).filter((e) => e.position <= stoppedAt)))
+      }
+    }), { timeout: 240_000 })
 })

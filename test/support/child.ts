@@ -26,7 +26,7 @@ export interface Child {
   readonly process: ChildProcess
   /** Everything printed so far, stdout and stderr interleaved by line. */
   readonly output: () => string
-  /** The first line (past or future) matching `pattern`; fails if the child exits first or after `timeout`. */
+  /** The first line (past or future) matching `pattern`; fails if the output ends first or after `timeout`. */
   readonly line: (pattern: RegExp, timeout?: Duration.DurationInput) => Effect.Effect<RegExpMatchArray, ChildError>
   /** The child's exit; fails after `timeout`. */
   readonly exit: (timeout?: Duration.DurationInput) => Effect.Effect<Exit, ChildError>
@@ -72,9 +72,14 @@ export const spawn = (
       }
       collect(child.stdout!)
       collect(child.stderr!)
+      // Output may go on after the exit: a grandchild (what npm or npx started) keeps the pipes open.
+      let closed = false
       child.on("exit", (code, signal) => {
         exitValue = { code, signal }
         Deferred.unsafeDone(exited, Effect.succeed(exitValue))
+      })
+      child.on("close", () => {
+        closed = true
         for (const wake of waiters) wake()
       })
       const output = () => lines.join("\n")
@@ -88,7 +93,7 @@ export const spawn = (
               const match = lines[from]!.match(pattern)
               if (match) return done(Effect.succeed(match))
             }
-            if (exitValue !== undefined) {
+            if (closed) {
               done(Effect.fail(new ChildError({ message: `exited (${JSON.stringify(exitValue)}) before printing ${pattern}: ${describe()}` })))
             }
           }
