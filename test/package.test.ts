@@ -199,7 +199,7 @@ describe("the packed package, installed into an app of its own", () => {
       expect(typescript.output()).toMatch(/ledger\.ts is TypeScript, which Node v[\d.]+ does not load by itself: compile it \(tsc\) and pass the \.js file/)
     }), { timeout: 120_000 })
 
-  it.scopedLive("the installed bin against `reconciler embedded`: SIGTERM to the bin mid-stream drains and exits 0; a restart converges", () =>
+  it.scopedLive("the installed bin against `reconciler embedded`: SIGTERM to the bin mid-stream drains and exits 0; a restart converges; so under npm run and npx", () =>
     Effect.gen(function*() {
       // The test ledger (test/support/ledger.ts) in plain JavaScript, importing the installed package.
       fs.writeFileSync(
@@ -259,8 +259,9 @@ export const ledger = Projection.make({
       const second = yield* service()
       const target = yield* head
       yield* until("the restart to reach the head", Effect.map(checkpoint, (c) => c >= target), { attempts: 1200 })
-      process.kill(second.process.pid!, "SIGTERM")
+      process.kill(second.process.pid!, "SIGINT") // Ctrl-C drains the same way
       expect(yield* second.exit()).toEqual({ code: 0, signal: null })
+      expect(second.output()).toMatch(/reconciler: SIGINT: stopping — draining/)
       const events = yield* recorded
       expect(events).toHaveLength(2500)
       expect(yield* readModel).toEqual(referenceFold(events))
