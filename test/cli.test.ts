@@ -16,7 +16,9 @@ import * as MongoReadModelStore from "../src/MongoReadModelStore.js"
 import * as ConnectionString from "../src/internal/connectionString.js"
 import * as Progress from "../src/internal/progress.js"
 import * as Usage from "../src/internal/usage.js"
-import { BIN, spawn } from "./support/child.js"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { BIN, root, spawn } from "./support/child.js"
 import { ledger } from "./support/ledger.js"
 
 /** No endpoints from the developer's environment leak into these runs. */
@@ -318,10 +320,15 @@ describe("connection strings", () => {
     const secret = "hunter2-do-not-print"
     for (const good of [
       "esdb://127.0.0.1:2113?tls=false",
-      `esdb+discover://admin:${secret}@a:2113,b:2113?nodePreference=leader`,
-      `kurrentdb://admin:${secret}@db:2113?tls=true&tlsVerifyCert=false`,
-      "kdb+discover://cluster.example.com:2113"
+      `esdb+discover://admin:${secret}@a:2113,b:2113?nodePreference=leader`
     ]) expect(ConnectionString.eventStoreProblem(good), good).toBeUndefined()
+    // KurrentDB's schemes are its client's to parse (the package is an optional peer dependency).
+    const kurrent = fs.existsSync(path.join(root, "node_modules", "@kurrent", "kurrentdb-client"))
+    for (const good of [`kurrentdb://admin:${secret}@db:2113?tls=true&tlsVerifyCert=false`, "kurrent+discover://cluster.example.com:2113"]) {
+      const found = ConnectionString.eventStoreProblem(good)
+      if (kurrent) expect(found, good).toBeUndefined()
+      else expect(found, good).toBe("this connection string needs the @kurrent/kurrentdb-client package: npm install @kurrent/kurrentdb-client")
+    }
     const bad: ReadonlyArray<readonly [string, RegExp]> = [
       [`http://admin:${secret}@db:2113`, /expected esdb:\/\/ or esdb\+discover:\/\//],
       [`esdb://admin:${secret}@db:x2113`, /expected port number/],

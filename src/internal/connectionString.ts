@@ -4,22 +4,46 @@
  * code 2 from the command line) instead of a connection failure minutes later.
  * The messages never repeat the connection string: it may carry a password.
  */
-import { parseConnectionString } from "@eventstore/db-client/dist/Client/parseConnectionString.js"
 import { Config, ConfigError, Either, Redacted } from "effect"
 import { MongoClient } from "mongodb"
+import { createRequire } from "node:module"
 
-/** The KurrentDB schemes take the same grammar as `esdb://` (the KurrentDB client accepts both). */
-const KURRENT_SCHEME = /^\s*(kurrentdb|kurrent|kdb)(\+discover)?:\/\//i
+/** `kurrentdb://`, `kurrent://` (and `+discover`) are the KurrentDB client's; anything else is the 6.x client's. */
+const KURRENT_SCHEME = /^\s*kurrent(db)?(\+discover)?:\/\//i
+
+const require = createRequire(import.meta.url)
+
+/**
+ * The connection-string parser of the client package `value` selects, loaded on
+ * first use: the two packages' generated protobuf code registers on one global
+ * namespace, so a process loads only the one it connects with (loading a parser
+ * loads its package's protocol code).
+ */
+const parserFor = (value: string): ((connectionString: string) => unknown) | string => {
+  const kurrent = KURRENT_SCHEME.test(value)
+  const pkg = kurrent ? "@kurrent/kurrentdb-client" : "@eventstore/db-client"
+  try {
+    return (require(`${pkg}/dist/Client/parseConnectionString.js`) as {
+      parseConnectionString: (connectionString: string) => unknown
+    }).parseConnectionString
+  } catch (error) {
+    return (error as { code?: unknown } | null)?.code === "MODULE_NOT_FOUND"
+      ? `this connection string needs the ${pkg} package: npm install ${pkg}`
+      : `cannot load the parser of ${pkg}: ${error instanceof Error ? error.message : String(error)}`
+  }
+}
 
 /** Why `value` is not an EventStoreDB / KurrentDB connection string, or undefined when it is one. */
 export const eventStoreProblem = (value: string): string | undefined => {
+  const parse = parserFor(value)
+  if (typeof parse === "string") return parse
   const warnings: Array<string> = []
   const warn = console.warn
   // The parser warns (printing the whole string, password included) about options
   // it ignores: capture that and report the option instead.
   console.warn = (...args: Array<unknown>) => void warnings.push(args.map(String).join(" "))
   try {
-    parseConnectionString(value.replace(KURRENT_SCHEME, (_, _scheme, discover = "") => `esdb${discover}://`))
+    parse(value)
   } catch (error) {
     const text = error instanceof Error ? error.message : String(error)
     // `Unexpected "<piece of the string>" at position N, expected X.`: keep the position and the expectation.
