@@ -33,6 +33,7 @@ import type { Runnable } from "./Projection.js"
 import { ReadModelStore as ReadModelStoreTag } from "./ReadModelStore.js"
 import type { ReadModelStore, StoreError } from "./ReadModelStore.js"
 import * as Reconciler from "./Reconciler.js"
+import * as ConnectionString from "./internal/connectionString.js"
 
 // ---- endpoints ----------------------------------------------------------------
 
@@ -52,13 +53,16 @@ export class Endpoints extends Context.Tag("effect-reconciler/App/Endpoints")<En
  * `EVENTSTORE_CONNECTION_STRING`, `MONGODB_URI` (both redacted, optional when
  * `RECONCILER_EMBEDDED` is true), `MONGODB_DATABASE` (default `read_models`),
  * `RECONCILER_EMBEDDED` (default false), `RECONCILER_DATA_DIR` (journal of the
- * embedded servers; in memory when absent).
+ * embedded servers; in memory when absent). A connection string that is set is
+ * parsed with its client's parser: a malformed one is `InvalidData` naming the
+ * variable (never quoting the value).
  *
  * @since 0.1.0
  */
 export const endpointsConfig = Config.all({
-  eventStore: Config.option(Config.redacted("EVENTSTORE_CONNECTION_STRING")),
-  mongo: Config.option(Config.redacted("MONGODB_URI")),
+  // Parsed (not connected) here, so that a malformed one fails before anything starts.
+  eventStore: Config.option(ConnectionString.checked("EVENTSTORE_CONNECTION_STRING", ConnectionString.eventStoreProblem)),
+  mongo: Config.option(ConnectionString.checked("MONGODB_URI", ConnectionString.mongoProblem)),
   database: Config.string("MONGODB_DATABASE").pipe(Config.withDefault("read_models")),
   embedded: Config.boolean("RECONCILER_EMBEDDED").pipe(Config.withDefault(false)),
   dataDir: Config.option(Config.string("RECONCILER_DATA_DIR"))
@@ -132,7 +136,9 @@ export const portsLayer: Layer.Layer<EventSource | ReadModelStore, EventSourceEr
 
 /**
  * Everything a projection needs to run, from configuration: the endpoints and
- * the ports over them.
+ * the ports over them. Every setting ({@link endpointsConfig}, {@link settings})
+ * is read and checked first: a bad one fails the layer before any server
+ * starts or any client connects.
  *
  * @since 0.1.0
  */
@@ -141,7 +147,10 @@ export const layer = (
 ): Layer.Layer<
   EventSource | ReadModelStore | Endpoints,
   ConfigError.ConfigError | EmbeddedServerError | EventSourceError | StoreError
-> => portsLayer.pipe(Layer.provideMerge(endpointsLayer(options)))
+> =>
+  Layer.unwrapEffect(
+    Effect.as(checkConfig, portsLayer.pipe(Layer.provideMerge(endpointsLayer(options))))
+  )
 
 // ---- engine settings ---------------------------------------------------------
 
@@ -169,6 +178,16 @@ export const settings: Config.Config<Reconciler.RunOptions> = Config.all({
   commitInterval: Config.duration("RECONCILER_COMMIT_INTERVAL").pipe(Config.withDefault(Duration.seconds(1))),
   group: Config.option(Config.string("RECONCILER_GROUP")).pipe(Config.map(Option.getOrUndefined))
 })
+
+/**
+ * Reads and checks every setting of the service without starting or connecting
+ * anything: fails with the `ConfigError` naming the first bad variable.
+ *
+ * @since 0.1.0
+ */
+export const checkConfig: Effect.Effect<void, ConfigError.ConfigError> = Effect.asVoid(
+  Effect.all([endpointsConfig, settings])
+)
 
 /** A description of where the service runs, safe to log (no connection strings). @since 0.1.0 */
 export const describeEndpoints = (endpoints: Endpoints["Type"]): string =>

@@ -1,37 +1,74 @@
-#!/usr/bin/env -S npx tsx
+#!/usr/bin/env node
 /**
- * The `reconciler` command line.
+ * The `reconciler` command line, a plain node program (compiled to
+ * `dist/bin/reconciler.js`, the package's bin).
  *
  * ```sh
- * reconciler run --module examples/openbank.ts [--mode catch-up|persistent] [--lanes N] [--batch-size N]
- * reconciler status --module examples/openbank.ts
- * reconciler dead-letters list  --module examples/openbank.ts [--projection NAME]
- * reconciler dead-letters retry --module examples/openbank.ts [--projection NAME]
+ * reconciler run --module dist/projections.js [--mode catch-up|persistent] [--lanes N] [--batch-size N]
+ * reconciler status --module dist/projections.js
+ * reconciler dead-letters list  --module dist/projections.js [--projection NAME]
+ * reconciler dead-letters retry --module dist/projections.js [--projection NAME]
  * reconciler embedded --eventstore-port P --mongo-port Q [--data-dir D] [--transaction-lifetime-limit-seconds S]
  * ```
  *
- * Endpoints and engine settings come from the environment (see docs/service.md);
- * flags override the engine settings. Connection strings are never printed.
- * `--help` on every command; an unknown flag or a bad value exits with code 2.
+ * Endpoints and engine settings come from the environment (listed by `--help`);
+ * flags override the engine settings. Every setting is checked before anything
+ * starts or connects. Connection strings are never printed. `--help` on every
+ * command; an unknown flag or a bad value or setting exits with code 2.
+ *
+ * Only the command line itself is loaded up front: the clients, the drivers and
+ * the embedded servers are imported by the commands that use them.
  *
  * @since 0.1.0
  */
-import { Command, Options, ValidationError } from "@effect/cli"
-import { NodeContext, NodeRuntime } from "@effect/platform-node"
-import { Cause, ConfigError, Console, Effect, Exit, Option, Schema } from "effect"
+import { Command, HelpDoc, Options, ValidationError } from "@effect/cli"
+import * as Span from "@effect/cli/HelpDoc/Span"
+import * as NodeContext from "@effect/platform-node/NodeContext"
+// Single modules of effect, not its index: `--help` must not load all of effect.
+import * as Arr from "effect/Array"
+import * as Cause from "effect/Cause"
+import * as ConfigError from "effect/ConfigError"
+import * as Console from "effect/Console"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as Schema from "effect/Schema"
 import * as path from "node:path"
-import * as App from "../App.js"
-import * as EventStoreServer from "../embedded/EventStoreServer.js"
-import * as MongoServer from "../embedded/MongoServer.js"
-import { checkpointId } from "../Projection.js"
-import { ReadModelStore } from "../ReadModelStore.js"
-import * as Cli from "../internal/cli.js"
+import type * as AppModule from "../App.js"
+import type { Runnable } from "../Projection.js"
+import * as Signals from "../internal/signals.js"
+import * as Usage from "../internal/usage.js"
+
+/** The service (clients, drivers, embedded servers): loaded by the commands that connect. */
+const loadApp = Effect.promise(() => import("../App.js"))
+/** Loading modules of projections, the engine, the store's port: loaded by the commands that use them. */
+const loadCli = Effect.promise(() => import("../internal/cli.js"))
+const loadLibrary = Effect.promise(() => Promise.all([import("../Projection.js"), import("../ReadModelStore.js")]))
+
+// ---- help --------------------------------------------------------------------------
+
+/** A command's description, then the environment variables it reads, each with its default. */
+const described = (text: string, ...groups: ReadonlyArray<ReadonlyArray<Usage.Variable>>) =>
+  HelpDoc.blocks([
+    HelpDoc.p(text),
+    HelpDoc.h2("ENVIRONMENT"),
+    HelpDoc.descriptionList(
+      Arr.map(
+        Arr.append(groups.flat(), Usage.noColor),
+        (v): [Span.Span, HelpDoc.HelpDoc] => [Span.text(v.name), HelpDoc.p(`${v.meaning} (default: ${v.default})`)]
+      )
+    )
+  ])
 
 // ---- shared options ------------------------------------------------------------
 
 const modulePath = Options.file("module", { exists: "yes" }).pipe(
   Options.withAlias("m"),
-  Options.withDescription("a module exporting projections (an array named `projections`, or each as an export)")
+  Options.withDescription(
+    "a compiled module (.js, .mjs) exporting projections (an array named `projections`, or each as an export); " +
+      "a .ts module is loaded through tsx when tsx is installed"
+  )
 )
 
 const embedded = Options.boolean("embedded").pipe(
@@ -53,11 +90,28 @@ const positive = (name: string, description: string) =>
     Options.withDescription(description)
   )
 
-/** The app's layer: endpoints (and embedded servers when asked), the ports over them. */
-const appLayer = (useEmbedded: boolean) => App.layer(useEmbedded ? { embedded: true } : {})
-
-const projectionsOf = (module: string, names: ReadonlyArray<string>) =>
-  Cli.loadRunnables(module).pipe(Effect.flatMap((runnables) => Cli.select(runnables, names)))
+/**
+ * Checks every setting (nothing started, nothing connected), loads the module,
+ * then provides the app's layer (endpoints, embedded servers when asked, the
+ * ports) to `use`. The addresses of embedded servers are printed once they listen.
+ */
+const withApp = <A, E, R>(
+  args: { readonly module: string; readonly projection: ReadonlyArray<string>; readonly embedded: boolean },
+  use: (app: typeof AppModule, runnables: ReadonlyArray<Runnable>) => Effect.Effect<A, E, R>
+) =>
+  Effect.gen(function*() {
+    const [app, Cli] = yield* Effect.all([loadApp, loadCli])
+    yield* app.checkConfig
+    const runnables = yield* Cli.loadRunnables(args.module).pipe(Effect.flatMap((all) => Cli.select(all, args.projection)))
+    return yield* Effect.gen(function*() {
+      const endpoints = yield* app.Endpoints
+      if (endpoints.eventStore.embedded) {
+        yield* Console.log(`embedded EventStoreDB listening on ${Redacted.value(endpoints.eventStore.connectionString)}`)
+      }
+      if (endpoints.mongo.embedded) yield* Console.log(`embedded MongoDB listening on ${Redacted.value(endpoints.mongo.uri)}`)
+      return yield* use(app, runnables)
+    }).pipe(Effect.provide(app.layer(args.embedded ? { embedded: true } : {})))
+  })
 
 // ---- run -----------------------------------------------------------------------
 
@@ -75,17 +129,18 @@ const run = Command.make(
     embedded
   },
   (args) =>
-    Effect.gen(function*() {
-      const runnables = yield* projectionsOf(args.module, args.projection)
-      yield* App.run(runnables, {
+    withApp(args, (app, runnables) =>
+      app.run(runnables, {
         mode: Option.getOrUndefined(args.mode),
         lanes: Option.getOrUndefined(args.lanes),
         batchSize: Option.getOrUndefined(args.batchSize)
-      }).pipe(Effect.provide(appLayer(args.embedded)))
-    })
-).pipe(Command.withDescription(
-  "Run the projections of a module until SIGINT/SIGTERM; then drain, commit the checkpoints and exit 0."
-))
+      }))
+).pipe(Command.withDescription(described(
+  "Run the projections of a module until SIGINT/SIGTERM; then drain, commit the checkpoints and exit 0. " +
+    "A second signal during the drain stops at once.",
+  Usage.endpointVariables,
+  Usage.engineVariables
+)))
 
 // ---- status --------------------------------------------------------------------
 
@@ -93,20 +148,22 @@ const status = Command.make(
   "status",
   { module: modulePath, projection: projectionNames, embedded },
   (args) =>
-    Effect.gen(function*() {
-      const runnables = yield* projectionsOf(args.module, args.projection)
-      const endpoints = yield* App.Endpoints
-      const statuses = yield* App.status(runnables)
-      const show = (o: Option.Option<bigint>) => Option.match(o, { onNone: () => "-", onSome: String })
-      yield* Console.log(App.describeEndpoints(endpoints))
-      yield* Console.log(Cli.table(
-        ["projection", "checkpoint", "head", "lag", "dead letters"],
-        statuses.map((s) => [s.projection, show(s.checkpoint), show(s.head), String(s.lag), String(s.deadLetters)])
-      ))
-    }).pipe(Effect.provide(appLayer(args.embedded)))
-).pipe(Command.withDescription(
-  "Per projection: committed checkpoint, head position of its categories, lag (in positions) and dead-letter count."
-))
+    withApp(args, (app, runnables) =>
+      Effect.gen(function*() {
+        const Cli = yield* loadCli
+        const endpoints = yield* app.Endpoints
+        const statuses = yield* app.status(runnables)
+        const show = (o: Option.Option<bigint>) => Option.match(o, { onNone: () => "-", onSome: String })
+        yield* Console.log(app.describeEndpoints(endpoints))
+        yield* Console.log(Cli.table(
+          ["projection", "checkpoint", "head", "lag", "dead letters"],
+          statuses.map((s) => [s.projection, show(s.checkpoint), show(s.head), String(s.lag), String(s.deadLetters)])
+        ))
+      }))
+).pipe(Command.withDescription(described(
+  "Per projection: committed checkpoint, head position of its categories, lag (in positions) and dead-letter count.",
+  Usage.endpointVariables
+)))
 
 // ---- dead letters -----------------------------------------------------------------
 
@@ -114,51 +171,57 @@ const list = Command.make(
   "list",
   { module: modulePath, projection: projectionNames, embedded },
   (args) =>
-    Effect.gen(function*() {
-      const runnables = yield* projectionsOf(args.module, args.projection)
-      const store = yield* ReadModelStore
-      const rows: Array<Array<string>> = []
-      for (const runnable of runnables) {
-        for (const letter of yield* store.deadLetters(checkpointId(runnable))) {
-          rows.push([
-            letter.projection,
-            letter.eventId,
-            letter.eventType,
-            `${letter.streamId}@${letter.revision}`,
-            String(letter.position),
-            letter.at.toISOString(),
-            letter.reason.split("\n")[0]!
-          ])
+    withApp(args, (_, runnables) =>
+      Effect.gen(function*() {
+        const [Cli, [{ checkpointId }, { ReadModelStore }]] = yield* Effect.all([loadCli, loadLibrary])
+        const store = yield* ReadModelStore
+        const rows: Array<Array<string>> = []
+        for (const runnable of runnables) {
+          for (const letter of yield* store.deadLetters(checkpointId(runnable))) {
+            rows.push([
+              letter.projection,
+              letter.eventId,
+              letter.eventType,
+              `${letter.streamId}@${letter.revision}`,
+              String(letter.position),
+              letter.at.toISOString(),
+              letter.reason.split("\n")[0]!
+            ])
+          }
         }
-      }
-      yield* Console.log(Cli.table(["projection", "event", "type", "stream@revision", "position", "at", "reason"], rows))
-      yield* Console.log(`${rows.length} dead letter${rows.length === 1 ? "" : "s"}`)
-    }).pipe(Effect.provide(appLayer(args.embedded)))
-).pipe(Command.withDescription("List the dead-lettered events of the module's projections, with their reasons."))
+        yield* Console.log(Cli.table(["projection", "event", "type", "stream@revision", "position", "at", "reason"], rows))
+        yield* Console.log(`${rows.length} dead letter${rows.length === 1 ? "" : "s"}`)
+      }))
+).pipe(Command.withDescription(described(
+  "List the dead-lettered events of the module's projections, with their reasons.",
+  Usage.endpointVariables
+)))
 
 const retry = Command.make(
   "retry",
   { module: modulePath, projection: projectionNames, embedded },
   (args) =>
-    Effect.gen(function*() {
-      const runnables = yield* projectionsOf(args.module, args.projection)
-      let failures = 0
-      for (const runnable of runnables) {
-        const outcome = yield* Cli.retryDeadLetters(runnable)
-        failures += outcome.failed.length + outcome.superseded.length
-        yield* Console.log(
-          `${runnable.name}: ${outcome.retried.length} retried, ${outcome.failed.length} failed again, ` +
-            `${outcome.superseded.length} superseded (a later event already applied; rebuild to apply)`
-        )
-        for (const { letter, reason } of outcome.failed) {
-          yield* Console.log(`  ${letter.eventId} (${letter.eventType}): ${reason.split("\n")[0]}`)
+    withApp(args, (_, runnables) =>
+      Effect.gen(function*() {
+        const Cli = yield* loadCli
+        let failures = 0
+        for (const runnable of runnables) {
+          const outcome = yield* Cli.retryDeadLetters(runnable)
+          failures += outcome.failed.length + outcome.superseded.length
+          yield* Console.log(
+            `${runnable.name}: ${outcome.retried.length} retried, ${outcome.failed.length} failed again, ` +
+              `${outcome.superseded.length} superseded (a later event already applied; rebuild to apply)`
+          )
+          for (const { letter, reason } of outcome.failed) {
+            yield* Console.log(`  ${letter.eventId} (${letter.eventType}): ${reason.split("\n")[0]}`)
+          }
         }
-      }
-      if (failures > 0) yield* Effect.sync(() => (process.exitCode = 1))
-    }).pipe(Effect.provide(appLayer(args.embedded)))
-).pipe(Command.withDescription(
-  "Apply the dead letters again with the projections as they are now (after a fix); remove those that apply."
-))
+        if (failures > 0) yield* Effect.sync(() => (process.exitCode = 1))
+      }))
+).pipe(Command.withDescription(described(
+  "Apply the dead letters again with the projections as they are now (after a fix); remove those that apply.",
+  Usage.endpointVariables
+)))
 
 const deadLetters = Command.make("dead-letters").pipe(
   Command.withDescription("Inspect and retry dead-lettered events."),
@@ -192,6 +255,9 @@ const embeddedServers = Command.make(
   },
   (args) =>
     Effect.gen(function*() {
+      const [EventStoreServer, MongoServer] = yield* Effect.promise(() =>
+        Promise.all([import("../embedded/EventStoreServer.js"), import("../embedded/MongoServer.js")])
+      )
       const dataDir = (name: string) => Option.getOrUndefined(Option.map(args.dataDir, (dir) => path.join(dir, name)))
       const eventStore = yield* EventStoreServer.make({ port: args.eventstorePort, dataDir: dataDir("eventstore") })
       const mongo = yield* MongoServer.make({
@@ -206,14 +272,18 @@ const embeddedServers = Command.make(
       )
       return yield* Effect.never
     }).pipe(Effect.scoped)
-).pipe(Command.withDescription(
+).pipe(Command.withDescription(described(
   "Run the embedded EventStoreDB and MongoDB servers in the foreground until SIGINT/SIGTERM (development and tests only)."
-))
+)))
 
 // ---- the command line ----------------------------------------------------------------
 
 const reconciler = Command.make("reconciler").pipe(
-  Command.withDescription("Keeps MongoDB read models reconciled with EventStoreDB events."),
+  Command.withDescription(described(
+    "Keeps MongoDB read models reconciled with EventStoreDB events.",
+    Usage.endpointVariables,
+    Usage.engineVariables
+  )),
   Command.withSubcommands([run, status, deadLetters, embeddedServers])
 )
 
@@ -235,18 +305,16 @@ const main = cli(process.argv).pipe(
   // A missing or malformed setting in the environment is bad usage too.
   Effect.catchIf(ConfigError.isConfigError, (error) =>
     Console.error(`reconciler: configuration: ${String(error)}`).pipe(Effect.zipRight(Effect.sync(() => (process.exitCode = USAGE))))),
-  Effect.tapErrorCause((cause) => Cause.isInterruptedOnly(cause) ? Effect.void : Console.error(`reconciler: ${message(cause)}`))
+  Effect.tapErrorCause((cause) => Cause.isInterruptedOnly(cause) ? Effect.void : Console.error(`reconciler: ${message(cause)}`)),
+  (program) => (Usage.plainOutput() ? Usage.withPlainConsole(program) : program)
 )
 
-NodeRuntime.runMain(main, {
-  disableErrorReporting: true,
-  teardown: (exit, onExit) => {
-    const code = Exit.isSuccess(exit)
+Signals.runMain(main, {
+  name: "reconciler",
+  exitCode: (exit, stopped) =>
+    Exit.isSuccess(exit)
       ? Number(process.exitCode ?? 0)
-      : Cause.isInterruptedOnly(exit.cause)
+      : Cause.isInterruptedOnly(exit.cause) && stopped
       ? 0
       : 1
-    onExit(code)
-    process.exit(code)
-  }
 })
