@@ -433,7 +433,9 @@ const streamInterleaving = (
   { records }: Prepared,
   choices: ReadonlyArray<number>
 ): void => {
-  // Another order that keeps each stream's order: at each step, `choices` picks the stream that goes next.
+  // Another order that keeps each stream's order: at each step, `choices` picks the
+  // stream that goes next among those left, by the recorded order of their next
+  // events — so choices of 0 are the recorded order, and shrinking heads back to it.
   const queues = new Map<string, Array<InMemory.RecordedEvent>>()
   for (const r of records) {
     const queue = queues.get(r.streamId)
@@ -443,6 +445,7 @@ const streamInterleaving = (
   const pending = [...queues.values()]
   const reordered: Array<InMemory.RecordedEvent> = []
   for (let step = 0; pending.length > 0; step++) {
+    pending.sort((a, b) => Number(a[0]!.position - b[0]!.position))
     const at = (choices[step] ?? 0) % pending.length
     reordered.push(pending[at]!.shift()!)
     if (pending[at]!.length === 0) pending.splice(at, 1)
