@@ -84,7 +84,8 @@ export const ids = (prefix: string, count: number): fc.Arbitrary<string> =>
  */
 export const arbitrary = <Events extends Projection.EventSchemas>(
   projection: Projection.Projection<Events, any>,
-  options: Options<Events> = {}
+  // Options for a wider set of events (shared by several projections) fit too.
+  options: Options<NoInfer<Events>> = {}
 ): fc.Arbitrary<History<Events>> => {
   const weights = (options.weights ?? {}) as Record<string, number | undefined>
   const types = Object.keys(projection.events).filter((type) => (weights[type] ?? 1) > 0)

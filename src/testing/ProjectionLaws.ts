@@ -134,7 +134,8 @@ export interface Report {
  */
 export const check = <Events extends Projection.EventSchemas, Doc>(
   projection: Projection.Projection<Events, Doc>,
-  options: Options<Events> = {}
+  // Options for a wider set of events (shared by several projections) fit too.
+  options: Options<NoInfer<Events>> = {}
 ): Effect.Effect<Report, ProjectionLawsFailed> =>
   Effect.gen(function*() {
     const mode = options.mode ?? "catch-up"
@@ -452,13 +453,21 @@ const streamInterleaving = (
   }
   const indexOf = (r: InMemory.RecordedEvent) => Number(r.position) - 1
   const inOrder = fold(projection, records)
-  const otherwise = fold(projection, reordered, {}, indexOf)
-  const difference = compareFolds(projection, inOrder, otherwise, ["recorded order", "other order"])
-  if (difference !== undefined) {
-    throw new Broken(
-      "not safe for persistent mode: delivered in another order that keeps each stream's order " +
-        `(#${reordered.map(indexOf).join(", #")}), the documents differ from the recorded order's:\n${difference}`
-    )
+  // Besides the random order, each swap of two neighbours of different streams: a
+  // check that depends on the history alone, so that it shrinks to two events.
+  const orders = [reordered]
+  for (let i = 0; i + 1 < records.length; i++) {
+    if (records[i]!.streamId === records[i + 1]!.streamId) continue
+    orders.push([...records.slice(0, i), records[i + 1]!, records[i]!, ...records.slice(i + 2)])
+  }
+  for (const order of orders) {
+    const difference = compareFolds(projection, inOrder, fold(projection, order, {}, indexOf), ["recorded order", "other order"])
+    if (difference !== undefined) {
+      throw new Broken(
+        "not safe for persistent mode: delivered in another order that keeps each stream's order " +
+          `(#${order.map(indexOf).join(", #")}), the documents differ from the recorded order's:\n${difference}`
+      )
+    }
   }
 }
 

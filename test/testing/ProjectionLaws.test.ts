@@ -16,7 +16,7 @@ const withoutEngine: ReadonlyArray<ProjectionLaws.Law> = ["determinism", "no-mut
 
 /** Runs the check expecting it to fail; returns the failure. */
 const broken = (
-  projection: Projection.Projection<any, any>,
+  projection: Projection.Projection<typeof F.events, any>,
   options: ProjectionLaws.Options<typeof F.events> = {}
 ) => Effect.flip(ProjectionLaws.check(projection, { seed, ...F.hooks, ...options }))
 
@@ -111,8 +111,8 @@ describe("ProjectionLaws", () => {
       const [failure] = error.failures
       expect(failure!.message).toContain("not safe for persistent mode")
       expect(failure!.message).toMatch(/\.balance: recorded order \d+, other order \d+/)
-      // two events of one account from two streams, delivered the other way round
-      expect(failure!.counterexample).toHaveLength(2)
+      // a few events of one account from two streams, delivered in another order
+      expect(failure!.counterexample.length).toBeLessThanOrEqual(3)
       expect(new Set(failure!.counterexample.map((e) => e.stream)).size).toBe(2)
       const report = yield* ProjectionLaws.check(F.lastWriterWins, { seed, ...F.hooks, laws: withoutEngine })
       expect(report.results).toContainEqual({ law: "stream-interleaving", skipped: "catch-up keeps the order across streams" })
