@@ -118,6 +118,17 @@ export class ProjectionLawsFailed extends Data.TaggedError("ProjectionLawsFailed
   readonly message: string
 }> {}
 
+/**
+ * The histories cannot be made as the options say (a hook yields data its
+ * schema rejects, no event type left to generate): nothing was checked.
+ *
+ * @since 0.1.0
+ */
+export class InvalidLawOptions extends Data.TaggedError("InvalidLawOptions")<{
+  readonly message: string
+  readonly cause: unknown
+}> {}
+
 /** What a passing check checked. @since 0.1.0 */
 export interface Report {
   readonly projection: string
@@ -136,13 +147,19 @@ export const check = <Events extends Projection.EventSchemas, Doc>(
   projection: Projection.Projection<Events, Doc>,
   // Options for a wider set of events (shared by several projections) fit too.
   options: Options<NoInfer<Events>> = {}
-): Effect.Effect<Report, ProjectionLawsFailed> =>
-  Effect.gen(function*() {
+): Effect.Effect<Report, ProjectionLawsFailed | InvalidLawOptions> => checkLaws(projection, options)
+
+const checkLaws = Effect.fn("ProjectionLaws.check")(
+  function*(projection: Projection.Projection<any, any>, options: Options<any>) {
+    yield* Effect.annotateCurrentSpan("projection", projection.name)
     const mode = options.mode ?? "catch-up"
     const seed = options.seed ?? ((Date.now() ^ (Math.random() * 0x7fffffff)) | 0)
     yield* Console.log(`[ProjectionLaws] ${projection.name} (${mode}): seed ${seed} (replay with { seed: ${seed} })`)
     const selected = options.laws ?? laws
-    const histories = History.arbitrary(projection, options)
+    const histories = yield* Effect.try({
+      try: () => History.arbitrary(projection, options),
+      catch: (cause) => new InvalidLawOptions({ message: messageOf(cause), cause })
+    })
     const numRuns = options.numRuns ?? 100
     const engineRuns = options.engineRuns ?? 15
     const results: Array<Report["results"][number]> = []
@@ -154,7 +171,11 @@ export const check = <Events extends Projection.EventSchemas, Doc>(
         continue
       }
       const runs = law === "redelivery" || law === "engine-under-faults" ? engineRuns : numRuns
-      const details = yield* Effect.promise(() => Promise.resolve(runLaw(projection, mode, law, histories, { seed, numRuns: runs })))
+      // The projection's failures are the properties' own; what escapes is a history that cannot be made.
+      const details = yield* Effect.tryPromise({
+        try: async () => runLaw(projection, mode, law, histories, { seed, numRuns: runs }),
+        catch: (cause) => new InvalidLawOptions({ message: `${law}: ${messageOf(cause)}`, cause })
+      })
       if (details.failed) {
         const [history] = details.counterexample as [History.History, ...Array<unknown>]
         const error = details.errorInstance
@@ -186,8 +207,11 @@ export const check = <Events extends Projection.EventSchemas, Doc>(
         ].join("\n")
       })
     }
-    return { projection: projection.name, seed, mode, results }
-  }).pipe(Effect.withSpan("ProjectionLaws.check", { attributes: { projection: projection.name } }))
+    return { projection: projection.name, seed, mode, results } satisfies Report
+  }
+)
+
+const messageOf = (cause: unknown) => cause instanceof Error ? cause.message : String(cause)
 
 const indent = (text: string) => text.split("\n").map((line) => `  ${line}`).join("\n")
 

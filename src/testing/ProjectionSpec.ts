@@ -144,29 +144,28 @@ const build = <Events extends Projection.EventSchemas, Doc>(
   return spec
 }
 
+/**
+ * Starts a spec for a projection (exported as `for`: `ProjectionSpec.for(projection)`).
+ *
+ * @since 0.1.0
+ */
 const make = <Events extends Projection.EventSchemas, Doc>(
   projection: Projection.Projection<Events, Doc>,
   options: Options = {}
 ): ProjectionSpec<Events, Doc> => build(projection, options, [], [])
 
-export {
-  /**
-   * Starts a spec for a projection.
-   *
-   * @since 0.1.0
-   */
-  make as for
-}
+export { make as for }
 
-const verify = <Doc>(
-  projection: Projection.Projection<any, Doc>,
-  options: Options,
-  given: ReadonlyArray<Input>,
-  when: ReadonlyArray<Input>,
-  expected: Readonly<Record<string, Doc>> | undefined,
-  poison: { readonly index: number; readonly reason: RegExp | string } | undefined
-): Effect.Effect<void, ProjectionSpecFailed> =>
-  Effect.gen(function*() {
+const verify = Effect.fn("ProjectionSpec.run")(
+  function*(
+    projection: Projection.Projection<any, any>,
+    options: Options,
+    given: ReadonlyArray<Input>,
+    when: ReadonlyArray<Input>,
+    expected: Readonly<Record<string, unknown>> | undefined,
+    poison: { readonly index: number; readonly reason: RegExp | string } | undefined
+  ): Effect.fn.Return<void, ProjectionSpecFailed> {
+    yield* Effect.annotateCurrentSpan("projection", projection.name)
     const mode = options.mode ?? "catch-up"
     const events = [...given, ...when]
     const setAside = mode === "catch-up" ? "dead-lettered" : "parked"
@@ -230,14 +229,15 @@ const verify = <Doc>(
       ]
       if (changes.length > 0) return yield* failure("redelivery changed the read model (it must be a no-op)", changes)
     }
-  }).pipe(Effect.withSpan("ProjectionSpec.run", { attributes: { projection: projection.name } }))
+  }
+)
 
 const defaultStream = (projection: Projection.Projection<any, any>) => `${projection.categories[0]}-1`
 
 /** What differs between the expected documents and the engine's, or nothing. */
-const compareDocuments = <Doc>(
-  projection: Projection.Projection<any, Doc>,
-  expected: Readonly<Record<string, Doc>>,
+const compareDocuments = (
+  projection: Projection.Projection<any, any>,
+  expected: Readonly<Record<string, unknown>>,
   outcome: Outcome
 ): { readonly headline: string; readonly details: ReadonlyArray<string> } | undefined => {
   const encode = Schema.encodeEither(projection.document)

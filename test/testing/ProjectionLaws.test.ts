@@ -4,7 +4,7 @@
  * keeps), with a shrunk counter-example; a seed replays a run.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, FastCheck } from "effect"
 import type { Projection } from "../../src/index.js"
 import { ProjectionLaws } from "../../src/testing/index.js"
 import * as F from "./fixtures.js"
@@ -18,7 +18,7 @@ const withoutEngine: ReadonlyArray<ProjectionLaws.Law> = ["determinism", "no-mut
 const broken = (
   projection: Projection.Projection<typeof F.events, any>,
   options: ProjectionLaws.Options<typeof F.events> = {}
-) => Effect.flip(ProjectionLaws.check(projection, { seed, ...F.hooks, ...options }))
+) => ProjectionLaws.check(projection, { seed, ...F.hooks, ...options }).pipe(Effect.catchTag("InvalidLawOptions", Effect.die), Effect.flip)
 
 describe("ProjectionLaws", () => {
   for (const mode of ["catch-up", "persistent"] as const) {
@@ -124,5 +124,15 @@ describe("ProjectionLaws", () => {
       const [a, b] = [yield* broken(F.mutating, options), yield* broken(F.mutating, options)]
       expect(a.seed).toBe(12345)
       expect(b.failures).toEqual(a.failures)
+    }))
+
+  it.effect("options that cannot make a history are a typed InvalidLawOptions, with the reason", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(ProjectionLaws.check(F.balances, { seed, fields: { amount: FastCheck.constant("lots") } }))
+      expect(error._tag).toBe("InvalidLawOptions")
+      expect(error.message).toMatch(/a hook made (Deposited|Transferred) data its schema rejects/)
+      const none = yield* Effect.flip(ProjectionLaws.check(F.balances, { seed, weights: { Deposited: 0, Transferred: 0 } }))
+      expect(none._tag).toBe("InvalidLawOptions")
+      expect(none.message).toContain("no event type of balances left to generate")
     }))
 })
