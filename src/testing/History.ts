@@ -7,7 +7,7 @@
  * @since 0.1.0
  */
 import { Arbitrary, Either, FastCheck as fc, ParseResult, Schema } from "effect"
-import type { Projection } from "../index.js"
+import type * as Projection from "../Projection.js"
 import { show } from "./internal/show.js"
 
 /**

@@ -14,7 +14,8 @@
  * @since 0.1.0
  */
 import { Console, Data, Effect, Either, FastCheck as fc, Schema } from "effect"
-import type { InMemory, Projection } from "../index.js"
+import type * as InMemory from "../InMemory.js"
+import type * as Projection from "../Projection.js"
 import * as History from "./History.js"
 import type { Faults, Mode, Outcome, Stop } from "./internal/engine.js"
 import { decodeBodies, runEngine, twiceRate } from "./internal/engine.js"

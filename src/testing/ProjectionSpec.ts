@@ -17,7 +17,7 @@
  * @since 0.1.0
  */
 import { Data, Effect, Either, Schema } from "effect"
-import type { Projection } from "../index.js"
+import type * as Projection from "../Projection.js"
 import type { Outcome } from "./internal/engine.js"
 import { decodeBodies, runEngine, twiceRate } from "./internal/engine.js"
 import type { Appended } from "./internal/records.js"

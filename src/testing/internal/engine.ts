@@ -4,7 +4,12 @@
  * reads back what it made: documents, dead letters or parked events.
  */
 import { Deferred, Effect, Either, Fiber, Logger, LogLevel, Option, Schedule, Schema } from "effect"
-import { EventSource, InMemory, Projection, ReadModelStore, Reconciler } from "../../index.js"
+// The public modules only (not the package index, which loads every adapter and client).
+import * as EventSource from "../../EventSource.js"
+import * as InMemory from "../../InMemory.js"
+import * as Projection from "../../Projection.js"
+import * as ReadModelStore from "../../ReadModelStore.js"
+import * as Reconciler from "../../Reconciler.js"
 import type { Appended } from "./records.js"
 import { identity } from "./records.js"
 

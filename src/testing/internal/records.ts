@@ -4,8 +4,9 @@
  * a fresh decoded event (new objects) every time it is asked.
  */
 import { Either, ParseResult, Schema } from "effect"
-import { EventSource, Projection } from "../../index.js"
-import type { InMemory } from "../../index.js"
+import * as EventSource from "../../EventSource.js"
+import type * as InMemory from "../../InMemory.js"
+import * as Projection from "../../Projection.js"
 
 /** An event to append: JSON data, or raw bytes for malformed payloads. */
 export interface Appended {

@@ -5,7 +5,8 @@
  * that watch every call.
  */
 import { Either, Schema } from "effect"
-import type { InMemory, Projection } from "../../index.js"
+import type * as InMemory from "../../InMemory.js"
+import type * as Projection from "../../Projection.js"
 import { decoderOf, identity } from "./records.js"
 import { show } from "./show.js"
 
