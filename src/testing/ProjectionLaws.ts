@@ -174,19 +174,13 @@ const checkLaws = Effect.fn("ProjectionLaws.check")(
       const runs = law === "redelivery" || law === "engine-under-faults" ? engineRuns : numRuns
       // The projection's failures are the properties' own; what escapes is a history that cannot be made.
       const details = yield* Effect.tryPromise({
-        try: async () => runLaw(projection, mode, law, histories, { seed, numRuns: runs }),
+        try: () => runLaw(projection, mode, law, histories, { seed, numRuns: runs }),
         catch: (cause) => new InvalidLawOptions({ message: `${law}: ${messageOf(cause)}`, cause })
       })
-      if (details.failed) {
-        const [history] = details.counterexample as [History.History, ...Array<unknown>]
-        const error = details.errorInstance
-        failures.push({
-          law,
-          message: error instanceof Error ? error.message : String(details.error),
-          counterexample: history,
-          shrinks: details.numShrinks
-        })
-      } else results.push({ law, runs: details.numRuns })
+      if (details.failure !== undefined) {
+        const { history, message, shrinks } = details.failure
+        failures.push({ law, message, counterexample: history, shrinks })
+      } else results.push({ law, runs: details.runs })
     }
     if (failures.length > 0) {
       return yield* new ProjectionLawsFailed({
@@ -218,45 +212,92 @@ const indent = (text: string) => text.split("\n").map((line) => `  ${line}`).joi
 
 // ---- running one law ------------------------------------------------------------------
 
-type Details = fc.RunDetails<[History.History, ...Array<any>]>
+/** What running a law found: nothing, or its smallest counter-example. */
+interface Verdict {
+  readonly runs: number
+  readonly failure?: { readonly history: History.History; readonly message: string; readonly shrinks: number } | undefined
+}
 
-const runLaw = (
+/** A law as a property: throws (or rejects) with `Broken` when the history breaks it. */
+interface LawProperty {
+  readonly extras: fc.Arbitrary<unknown>
+  readonly holds: (history: History.History, extras: any) => void | Promise<void>
+}
+
+const lawProperty = (projection: Projection.Projection<any, any>, mode: Mode, law: Law): LawProperty => {
+  const pure = (check: (projection: Projection.Projection<any, any>, prepared: Prepared) => void): LawProperty => ({
+    extras: fc.constant(undefined),
+    holds: (history) => check(projection, prepare(projection, history))
+  })
+  switch (law) {
+    case "determinism":
+      return pure(determinism)
+    case "no-mutation":
+      return pure(noMutation)
+    case "stable-partition":
+      return pure(stablePartition)
+    case "schema-round-trip":
+      return pure(schemaRoundTrip)
+    case "stream-interleaving":
+      return {
+        extras: fc.array(fc.nat({ max: 1_000 }), { maxLength: 64 }),
+        holds: (history, choices) => streamInterleaving(projection, prepare(projection, history), choices)
+      }
+    case "redelivery":
+      return {
+        extras: fc.record({ lanes: fc.integer({ min: 1, max: 4 }), batchSize: fc.integer({ min: 1, max: 8 }) }),
+        holds: (history, params) => violation(redelivery(projection, mode, prepare(projection, history), params))
+      }
+    case "engine-under-faults":
+      return {
+        extras: faultsArbitrary,
+        holds: (history, params) => violation(underFaults(projection, mode, prepare(projection, history), params))
+      }
+  }
+}
+
+const messageOfFailure = (error: unknown) => error instanceof Error ? error.message : String(error)
+
+/**
+ * Runs a law over random histories; a failure is shrunk by fast-check, then by
+ * removing single events while it still fails (fast-check's array shrinking
+ * can leave an event the failure does not need).
+ */
+const runLaw = async (
   projection: Projection.Projection<any, any>,
   mode: Mode,
   law: Law,
   histories: fc.Arbitrary<History.History>,
   parameters: { readonly seed: number; readonly numRuns: number }
-): Details | Promise<Details> => {
-  const run = <Ts extends [History.History, ...Array<any>]>(property: fc.IProperty<Ts> | fc.IAsyncProperty<Ts>) =>
-    fc.check(property as fc.IRawProperty<Ts>, parameters) as unknown as Details | Promise<Details>
-  switch (law) {
-    case "determinism":
-      return run(fc.property(histories, (history) => determinism(projection, prepare(projection, history))))
-    case "no-mutation":
-      return run(fc.property(histories, (history) => noMutation(projection, prepare(projection, history))))
-    case "stable-partition":
-      return run(fc.property(histories, (history) => stablePartition(projection, prepare(projection, history))))
-    case "schema-round-trip":
-      return run(fc.property(histories, (history) => schemaRoundTrip(projection, prepare(projection, history))))
-    case "stream-interleaving":
-      return run(fc.property(
-        histories,
-        fc.array(fc.nat({ max: 1_000 }), { maxLength: 64 }),
-        (history, choices) => streamInterleaving(projection, prepare(projection, history), choices)
-      ))
-    case "redelivery":
-      return run(fc.asyncProperty(
-        histories,
-        fc.record({ lanes: fc.integer({ min: 1, max: 4 }), batchSize: fc.integer({ min: 1, max: 8 }) }),
-        (history, params) => violation(redelivery(projection, mode, prepare(projection, history), params))
-      ))
-    case "engine-under-faults":
-      return run(fc.asyncProperty(
-        histories,
-        faultsArbitrary,
-        (history, params) => violation(underFaults(projection, mode, prepare(projection, history), params))
-      ))
+): Promise<Verdict> => {
+  const { extras, holds } = lawProperty(projection, mode, law)
+  const engine = law === "redelivery" || law === "engine-under-faults"
+  const details = engine
+    ? await fc.check(fc.asyncProperty(histories, extras, async (history, extra) => holds(history, extra)), parameters)
+    : fc.check(fc.property(histories, extras, (history, extra) => holds(history, extra) as void), parameters)
+  if (!details.failed) return { runs: details.numRuns }
+  let [history, extra] = details.counterexample as [History.History, unknown]
+  let message = messageOfFailure(details.errorInstance ?? details.error)
+  let shrinks = details.numShrinks
+  const failure = async (candidate: History.History): Promise<string | undefined> => {
+    try {
+      await holds(candidate, extra)
+      return undefined
+    } catch (error) {
+      return messageOfFailure(error)
+    }
   }
+  for (let i = 0; i < history.length && history.length > 1;) {
+    const candidate = [...history.slice(0, i), ...history.slice(i + 1)]
+    const found = await failure(candidate)
+    if (found === undefined) i++
+    else {
+      history = candidate
+      message = found
+      shrinks++
+    }
+  }
+  return { runs: details.numRuns, failure: { history, message, shrinks } }
 }
 
 /** A history as it is appended and recorded. */

@@ -42,7 +42,7 @@ describe("ProjectionLaws", () => {
       )
       expect(determinism!.message).toMatch(/\.transactions: first \d+, then \d+/)
       // shrunk to a few events (one is enough to disagree with itself, most of the time)
-      expect(determinism!.counterexample.length).toBeLessThanOrEqual(3)
+      expect(determinism!.counterexample.length).toBeLessThanOrEqual(2)
       expect(error.message).toContain("✗ determinism: key, partition and evolve give the same result for the same input")
       expect(error.message).toContain(`replay with { seed: ${error.seed} }`)
     }))
@@ -52,7 +52,7 @@ describe("ProjectionLaws", () => {
       const error = yield* broken(F.unstableKey, { laws: withoutEngine })
       expect(error.failures.map((f) => f.law)).toEqual(["determinism"])
       expect(error.failures[0]!.message).toMatch(/key on event #\d gave \{"value":"a1-\d"\}, then \{"value":"a1-\d"\}/)
-      expect(error.failures[0]!.counterexample.length).toBeLessThanOrEqual(2)
+      expect(error.failures[0]!.counterexample).toHaveLength(1)
     }))
 
   it.effect("mutating evolve: no-mutation, with the changed fields", () =>
@@ -111,8 +111,8 @@ describe("ProjectionLaws", () => {
       const [failure] = error.failures
       expect(failure!.message).toContain("not safe for persistent mode")
       expect(failure!.message).toMatch(/\.balance: recorded order \d+, other order \d+/)
-      // a few events of one account from two streams, delivered in another order
-      expect(failure!.counterexample.length).toBeLessThanOrEqual(3)
+      // two events of one account from two streams, delivered the other way round
+      expect(failure!.counterexample).toHaveLength(2)
       expect(new Set(failure!.counterexample.map((e) => e.stream)).size).toBe(2)
       const report = yield* ProjectionLaws.check(F.lastWriterWins, { seed, ...F.hooks, laws: withoutEngine })
       expect(report.results).toContainEqual({ law: "stream-interleaving", skipped: "catch-up keeps the order across streams" })
