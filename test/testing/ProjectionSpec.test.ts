@@ -68,10 +68,10 @@ describe("ProjectionSpec", () => {
       expect(message).toContain(`Expected number, actual "ten"`)
     }))
 
-  it.effect("thenDeadLettered: the poison event, by index across given and when, with its reason", () =>
+  it.effect("thenDeadLettered: the poison event, by index across given and when, with its reason; other documents go on", () =>
     ProjectionSpec.for(strict)
       .given(deposit("1", 10))
-      .when(deposit("1", -5), deposit("1", 1))
+      .when(deposit("2", -5), deposit("1", 1))
       .thenDeadLettered(1, /negative deposit -5/, { "1": { balance: 11, transactions: 2 } }))
 
   it.effect("thenDeadLettered in persistent mode expects the event parked", () =>
