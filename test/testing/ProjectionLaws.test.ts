@@ -66,6 +66,14 @@ describe("ProjectionLaws", () => {
       expect(failure!.counterexample).toHaveLength(2)
     }))
 
+  it.effect("an evolve that changes the event it is given: no-mutation, naming the event", () =>
+    Effect.gen(function*() {
+      const error = yield* broken(F.mutatingEvent, { laws: withoutEngine })
+      expect(error.failures.map((f) => f.law)).toEqual(["no-mutation"])
+      expect(error.failures[0]!.message).toMatch(/mutated its input: the event was changed:\n\s+\.data\.amount: before \d+, after 0/)
+      expect(error.failures[0]!.counterexample).toHaveLength(1)
+    }))
+
   it.effect("partition by source stream: stable-partition, and the engine loses an event for it", () =>
     Effect.gen(function*() {
       const error = yield* broken(F.unstablePartition, { laws: withoutEngine })

@@ -62,6 +62,15 @@ export const mutating = mutant("mutating", {
   }
 })
 
+/** Mutating the event: spends a deposit's amount as it applies it. */
+export const mutatingEvent = mutant("mutating-event", {
+  evolve: (doc, event, context) => {
+    const next = balances.evolve(doc, event, context)
+    ;(event.data as { amount: number }).amount = 0
+    return next
+  }
+})
+
 /** Unstable partition: by source stream, so an account fed by two streams lands in two lanes. */
 export const unstablePartition = mutant("unstable-partition", { partition: (event) => event.streamId })
 
