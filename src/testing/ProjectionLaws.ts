@@ -256,8 +256,6 @@ const lawProperty = (projection: Projection.Projection<any, any>, mode: Mode, la
   }
 }
 
-const messageOfFailure = (error: unknown) => error instanceof Error ? error.message : String(error)
-
 /**
  * Runs a law over random histories; a failure is shrunk by fast-check, then by
  * removing single events while it still fails (fast-check's array shrinking
@@ -277,14 +275,14 @@ const runLaw = async (
     : fc.check(fc.property(histories, extras, (history, extra) => holds(history, extra) as void), parameters)
   if (!details.failed) return { runs: details.numRuns }
   let [history, extra] = details.counterexample as [History.History, unknown]
-  let message = messageOfFailure(details.errorInstance ?? details.error)
+  let message = messageOf(details.errorInstance ?? details.error)
   let shrinks = details.numShrinks
   const failure = async (candidate: History.History): Promise<string | undefined> => {
     try {
       await holds(candidate, extra)
       return undefined
     } catch (error) {
-      return messageOfFailure(error)
+      return messageOf(error)
     }
   }
   for (let i = 0; i < history.length && history.length > 1;) {
