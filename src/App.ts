@@ -31,6 +31,7 @@ import { checkpointId } from "./Projection.js"
 import type { Runnable } from "./Projection.js"
 import { ReadModelStore as ReadModelStoreTag } from "./ReadModelStore.js"
 import type { ReadModelStore, StoreError } from "./ReadModelStore.js"
+import * as ReadModels from "./ReadModels.js"
 import * as Reconciler from "./Reconciler.js"
 
 // ---- endpoints ----------------------------------------------------------------
@@ -182,7 +183,9 @@ export const run = Effect.fn("App.run")(function*(
     `reconciling ${runnables.map((r) => r.name).join(", ")} (${options.mode}, ${options.lanes} lanes, batch ${options.batchSize})` +
       Option.match(endpoints, { onNone: () => "", onSome: (e) => `; ${describeEndpoints(e)}` })
   )
-  yield* Reconciler.runAll(runnables, options).pipe(
+  // Each version writes its own collection; a version that would write another's is refused.
+  const resolved = yield* ReadModels.resolve(runnables)
+  yield* Reconciler.runAll(resolved, options).pipe(
     Effect.onInterrupt(() => Effect.logInfo("stopped; checkpoints committed"))
   )
 })
