@@ -214,9 +214,13 @@ export const run = Effect.fn("Rebuild.run")(function*(projection: Projection<any
       if (options.onProgress !== undefined) yield* options.onProgress(progress)
       return progress
     })
-    const caughtUp = observe.pipe(
-      Effect.repeat({ schedule: Schedule.spaced(interval), until: (p) => p.caughtUp })
-    )
+    const caughtUp = Effect.gen(function*() {
+      while (true) {
+        const progress = yield* observe
+        if (progress.caughtUp) return progress
+        yield* Effect.sleep(interval)
+      }
+    })
     // A failing engine ends the wait with its error, never a wait forever.
     const final = yield* Effect.raceFirst(
       caughtUp,

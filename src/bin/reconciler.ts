@@ -7,6 +7,10 @@
  * reconciler status --module examples/openbank.ts
  * reconciler dead-letters list  --module examples/openbank.ts [--projection NAME]
  * reconciler dead-letters retry --module examples/openbank.ts [--projection NAME]
+ * reconciler rebuild --module M --projection P [--cutover [--require-identical] [--cleanup]]
+ * reconciler diff    --module M --projection P [--sample N]
+ * reconciler cutover --module M --projection P [--require-identical] [--cleanup]
+ * reconciler verify  --module M [--projection P] [--repair]
  * reconciler embedded --eventstore-port P --mongo-port Q [--data-dir D] [--transaction-lifetime-limit-seconds S]
  * ```
  *
@@ -26,6 +30,7 @@ import * as MongoServer from "../embedded/MongoServer.js"
 import { checkpointId } from "../Projection.js"
 import { ReadModelStore } from "../ReadModelStore.js"
 import * as Cli from "../internal/cli.js"
+import * as Versions from "../internal/versionsCli.js"
 
 // ---- shared options ------------------------------------------------------------
 
@@ -165,6 +170,65 @@ const deadLetters = Command.make("dead-letters").pipe(
   Command.withSubcommands([list, retry])
 )
 
+// ---- versions: rebuild, diff, cutover, verify (logic in internal/versionsCli) -------
+
+const oneProjection = Options.text("projection").pipe(Options.withAlias("p"), Options.withDescription("the projection"))
+const flag = (name: string, description: string) => Options.boolean(name).pipe(Options.withDescription(description))
+const requireIdentical = flag("require-identical", "refuse to cut over when the new version differs from the live one")
+const cleanup = flag("cleanup", "after cutting over, remove the old version's collection, checkpoint and dead letters")
+
+const rebuild = Command.make(
+  "rebuild",
+  {
+    module: modulePath,
+    projection: oneProjection,
+    cutover: flag("cutover", "cut over once caught up"),
+    requireIdentical,
+    cleanup,
+    lanes: positive("lanes", "parallel lanes (default RECONCILER_LANES or 4)"),
+    batchSize: positive("batch-size", "most events folded into one write per lane (default RECONCILER_BATCH_SIZE or 100)"),
+    embedded
+  },
+  (args) =>
+    Effect.flatMap(App.settings, (settings) =>
+      Versions.rebuild({
+        ...args,
+        run: { ...settings, lanes: Option.getOrElse(args.lanes, () => settings.lanes), batchSize: Option.getOrElse(args.batchSize, () => settings.batchSize) }
+      })).pipe(Effect.provide(appLayer(args.embedded)))
+).pipe(Command.withDescription(
+  "Build the projection's current version from the start into its own collection while the live version keeps serving; resumable."
+))
+
+const cutover = Command.make(
+  "cutover",
+  { module: modulePath, projection: oneProjection, requireIdentical, cleanup, embedded },
+  (args) => Versions.cutover(args).pipe(Effect.provide(appLayer(args.embedded)))
+).pipe(Command.withDescription("Switch readers to the projection's rebuilt version in one step."))
+
+const diff = Command.make(
+  "diff",
+  {
+    module: modulePath,
+    projection: oneProjection,
+    sample: Options.integer("sample").pipe(Options.withDefault(10), Options.withDescription("differences to show")),
+    embedded
+  },
+  (args) => Versions.diff(args).pipe(Effect.provide(appLayer(args.embedded)))
+).pipe(Command.withDescription("Compare the live version with the rebuilt one, document by document; exit 1 when they differ."))
+
+const verify = Command.make(
+  "verify",
+  {
+    module: modulePath,
+    projection: projectionNames,
+    repair: flag("repair", "rewrite the documents that differ from their events (guarded writes)"),
+    embedded
+  },
+  (args) => Versions.verify({ ...args, projections: args.projection }).pipe(Effect.provide(appLayer(args.embedded)))
+).pipe(Command.withDescription(
+  "Fold the projections again from their events and compare every stored document; exit 1 on a mismatch."
+))
+
 // ---- embedded ----------------------------------------------------------------------
 
 const port = (name: string, server: string) =>
@@ -214,7 +278,7 @@ const embeddedServers = Command.make(
 
 const reconciler = Command.make("reconciler").pipe(
   Command.withDescription("Keeps MongoDB read models reconciled with EventStoreDB events."),
-  Command.withSubcommands([run, status, deadLetters, embeddedServers])
+  Command.withSubcommands([run, status, deadLetters, rebuild, diff, cutover, verify, embeddedServers])
 )
 
 const cli = Command.run(reconciler, { name: "reconciler", version: "0.1.0" })
