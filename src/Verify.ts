@@ -35,6 +35,9 @@ export interface Mismatch {
   readonly kind: "drifted" | "extra" | "missing"
   /** `stored` / `expected` field values, by dotted path. */
   readonly fields: ReadonlyArray<{ readonly path: string; readonly stored: unknown; readonly expected: unknown }>
+  /** The stored body and the body the events give (`undefined`: none). */
+  readonly stored: Readonly<Record<string, unknown>> | undefined
+  readonly expected: Readonly<Record<string, unknown>> | undefined
 }
 
 /** What a verification found. @since 0.1.0 */
@@ -44,6 +47,8 @@ export interface Report {
   readonly collection: string
   /** The position the documents were judged at (none: the source is empty). */
   readonly horizon: Option.Option<bigint>
+  /** Events read up to the horizon (those of other types included). */
+  readonly events: number
   /** Documents compared (stored or expected). */
   readonly documents: number
   readonly mismatches: ReadonlyArray<Mismatch>
@@ -85,7 +90,9 @@ const collectionOf = (projection: Projection<any, any>) =>
 const toMismatch = (d: DocumentDifference): Mismatch => ({
   id: d.id,
   kind: d.kind === "changed" ? "drifted" : d.kind === "left-only" ? "extra" : "missing",
-  fields: d.fields.map((f) => ({ path: f.path, stored: f.left, expected: f.right }))
+  fields: d.fields.map((f) => ({ path: f.path, stored: f.left, expected: f.right })),
+  stored: d.left?.meta.deleted === true ? undefined : d.left?.body,
+  expected: d.right?.meta.deleted === true ? undefined : d.right?.body
 })
 
 /**
@@ -108,6 +115,7 @@ export const verify = Effect.fn("Verify.verify")(function*(projection: Projectio
   const scratch = `${collection}__verify_${suffix}`
   const ids = options.ids
   let deadLettered = 0
+  let events = 0
 
   return yield* Effect.acquireUseRelease(
     Effect.succeed(scratch),
@@ -119,7 +127,13 @@ export const verify = Effect.fn("Verify.verify")(function*(projection: Projectio
           const limit = horizon.value
           const bounded = EventSource.of({
             ...source,
-            subscribe: (subscription) => source.subscribe(subscription).pipe(Stream.takeUntil((d) => d.position >= limit))
+            subscribe: (subscription) => source.subscribe(subscription).pipe(
+                Stream.takeUntil((d) => d.position >= limit),
+                Stream.mapChunks((chunk) => {
+                  events += chunk.length
+                  return chunk
+                })
+              )
           })
           const scratchStore = ReadModelStore.of({
             ...store,
@@ -168,6 +182,7 @@ export const verify = Effect.fn("Verify.verify")(function*(projection: Projectio
           version: projection.version,
           collection,
           horizon,
+          events,
           documents: comparison.compared,
           mismatches,
           moved,
