@@ -167,3 +167,18 @@ export const live = Effect.fn("ReadModels.live")(function*(readModel: string) {
     })
   })
 })
+
+/**
+ * The collection the projection's version writes: its own when registered,
+ * otherwise the read model's name (the projection has not run under the registry yet).
+ *
+ * @since 0.1.0
+ */
+export const collectionOf = Effect.fn("ReadModels.collectionOf")(function*(projection: Projection<any, any>) {
+  const store = yield* ReadModelStore
+  const found = yield* store.registration(projection.collection)
+  return Option.match(found, {
+    onNone: () => projection.collection,
+    onSome: (r) => r.versions[String(projection.version)] ?? projection.collection
+  })
+})

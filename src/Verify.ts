@@ -76,17 +76,6 @@ export const drift = Metric.counter("reconciler_verify_mismatches", {
   description: "documents found different from a fold of their events"
 })
 
-/** The collection the projection's version writes (its own, or the read model's name before registration). */
-const collectionOf = (projection: Projection<any, any>) =>
-  Effect.gen(function*() {
-    const store = yield* ReadModelStore
-    const found = yield* store.registration(projection.collection)
-    return Option.match(found, {
-      onNone: () => projection.collection,
-      onSome: (r) => r.versions[String(projection.version)] ?? projection.collection
-    })
-  })
-
 const toMismatch = (d: DocumentDifference): Mismatch => ({
   id: d.id,
   kind: d.kind === "changed" ? "drifted" : d.kind === "left-only" ? "extra" : "missing",
@@ -108,7 +97,7 @@ const toMismatch = (d: DocumentDifference): Mismatch => ({
 export const verify = Effect.fn("Verify.verify")(function*(projection: Projection<any, any>, options: VerifyOptions = {}) {
   const source = yield* EventSource
   const store = yield* ReadModelStore
-  const collection = yield* collectionOf(projection)
+  const collection = yield* ReadModels.collectionOf(projection)
   const checkpoint = yield* store.readCheckpoint(checkpointId(projection))
   const horizon = Option.isSome(checkpoint) ? checkpoint : yield* source.head(projection.categories)
   const suffix = (yield* Random.nextIntBetween(0, 2 ** 31)).toString(36)
