@@ -12,7 +12,7 @@
  *
  * @since 0.1.0
  */
-import { Effect, Metric, Option, Random, Stream } from "effect"
+import { Duration, Effect, Metric, Option, Random, Stream } from "effect"
 import { EventSource } from "./EventSource.js"
 import type { Projection } from "./Projection.js"
 import { checkpointId } from "./Projection.js"
@@ -231,3 +231,62 @@ export const describe = (report: Report, limit = 20): ReadonlyArray<string> => {
   }
   return lines
 }
+
+/** Documents re-checked by {@link sample}, tagged with `projection`. @since 0.1.0 */
+export const sampled = Metric.counter("reconciler_verify_sampled", {
+  description: "documents re-checked against a fold of their events by the continuous sample"
+})
+
+/** @since 0.1.0 */
+export interface SampleOptions {
+  /** Documents re-checked per pass and projection: the most recently written ones. */
+  readonly size: number
+  /** Time between passes. */
+  readonly interval: Duration.DurationInput
+}
+
+/**
+ * The ids of the `size` most recently written documents of a collection (by
+ * their position marker; tombstones left out), found in one scan.
+ */
+const recentIds = (collection: string, size: number) =>
+  Effect.flatMap(ReadModelStore, (store) =>
+    store.scan(collection).pipe(
+      Stream.runFold([] as Array<StoredDocument>, (top, doc) => {
+        if (doc.meta.deleted) return top
+        top.push(doc)
+        if (top.length > size * 2) {
+          top.sort((a, b) => ((b.meta.position ?? -1n) > (a.meta.position ?? -1n) ? 1 : -1))
+          top.length = size
+        }
+        return top
+      }),
+      Effect.map((top) =>
+        new Set(top.sort((a, b) => ((b.meta.position ?? -1n) > (a.meta.position ?? -1n) ? 1 : -1)).slice(0, size).map((d) => d.id))
+      )
+    ))
+
+/**
+ * Re-checks, every `interval`, the most recently written documents of each
+ * projection against a fold of their events ({@link verify} restricted to
+ * them), counting what differs in `reconciler_verify_mismatches` and logging it.
+ * Each pass reads the projections' events from the start. Never fails: a pass
+ * that fails is logged and the next one runs.
+ *
+ * @since 0.1.0
+ */
+export const sample = (projections: ReadonlyArray<Projection<any, any>>, options: SampleOptions) =>
+  Effect.forEach(projections, (projection) =>
+    Effect.gen(function*() {
+      const collection = yield* ReadModels.collectionOf(projection)
+      const ids = yield* recentIds(collection, options.size)
+      if (ids.size === 0) return
+      const report = yield* verify(projection, { ids })
+      yield* Metric.incrementBy(Metric.tagged(sampled, "projection", projection.name), report.documents)
+      if (report.mismatches.length > 0) {
+        yield* Effect.logWarning(describe(report).join("\n"))
+      }
+    }).pipe(Effect.catchAllCause((cause) => Effect.logWarning("verifying a sample failed", cause))), { discard: true }).pipe(
+    Effect.zipRight(Effect.sleep(options.interval)),
+    Effect.forever
+  )

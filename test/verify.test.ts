@@ -6,13 +6,14 @@
  */
 import { EventStoreDBClient, jsonEvent } from "@eventstore/db-client"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer, Option, Redacted } from "effect"
+import { ConfigProvider, Effect, Fiber, Layer, Metric, Option, Redacted, Schedule } from "effect"
 import { MongoClient } from "mongodb"
 import * as App from "../src/App.js"
 import * as EventStoreServer from "../src/embedded/EventStoreServer.js"
 import * as MongoServer from "../src/embedded/MongoServer.js"
 import * as EventStoreDB from "../src/EventStoreDB.js"
 import * as MongoReadModelStore from "../src/MongoReadModelStore.js"
+import { InMemory, Verify } from "../src/index.js"
 import { ReadModelStore } from "../src/ReadModelStore.js"
 import { spawn } from "./support/child.js"
 import { ledger } from "./support/ledger.js"
@@ -130,4 +131,38 @@ describe("rebuild", () => {
       const verified = yield* cli(["verify", "--module", "test/support/ledger-v2.ts"])
       expect(verified.output).toContain("ledger@2 (ledger__v2): verified 20 documents, 0 mismatches")
     }), { timeout: 180_000 })
+})
+
+describe("the service's verify sample", () => {
+  it.scopedLive("re-checks recently written documents continuously and counts drift", () =>
+    Effect.gen(function*() {
+      const log = yield* InMemory.InMemoryEventLog
+      const store = yield* InMemory.InMemoryStore
+      for (let i = 0; i < 30; i++) {
+        yield* log.append(`ledger-${i % 3}`, [{ type: "Credited", data: { doc: `doc-${i % 6}`, amount: i } }])
+      }
+      const drift = Metric.tagged(Verify.drift, "projection", "ledger")
+      const sampled = Metric.tagged(Verify.sampled, "projection", "ledger")
+      const countOf = (metric: typeof drift) => Effect.map(Metric.value(metric), (state) => state.count)
+      const service = yield* Effect.forkScoped(App.run([ledger], { commitInterval: "5 millis" }).pipe(
+        Effect.withConfigProvider(ConfigProvider.fromMap(new Map([
+          ["RECONCILER_VERIFY_SAMPLE", "3"],
+          ["RECONCILER_VERIFY_INTERVAL", "5 millis"]
+        ])))
+      ))
+      yield* App.awaitCaughtUpWhile(service, [ledger], { interval: "5 millis" })
+      // Passes run and find nothing wrong.
+      const clean = yield* countOf(sampled)
+      yield* countOf(sampled).pipe(Effect.repeat({ schedule: Schedule.spaced("5 millis"), until: (n) => n >= clean + 6 }))
+      expect(yield* countOf(drift)).toBe(0)
+
+      // The most recently written document drifts (a guarded write behind the engine's back).
+      const recent = [...store.documents("ledger").values()].sort((a, b) => Number(b.meta.position! - a.meta.position!))[0]!
+      yield* store.port.write({
+        collection: "ledger",
+        writes: [{ id: recent.id, expectedVersion: recent.meta.version, body: { ...recent.body, total: -1 }, meta: { ...recent.meta, version: recent.meta.version + 1 } }]
+      })
+      yield* countOf(drift).pipe(Effect.repeat({ schedule: Schedule.spaced("5 millis"), until: (n) => n >= 1 }))
+      yield* Fiber.interrupt(service)
+    }).pipe(Effect.provide(InMemory.layer())), { timeout: 30_000 })
 })
