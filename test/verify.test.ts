@@ -2,7 +2,8 @@
  * `reconciler verify` and `reconciler rebuild` as users run them (child
  * processes) against embedded servers: verify finds a tampered document and
  * `--repair` rewrites exactly it; a rebuild killed with SIGKILL resumes from its
- * checkpoint and converges.
+ * checkpoint and converges; diff shows the change, `cutover --require-identical`
+ * refuses it, `cutover --cleanup` switches and removes the old version.
  */
 import { EventStoreDBClient, jsonEvent } from "@eventstore/db-client"
 import { describe, expect, it } from "@effect/vitest"
@@ -107,9 +108,9 @@ describe("verify", () => {
 })
 
 describe("rebuild", () => {
-  it.scopedLive("killed with SIGKILL mid-way, resumed: converges and cuts over", () =>
+  it.scopedLive("killed with SIGKILL mid-way, resumed: converges; diff, a refused and a real cut-over", () =>
     Effect.gen(function*() {
-      const { env, ports, cli, documents, sums } = yield* setup(3000, 20)
+      const { env, ports, cli, documents, sums } = yield* setup(2000, 20)
       yield* App.runUntilCaughtUp([ledger], { commitInterval: "20 millis" }).pipe(Effect.provide(ports))
 
       // One event per batch, so that the kill lands mid-way.
@@ -121,13 +122,28 @@ describe("rebuild", () => {
       const killed = yield* child.exit()
       expect(killed.signal).toBe("SIGKILL")
       const partial = yield* ReadModelStore.pipe(Effect.flatMap((s) => s.readCheckpoint("ledger@2")), Effect.provide(ports))
-      expect(Option.isSome(partial) && partial.value < 2999n).toBe(true)
+      expect(Option.isSome(partial) && partial.value < 1999n).toBe(true)
 
-      const resumed = yield* cli(["rebuild", "--module", "test/support/ledger-v2.ts", "--projection", "ledger", "--cutover"])
-      expect(resumed.output).toContain("cut over: readers now see version 2")
+      const module = ["--module", "test/support/ledger-v2.ts", "--projection", "ledger"]
+      const resumed = yield* cli(["rebuild", ...module])
+      expect(resumed.output).toMatch(/rebuilt ledger@2 into ledger__v2 up to position \d+/)
       expect(resumed.code).toBe(0)
       const rebuilt = yield* documents("ledger__v2")
       expect(new Map([...rebuilt].map(([id, d]) => [id, d.total]))).toEqual(new Map([...sums].map(([id, s]) => [id, 2 * s])))
+
+      // The deliberate change shows in diff, and --require-identical refuses it.
+      const diff = yield* cli(["diff", ...module, "--sample", "2"])
+      expect(diff.output).toContain("ledger: v1 (ledger) vs v2 (ledger__v2): 20 documents, 20 differing, 0 added, 0 removed")
+      expect(diff.output).toMatch(/doc-\d+: total: (\d+) \(v1\) ≠ \d+ \(v2\)/)
+      expect(diff.code).toBe(1)
+      const identical = yield* cli(["cutover", ...module, "--require-identical"])
+      expect(identical.output).toContain("versions 1 and 2 of ledger differ (20 differing, 0 added, 0 removed): not cutting over")
+      expect(identical.code).toBe(1)
+
+      const cutover = yield* cli(["cutover", ...module, "--cleanup"])
+      expect(cutover.output).toContain("cut over ledger: readers now see version 2 (was 1)")
+      expect(cutover.code).toBe(0)
+      expect((yield* documents("ledger")).size).toBe(0)
       const verified = yield* cli(["verify", "--module", "test/support/ledger-v2.ts"])
       expect(verified.output).toContain("ledger@2 (ledger__v2): verified 20 documents, 0 mismatches")
     }), { timeout: 180_000 })
