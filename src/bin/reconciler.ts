@@ -28,6 +28,7 @@ import * as App from "../App.js"
 import * as EventStoreServer from "../embedded/EventStoreServer.js"
 import * as MongoServer from "../embedded/MongoServer.js"
 import { checkpointId } from "../Projection.js"
+import * as ReadModels from "../ReadModels.js"
 import { ReadModelStore } from "../ReadModelStore.js"
 import * as Cli from "../internal/cli.js"
 import * as Versions from "../internal/versionsCli.js"
@@ -146,7 +147,8 @@ const retry = Command.make(
   { module: modulePath, projection: projectionNames, embedded },
   (args) =>
     Effect.gen(function*() {
-      const runnables = yield* projectionsOf(args.module, args.projection)
+      // Into the collection each version writes (refused for a version that has none).
+      const runnables = yield* projectionsOf(args.module, args.projection).pipe(Effect.flatMap(ReadModels.resolve))
       let failures = 0
       for (const runnable of runnables) {
         const outcome = yield* Cli.retryDeadLetters(runnable)
