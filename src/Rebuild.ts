@@ -326,9 +326,10 @@ export const cutover = Effect.fn("Rebuild.cutover")(function*(
 })
 
 /**
- * Removes every version of the read model other than the live one: its
- * collection, checkpoint, dead letters and registration. Readers that resolved
- * the old version before the cut-over and still read it find it gone.
+ * Removes the versions of the read model before the live one: their
+ * collections, checkpoints, dead letters and registrations (versions after it,
+ * being built, stay). Readers that resolved an old version before the cut-over
+ * and still read it find it gone. Returns the versions removed.
  *
  * @since 0.1.0
  */
@@ -339,7 +340,8 @@ export const cleanup = Effect.fn("Rebuild.cleanup")(function*(projection: Projec
   const live = found.value.live
   const removed: Array<number> = []
   for (const [version, collection] of Object.entries(found.value.versions)) {
-    if (Number(version) === live) continue
+    // Versions after the live one are being built: not ours to remove.
+    if (Number(version) >= live) continue
     // Unregistered first: a restarted old version is refused from now on.
     yield* ReadModels.update(projection.collection, (current) =>
       Effect.succeed([undefined, Option.match(current, {
