@@ -32,8 +32,8 @@ import type { Projection, Runnable } from "./Projection.js"
 import { ReadModelStore as ReadModelStoreTag } from "./ReadModelStore.js"
 import type { ReadModelStore, StoreError } from "./ReadModelStore.js"
 import * as ReadModels from "./ReadModels.js"
-import * as Reconciler from "./Reconciler.js"
 import * as Verify from "./Verify.js"
+import * as Reconciler from "./Reconciler.js"
 
 // ---- endpoints ----------------------------------------------------------------
 
@@ -162,21 +162,6 @@ export const settings: Config.Config<Reconciler.RunOptions> = Config.all({
   group: Config.option(Config.string("RECONCILER_GROUP")).pipe(Config.map(Option.getOrUndefined))
 })
 
-/**
- * The continuous verification of a sample ({@link Verify.sample}):
- * `RECONCILER_VERIFY_SAMPLE` documents per projection and pass (default 0: off),
- * every `RECONCILER_VERIFY_INTERVAL` (default 5 minutes).
- *
- * @since 0.1.0
- */
-export const verifySampleSettings = Config.all({
-  size: Config.integer("RECONCILER_VERIFY_SAMPLE").pipe(
-    Config.validate({ message: "Expected a whole number ≥ 0", validation: (n) => n >= 0 }),
-    Config.withDefault(0)
-  ),
-  interval: Config.duration("RECONCILER_VERIFY_INTERVAL").pipe(Config.withDefault(Duration.minutes(5)))
-})
-
 /** A description of where the service runs, safe to log (no connection strings). @since 0.1.0 */
 export const describeEndpoints = (endpoints: Endpoints["Type"]): string =>
   `EventStoreDB ${endpoints.eventStore.embedded ? "embedded" : "from EVENTSTORE_CONNECTION_STRING"}, ` +
@@ -201,7 +186,7 @@ export const run = Effect.fn("App.run")(function*(
   )
   // Each version writes its own collection; a version that would write another's is refused.
   const resolved = yield* ReadModels.resolve(runnables)
-  const sampling = yield* verifySampleSettings
+  const sampling = yield* Verify.sampleConfig
   const engine = Reconciler.runAll(resolved, options)
   const projections = runnables.filter((r): r is Projection<any, any> => r._tag === "Projection")
   yield* (sampling.size > 0 && projections.length > 0

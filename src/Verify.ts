@@ -12,7 +12,7 @@
  *
  * @since 0.1.0
  */
-import { Duration, Effect, Metric, Option, Random, Stream } from "effect"
+import { Config, Duration, Effect, Metric, Option, Random, Stream } from "effect"
 import { EventSource } from "./EventSource.js"
 import type { Projection } from "./Projection.js"
 import { checkpointId } from "./Projection.js"
@@ -235,6 +235,21 @@ export const describe = (report: Report, limit = 20): ReadonlyArray<string> => {
 /** Documents re-checked by {@link sample}, tagged with `projection`. @since 0.1.0 */
 export const sampled = Metric.counter("reconciler_verify_sampled", {
   description: "documents re-checked against a fold of their events by the continuous sample"
+})
+
+/**
+ * The continuous verification of a sample ({@link sample}):
+ * `RECONCILER_VERIFY_SAMPLE` documents per projection and pass (default 0: off),
+ * every `RECONCILER_VERIFY_INTERVAL` (default 5 minutes).
+ *
+ * @since 0.1.0
+ */
+export const sampleConfig = Config.all({
+  size: Config.integer("RECONCILER_VERIFY_SAMPLE").pipe(
+    Config.validate({ message: "Expected a whole number ≥ 0", validation: (n) => n >= 0 }),
+    Config.withDefault(0)
+  ),
+  interval: Config.duration("RECONCILER_VERIFY_INTERVAL").pipe(Config.withDefault(Duration.minutes(5)))
 })
 
 /** @since 0.1.0 */
