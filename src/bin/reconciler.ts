@@ -28,10 +28,8 @@ import * as App from "../App.js"
 import * as EventStoreServer from "../embedded/EventStoreServer.js"
 import * as MongoServer from "../embedded/MongoServer.js"
 import { checkpointId } from "../Projection.js"
-import * as ReadModels from "../ReadModels.js"
 import { ReadModelStore } from "../ReadModelStore.js"
 import * as Cli from "../internal/cli.js"
-import * as Versions from "../internal/versionsCli.js"
 
 // ---- shared options ------------------------------------------------------------
 
@@ -148,6 +146,7 @@ const retry = Command.make(
   (args) =>
     Effect.gen(function*() {
       // Into the collection each version writes (refused for a version that has none).
+      const { ReadModels } = yield* loadVersions
       const runnables = yield* projectionsOf(args.module, args.projection).pipe(Effect.flatMap(ReadModels.resolve))
       let failures = 0
       for (const runnable of runnables) {
@@ -174,6 +173,9 @@ const deadLetters = Command.make("dead-letters").pipe(
 
 // ---- versions: rebuild, diff, cutover, verify (logic in internal/versionsCli) -------
 
+/** The versions commands' logic, loaded by the commands that use it. */
+const loadVersions = Effect.promise(() => import("../internal/versionsCli.js"))
+
 const oneProjection = Options.text("projection").pipe(Options.withAlias("p"), Options.withDescription("the projection"))
 const flag = (name: string, description: string) => Options.boolean(name).pipe(Options.withDescription(description))
 const requireIdentical = flag("require-identical", "refuse to cut over when the new version differs from the live one")
@@ -192,7 +194,7 @@ const rebuild = Command.make(
     embedded
   },
   (args) =>
-    Effect.flatMap(App.settings, (settings) =>
+    Effect.flatMap(Effect.zip(App.settings, loadVersions), ([settings, Versions]) =>
       Versions.rebuild({
         ...args,
         run: { ...settings, lanes: Option.getOrElse(args.lanes, () => settings.lanes), batchSize: Option.getOrElse(args.batchSize, () => settings.batchSize) }
@@ -204,7 +206,7 @@ const rebuild = Command.make(
 const cutover = Command.make(
   "cutover",
   { module: modulePath, projection: oneProjection, requireIdentical, cleanup, embedded },
-  (args) => Versions.cutover(args).pipe(Effect.provide(appLayer(args.embedded)))
+  (args) => Effect.flatMap(loadVersions, (Versions) => Versions.cutover(args)).pipe(Effect.provide(appLayer(args.embedded)))
 ).pipe(Command.withDescription("Switch readers to the projection's rebuilt version in one step."))
 
 const diff = Command.make(
@@ -215,7 +217,7 @@ const diff = Command.make(
     sample: Options.integer("sample").pipe(Options.withDefault(10), Options.withDescription("differences to show")),
     embedded
   },
-  (args) => Versions.diff(args).pipe(Effect.provide(appLayer(args.embedded)))
+  (args) => Effect.flatMap(loadVersions, (Versions) => Versions.diff(args)).pipe(Effect.provide(appLayer(args.embedded)))
 ).pipe(Command.withDescription("Compare the live version with the rebuilt one, document by document; exit 1 when they differ."))
 
 const verify = Command.make(
@@ -226,7 +228,10 @@ const verify = Command.make(
     repair: flag("repair", "rewrite the documents that differ from their events (guarded writes)"),
     embedded
   },
-  (args) => Versions.verify({ ...args, projections: args.projection }).pipe(Effect.provide(appLayer(args.embedded)))
+  (args) =>
+    Effect.flatMap(loadVersions, (Versions) => Versions.verify({ ...args, projections: args.projection })).pipe(
+      Effect.provide(appLayer(args.embedded))
+    )
 ).pipe(Command.withDescription(
   "Fold the projections again from their events and compare every stored document; exit 1 on a mismatch."
 ))

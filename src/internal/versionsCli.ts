@@ -4,11 +4,15 @@
  */
 import { Console, Duration, Effect, Option } from "effect"
 import type { Projection, Runnable } from "../Projection.js"
+import * as ReadModels from "../ReadModels.js"
 import * as Rebuild from "../Rebuild.js"
 import * as Verify from "../Verify.js"
 import * as Cli from "./cli.js"
 import { describeDifference } from "./compare.js"
 import * as ProgressBar from "./progress.js"
+
+/** The registry, for commands that resolve each version's collection. */
+export { ReadModels }
 
 const projectionsOnly = (runnables: ReadonlyArray<Runnable>) =>
   runnables.filter((r): r is Projection<any, any> => r._tag === "Projection")
