@@ -20,7 +20,7 @@
  * @since 0.1.0
  */
 import * as path from "node:path"
-import { Config, ConfigError, Context, Data, Duration, Effect, Fiber, Layer, Option, Redacted, Schedule, Stream } from "effect"
+import { Config, ConfigError, Context, Data, Duration, Effect, Fiber, Layer, Option, Redacted, Schedule } from "effect"
 import * as EventStoreServer from "./embedded/EventStoreServer.js"
 import * as MongoServer from "./embedded/MongoServer.js"
 import { EventSource as EventSourceTag } from "./EventSource.js"
@@ -33,6 +33,7 @@ import { ReadModelStore as ReadModelStoreTag } from "./ReadModelStore.js"
 import type { ReadModelStore, StoreError } from "./ReadModelStore.js"
 import * as ReadModels from "./ReadModels.js"
 import * as Verify from "./Verify.js"
+import * as Stream from "effect/Stream"
 import * as Reconciler from "./Reconciler.js"
 
 // ---- endpoints ----------------------------------------------------------------
