@@ -9,7 +9,8 @@
 import { Chunk, Context, Deferred, Effect, FiberId, Layer, Option, Stream } from "effect"
 import type { Delivery, Settlement, Subscription } from "./EventSource.js"
 import { categoryOf, EventSource, EventSourceError } from "./EventSource.js"
-import type { Checkpoint, DeadLetter, Registration, StoredDocument, WriteBatch, WriteResult } from "./ReadModelStore.js"
+import type { Checkpoint, DeadLetter, StoredDocument, WriteBatch, WriteResult } from "./ReadModelStore.js"
+import type { Registration } from "./ReadModelStore.js"
 import { ReadModelStore, StoreError } from "./ReadModelStore.js"
 import { random } from "./internal/random.js"
 
@@ -390,9 +391,9 @@ export const makeStore = (options: StoreOptions = {}) =>
   Effect.acquireRelease(
     Effect.sync((): { store: MemoryStore; close: () => void } => {
       const collections = new Map<string, Map<string, StoredDocument>>()
+      const registrations = new Map<string, Registration>()
       const checkpoints = new Map<string, bigint>()
       const deadLetters = new Map<string, DeadLetter>()
-      const registrations = new Map<string, Registration>()
       const next = random(options.seed ?? 1)
       let closed = false
       let afterClose = 0
@@ -445,6 +446,17 @@ export const makeStore = (options: StoreOptions = {}) =>
       }
       const store: MemoryStore = {
         port: {
+          registration: (readModel) => guarded("registration", () => Option.fromNullable(registrations.get(readModel))),
+          register: (registration, expectedRevision) =>
+            guarded("register", () => {
+              if ((registrations.get(registration.readModel)?.revision ?? 0) !== expectedRevision) return false
+              registrations.set(registration.readModel, registration)
+              return true
+            }),
+          scan: (name) =>
+            Stream.unwrap(guarded("scan", () => Stream.fromIterable([...collection(name).values()]))),
+          dropCollection: (name) => guarded("dropCollection", () => void collections.delete(name)),
+          removeCheckpoint: (projection) => guarded("removeCheckpoint", () => void checkpoints.delete(projection)),
           load: (name, ids) =>
             guarded("load", () => {
               const documents = collection(name)
@@ -461,18 +473,7 @@ export const makeStore = (options: StoreOptions = {}) =>
           deadLetter: (letter) => guarded("deadLetter", () => void deadLetters.set(letter.id, letter)),
           deadLetters: (projection) =>
             guarded("deadLetters", () => [...deadLetters.values()].filter((l) => l.projection === projection)),
-          removeDeadLetter: (id) => guarded("removeDeadLetter", () => void deadLetters.delete(id)),
-          registration: (readModel) => guarded("registration", () => Option.fromNullable(registrations.get(readModel))),
-          register: (registration, expectedRevision) =>
-            guarded("register", () => {
-              if ((registrations.get(registration.readModel)?.revision ?? 0) !== expectedRevision) return false
-              registrations.set(registration.readModel, registration)
-              return true
-            }),
-          scan: (name) =>
-            Stream.unwrap(guarded("scan", () => Stream.fromIterable([...collection(name).values()]))),
-          dropCollection: (name) => guarded("dropCollection", () => void collections.delete(name)),
-          removeCheckpoint: (projection) => guarded("removeCheckpoint", () => void checkpoints.delete(projection))
+          removeDeadLetter: (id) => guarded("removeDeadLetter", () => void deadLetters.delete(id))
         },
         documents: (name) => {
           const live = new Map<string, StoredDocument>()

@@ -26,7 +26,8 @@
  * @since 0.1.0
  */
 import { randomUUID } from "node:crypto"
-import { Chunk, Config, ConfigError, Effect, Layer, Option, Redacted, Stream } from "effect"
+import { Config, ConfigError, Effect, Layer, Option, Redacted } from "effect"
+import { Chunk, Stream } from "effect"
 import {
   type AnyBulkWriteOperation,
   Binary,
@@ -51,7 +52,6 @@ import {
   type Checkpoint,
   type DeadLetter,
   type DocumentMeta,
-  type Registration,
   type DocumentWrite,
   ReadModelStore,
   StoreError,
@@ -59,13 +59,10 @@ import {
   type WriteBatch,
   type WriteResult
 } from "./ReadModelStore.js"
+import type { Registration } from "./ReadModelStore.js"
 
 /** The reserved field holding the engine's bookkeeping. @since 0.1.0 */
 export const META_FIELD = "_reconciler"
-/** @since 0.1.0 */
-export const CHECKPOINTS = "reconciler_checkpoints"
-/** @since 0.1.0 */
-export const DEAD_LETTERS = "reconciler_dead_letters"
 /**
  * The read-model registry: one document per read model,
  * `{ _id: <read model>, projection, live, collection, versions: { "<version>": <collection> }, revision }`.
@@ -80,6 +77,10 @@ export const READ_MODELS = "reconciler_read_models"
 
 /** Documents per page when scanning a collection. */
 const SCAN_PAGE = 1000
+/** @since 0.1.0 */
+export const CHECKPOINTS = "reconciler_checkpoints"
+/** @since 0.1.0 */
+export const DEAD_LETTERS = "reconciler_dead_letters"
 
 /** @since 0.1.0 */
 export interface Options {
@@ -263,9 +264,9 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
       )
   )
   const db: Db = client.db(options.database ?? "read_models", { writeConcern: options.writeConcern ?? { w: "majority" } })
+  const readModels = db.collection<Document>(READ_MODELS)
   const checkpoints = db.collection<Document>(CHECKPOINTS)
   const letters = db.collection<Document>(DEAD_LETTERS)
-  const readModels = db.collection<Document>(READ_MODELS)
 
   const call = <A>(operation: string, f: () => Promise<A>): Effect.Effect<A, StoreError> =>
     Effect.suspend(() =>
@@ -408,6 +409,50 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
   }
 
   const port: ReadModelStore["Type"] = {
+    registration: Effect.fn("MongoReadModelStore.registration")(function*(readModel: string) {
+      const doc = yield* call("registration", () => readModels.findOne({ _id: readModel } as Document))
+      return Option.fromNullable(doc === null ? undefined : decodeRegistration(doc))
+    }),
+    register: Effect.fn("MongoReadModelStore.register")(function*(next: Registration, expectedRevision: number) {
+      const doc = encodeRegistration(next)
+      return yield* call("register", async () => {
+        if (expectedRevision === 0) {
+          try {
+            await readModels.insertOne(doc)
+            return true
+          } catch (e) {
+            if (e instanceof MongoError && e.code === 11000) return false
+            throw e
+          }
+        }
+        const result = await readModels.replaceOne({ _id: next.readModel, revision: expectedRevision } as Document, doc)
+        return result.matchedCount === 1
+      })
+    }),
+    // Pages by `_id` so that no cursor stays open between pulls (a long scan outlives cursor timeouts).
+    scan: (collection: string) =>
+      Stream.paginateChunkEffect(undefined as unknown, (after) =>
+        call("scan", () =>
+          db.collection<Document>(collection)
+            .find(after === undefined ? {} : { _id: { $gt: after } } as Document, { sort: { _id: 1 }, limit: SCAN_PAGE, batchSize: SCAN_PAGE })
+            .toArray()
+        ).pipe(Effect.map((docs) => [
+          Chunk.fromIterable(docs.map(decodeDocument)),
+          docs.length < SCAN_PAGE ? Option.none() : Option.some(docs[docs.length - 1]!._id as unknown)
+        ] as const))
+      ),
+    dropCollection: Effect.fn("MongoReadModelStore.dropCollection")(function*(collection: string) {
+      yield* call("dropCollection", async () => {
+        try {
+          await db.collection(collection).drop()
+        } catch (e) {
+          if (!(e instanceof MongoError && e.code === 26)) throw e // NamespaceNotFound: already gone
+        }
+      })
+    }),
+    removeCheckpoint: Effect.fn("MongoReadModelStore.removeCheckpoint")(function*(projection: string) {
+      yield* call("removeCheckpoint", () => checkpoints.deleteOne({ _id: projection } as Document))
+    }),
     load: Effect.fn("MongoReadModelStore.load")(function*(collection: string, ids: ReadonlyArray<string>) {
       if (ids.length === 0) return new Map<string, StoredDocument>()
       const docs = yield* call("load", () =>
@@ -469,50 +514,6 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
     }),
     removeDeadLetter: Effect.fn("MongoReadModelStore.removeDeadLetter")(function*(id: string) {
       yield* call("removeDeadLetter", () => letters.deleteOne({ _id: id } as Document))
-    }),
-    registration: Effect.fn("MongoReadModelStore.registration")(function*(readModel: string) {
-      const doc = yield* call("registration", () => readModels.findOne({ _id: readModel } as Document))
-      return Option.fromNullable(doc === null ? undefined : decodeRegistration(doc))
-    }),
-    register: Effect.fn("MongoReadModelStore.register")(function*(next: Registration, expectedRevision: number) {
-      const doc = encodeRegistration(next)
-      return yield* call("register", async () => {
-        if (expectedRevision === 0) {
-          try {
-            await readModels.insertOne(doc)
-            return true
-          } catch (e) {
-            if (e instanceof MongoError && e.code === 11000) return false
-            throw e
-          }
-        }
-        const result = await readModels.replaceOne({ _id: next.readModel, revision: expectedRevision } as Document, doc)
-        return result.matchedCount === 1
-      })
-    }),
-    // Pages by `_id` so that no cursor stays open between pulls (a long scan outlives cursor timeouts).
-    scan: (collection: string) =>
-      Stream.paginateChunkEffect(undefined as unknown, (after) =>
-        call("scan", () =>
-          db.collection<Document>(collection)
-            .find(after === undefined ? {} : { _id: { $gt: after } } as Document, { sort: { _id: 1 }, limit: SCAN_PAGE, batchSize: SCAN_PAGE })
-            .toArray()
-        ).pipe(Effect.map((docs) => [
-          Chunk.fromIterable(docs.map(decodeDocument)),
-          docs.length < SCAN_PAGE ? Option.none() : Option.some(docs[docs.length - 1]!._id as unknown)
-        ] as const))
-      ),
-    dropCollection: Effect.fn("MongoReadModelStore.dropCollection")(function*(collection: string) {
-      yield* call("dropCollection", async () => {
-        try {
-          await db.collection(collection).drop()
-        } catch (e) {
-          if (!(e instanceof MongoError && e.code === 26)) throw e // NamespaceNotFound: already gone
-        }
-      })
-    }),
-    removeCheckpoint: Effect.fn("MongoReadModelStore.removeCheckpoint")(function*(projection: string) {
-      yield* call("removeCheckpoint", () => checkpoints.deleteOne({ _id: projection } as Document))
     })
   }
   return port

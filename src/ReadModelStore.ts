@@ -142,6 +142,19 @@ export class StoreError extends Data.TaggedError("StoreError")<{
 export class ReadModelStore extends Context.Tag("effect-reconciler/ReadModelStore")<
   ReadModelStore,
   {
+    /** The registration of a read model (see {@link Registration}). */
+    readonly registration: (readModel: string) => Effect.Effect<Option.Option<Registration>, StoreError>
+    /**
+     * Stores `next` if the stored record's revision is still `expectedRevision`
+     * (`0`: there must be none); `false` when another writer changed it first.
+     */
+    readonly register: (next: Registration, expectedRevision: number) => Effect.Effect<boolean, StoreError>
+    /** Every stored document of a collection (tombstones included), in pages; order unspecified. */
+    readonly scan: (collection: string) => Stream.Stream<StoredDocument, StoreError>
+    /** Drops a collection with its documents; a missing collection is not an error. */
+    readonly dropCollection: (collection: string) => Effect.Effect<void, StoreError>
+    /** Removes a checkpoint (a projection version that is gone). */
+    readonly removeCheckpoint: (projection: string) => Effect.Effect<void, StoreError>
     /** The stored documents (tombstones included) among `ids`, in one round trip. */
     readonly load: (
       collection: string,
@@ -156,19 +169,6 @@ export class ReadModelStore extends Context.Tag("effect-reconciler/ReadModelStor
     readonly deadLetter: (letter: DeadLetter) => Effect.Effect<void, StoreError>
     readonly deadLetters: (projection: string) => Effect.Effect<ReadonlyArray<DeadLetter>, StoreError>
     readonly removeDeadLetter: (id: string) => Effect.Effect<void, StoreError>
-    /** The registration of a read model (see {@link Registration}). */
-    readonly registration: (readModel: string) => Effect.Effect<Option.Option<Registration>, StoreError>
-    /**
-     * Stores `next` if the stored record's revision is still `expectedRevision`
-     * (`0`: there must be none); `false` when another writer changed it first.
-     */
-    readonly register: (next: Registration, expectedRevision: number) => Effect.Effect<boolean, StoreError>
-    /** Every stored document of a collection (tombstones included), in pages; order unspecified. */
-    readonly scan: (collection: string) => Stream.Stream<StoredDocument, StoreError>
-    /** Drops a collection with its documents; a missing collection is not an error. */
-    readonly dropCollection: (collection: string) => Effect.Effect<void, StoreError>
-    /** Removes a checkpoint (a projection version that is gone). */
-    readonly removeCheckpoint: (projection: string) => Effect.Effect<void, StoreError>
   }
 >() {}
 
