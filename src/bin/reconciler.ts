@@ -8,6 +8,10 @@
  * reconciler status --module dist/projections.js
  * reconciler dead-letters list  --module dist/projections.js [--projection NAME]
  * reconciler dead-letters retry --module dist/projections.js [--projection NAME]
+ * reconciler rebuild --module M --projection P [--cutover [--require-identical] [--cleanup]]
+ * reconciler diff    --module M --projection P [--sample N]
+ * reconciler cutover --module M --projection P [--require-identical] [--cleanup]
+ * reconciler verify  --module M [--projection P] [--repair]
  * reconciler embedded --eventstore-port P --mongo-port Q [--data-dir D] [--transaction-lifetime-limit-seconds S]
  * ```
  *
@@ -113,6 +117,17 @@ const withApp = <A, E, R>(
     }).pipe(Effect.provide(app.layer(args.embedded ? { embedded: true } : {})))
   })
 
+/**
+ * Checks every setting, then provides the app's layer to `use`, for commands
+ * that load their module themselves (the versions commands).
+ */
+const withAppLayer = <A, E, R>(embedded: boolean, use: (app: typeof AppModule) => Effect.Effect<A, E, R>) =>
+  Effect.gen(function*() {
+    const app = yield* loadApp
+    yield* app.checkConfig
+    return yield* use(app).pipe(Effect.provide(app.layer(embedded ? { embedded: true } : {})))
+  })
+
 // ---- run -----------------------------------------------------------------------
 
 const run = Command.make(
@@ -203,9 +218,11 @@ const retry = Command.make(
   (args) =>
     withApp(args, (_, runnables) =>
       Effect.gen(function*() {
-        const Cli = yield* loadCli
+        // Into the collection each version writes (refused for a version that has none).
+        const [Cli, { ReadModels }] = yield* Effect.all([loadCli, loadVersions])
+        const resolved = yield* ReadModels.resolve(runnables)
         let failures = 0
-        for (const runnable of runnables) {
+        for (const runnable of resolved) {
           const outcome = yield* Cli.retryDeadLetters(runnable)
           failures += outcome.failed.length + outcome.superseded.length
           yield* Console.log(
@@ -227,6 +244,75 @@ const deadLetters = Command.make("dead-letters").pipe(
   Command.withDescription("Inspect and retry dead-lettered events."),
   Command.withSubcommands([list, retry])
 )
+
+// ---- versions: rebuild, diff, cutover, verify (logic in internal/versionsCli) -------
+
+/** The versions commands' logic, loaded by the commands that use it. */
+const loadVersions = Effect.promise(() => import("../internal/versionsCli.js"))
+
+const oneProjection = Options.text("projection").pipe(Options.withAlias("p"), Options.withDescription("the projection"))
+const flag = (name: string, description: string) => Options.boolean(name).pipe(Options.withDescription(description))
+const requireIdentical = flag("require-identical", "refuse to cut over when the new version differs from the live one")
+const cleanup = flag("cleanup", "after cutting over, remove the old version's collection, checkpoint and dead letters")
+
+const rebuild = Command.make(
+  "rebuild",
+  {
+    module: modulePath,
+    projection: oneProjection,
+    cutover: flag("cutover", "cut over once caught up"),
+    requireIdentical,
+    cleanup,
+    lanes: positive("lanes", "parallel lanes (default RECONCILER_LANES or 4)"),
+    batchSize: positive("batch-size", "most events folded into one write per lane (default RECONCILER_BATCH_SIZE or 100)"),
+    embedded
+  },
+  (args) =>
+    withAppLayer(args.embedded, (app) =>
+      Effect.flatMap(Effect.zip(app.settings, loadVersions), ([settings, Versions]) =>
+        Versions.rebuild({
+          ...args,
+          run: {
+            ...settings,
+            lanes: Option.getOrElse(args.lanes, () => settings.lanes),
+            batchSize: Option.getOrElse(args.batchSize, () => settings.batchSize)
+          }
+        })))
+).pipe(Command.withDescription(
+  "Build the projection's current version from the start into its own collection while the live version keeps serving; resumable."
+))
+
+const cutover = Command.make(
+  "cutover",
+  { module: modulePath, projection: oneProjection, requireIdentical, cleanup, embedded },
+  (args) => withAppLayer(args.embedded, () => Effect.flatMap(loadVersions, (Versions) => Versions.cutover(args)))
+).pipe(Command.withDescription("Switch readers to the projection's rebuilt version in one step."))
+
+const diff = Command.make(
+  "diff",
+  {
+    module: modulePath,
+    projection: oneProjection,
+    sample: Options.integer("sample").pipe(Options.withDefault(10), Options.withDescription("differences to show")),
+    embedded
+  },
+  (args) => withAppLayer(args.embedded, () => Effect.flatMap(loadVersions, (Versions) => Versions.diff(args)))
+).pipe(Command.withDescription("Compare the live version with the rebuilt one, document by document; exit 1 when they differ."))
+
+const verify = Command.make(
+  "verify",
+  {
+    module: modulePath,
+    projection: projectionNames,
+    repair: flag("repair", "rewrite the documents that differ from their events (guarded writes)"),
+    embedded
+  },
+  (args) =>
+    withAppLayer(args.embedded, () =>
+      Effect.flatMap(loadVersions, (Versions) => Versions.verify({ ...args, projections: args.projection })))
+).pipe(Command.withDescription(
+  "Fold the projections again from their events and compare every stored document; exit 1 on a mismatch."
+))
 
 // ---- embedded ----------------------------------------------------------------------
 
@@ -284,7 +370,7 @@ const reconciler = Command.make("reconciler").pipe(
     Usage.endpointVariables,
     Usage.engineVariables
   )),
-  Command.withSubcommands([run, status, deadLetters, embeddedServers])
+  Command.withSubcommands([run, status, deadLetters, rebuild, diff, cutover, verify, embeddedServers])
 )
 
 const cli = Command.run(reconciler, { name: "reconciler", version: "0.1.0" })
