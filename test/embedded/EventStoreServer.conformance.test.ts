@@ -16,11 +16,13 @@ import {
   PersistentSubscriptionExistsError,
   persistentSubscriptionToAllSettingsFromDefaults,
   persistentSubscriptionToStreamSettingsFromDefaults,
+  MaxAppendSizeExceededError,
   ROUND_ROBIN,
   START,
   StreamDeletedError,
   StreamNotFoundError,
   streamNameFilter,
+  UnavailableError,
   WrongExpectedVersionError
 } from "@eventstore/db-client"
 import type { PersistentSubscriptionToStreamResolvedEvent, ResolvedEvent } from "@eventstore/db-client"
@@ -31,6 +33,7 @@ import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { Effect, Exit, FastCheck as fc, Scope } from "effect"
 import * as EventStoreServer from "../../src/embedded/EventStoreServer.js"
+import { start as startRaw } from "../../src/embedded/eventstore/Server.js"
 
 /** Starts an embedded server through the public module; `close` shuts it down. */
 const start = async (options: EventStoreServer.Options) => {
@@ -93,7 +96,71 @@ const take = async <A>(iterable: AsyncIterable<A>, n: number): Promise<Array<A>>
 
 const credited = (amount: number) => jsonEvent({ type: "Credited", data: { amount } })
 
-describe("streams", () => {
+/** The suite's client, for blocks that bring their own server and client. */
+const sharedClient = () => client
+
+/**
+ * The append paths: a real server (21.10+) advertises `BatchAppend` and the
+ * client appends over it; one that does not gets `Streams/Append`. The
+ * embedded server serves each; a real server is tested on the path it offers.
+ */
+const appendPaths = external
+  ? [{ path: "the server's append path", batchAppend: undefined }]
+  : [{ path: "BatchAppend", batchAppend: true }, { path: "Append (BatchAppend not advertised)", batchAppend: false }]
+
+describe.each(appendPaths)("streams, appending over $path", ({ batchAppend }) => {
+  let client: EventStoreDBClient
+  let closeOwn: (() => Promise<void>) | undefined
+  beforeAll(async () => {
+    if (batchAppend === undefined) {
+      client = sharedClient()
+      return
+    }
+    const server = await start({ batchAppend })
+    closeOwn = server.close
+    client = EventStoreDBClient.connectionString(server.connectionString)
+  })
+  afterAll(async () => {
+    if (closeOwn) {
+      await client.dispose()
+      await closeOwn()
+    }
+  })
+
+  it("refuses an append larger than the maximum append size (1 MiB by default), storing none of it", async () => {
+    const stream = `${uniqueCategory("big")}-1`
+    const tooBig = await client
+      .appendToStream(stream, [credited(1), binaryEvent({ type: "Blob", data: new Uint8Array(1024 * 1024 + 1) })])
+      .catch((e) => e)
+    expect(tooBig).toBeInstanceOf(MaxAppendSizeExceededError)
+    expect(tooBig.maxAppendSize).toBe(1024 * 1024)
+    expect(await collect(client.readStream(stream)).catch((e) => e)).toBeInstanceOf(StreamNotFoundError)
+    // just under the limit is fine
+    const fits = await client.appendToStream(stream, binaryEvent({ type: "Blob", data: new Uint8Array(1000 * 1000) }))
+    expect(fits.nextExpectedRevision).toBe(0n)
+  })
+
+  it("answers deletes of a stream that never existed as a real server does", async () => {
+    // soft delete: a wrong expected version whatever the expectation (KurrentDB issue 4637)
+    const never = `${uniqueCategory("never")}-1`
+    const soft = await client.deleteStream(never).catch((e) => e)
+    expect(soft).toBeInstanceOf(WrongExpectedVersionError)
+    expect(soft.streamName).toBe(never)
+    expect(soft.actualVersion).toBe("no_stream")
+    expect(await client.deleteStream(never, { expectedRevision: "no_stream" }).catch((e) => e)).toBeInstanceOf(
+      WrongExpectedVersionError
+    )
+    // tombstone: succeeds, and the stream is deleted for good
+    const gone = `${uniqueCategory("never")}-2`
+    expect(await client.tombstoneStream(gone, { expectedRevision: "no_stream" })).toBeDefined()
+    expect(await collect(client.readStream(gone)).catch((e) => e)).toBeInstanceOf(StreamDeletedError)
+    expect(await client.appendToStream(gone, credited(1)).catch((e) => e)).toBeInstanceOf(StreamDeletedError)
+    // a stream that exists only through its metadata counts as existing
+    const implicit = `${uniqueCategory("never")}-3`
+    await client.setStreamMetadata(implicit, { maxCount: 10 })
+    expect(await client.deleteStream(implicit, { expectedRevision: "no_stream" })).toBeDefined()
+  })
+
   it("appends with expected revisions and reports wrong expected versions", async () => {
     const stream = `${uniqueCategory("acc")}-1`
     const first = await client.appendToStream(stream, [credited(1), credited(2)], { expectedRevision: "no_stream" })
@@ -618,7 +685,115 @@ describe("persistent subscriptions", () => {
   })
 })
 
+/** The server version the client learned from ServerFeatures (the client keeps it to itself). */
+const serverVersion = async (c: EventStoreDBClient): Promise<string> =>
+  (await (c as unknown as { capabilities: Promise<{ serverVersion: string }> }).capabilities).serverVersion
+
+/** Whether a version (`major.minor…`) is at least `major.minor`. */
+const atLeast = (version: string, major: number, minor: number) => {
+  const [a = 0, b = 0] = version.split(".").map(Number)
+  return a > major || (a === major && b >= minor)
+}
+
+describe("categories", () => {
+  it("links by the $by_category rule: the text before the first dash; none without one, at the start, or for system streams", async () => {
+    const category = uniqueCategory("rule")
+    const streams = [`${category}-1`, `${category}-a-b`, category, `-${category}`]
+    for (const stream of streams) await client.appendToStream(stream, credited(1))
+    await eventually(async () => {
+      const links = await collect(client.readStream(`$ce-${category}`, { resolveLinkTos: true }))
+      expect(links.map((e) => e.event!.streamId)).toEqual([`${category}-1`, `${category}-a-b`])
+    })
+    // a stream without a dash is in no category: its own name is not one
+    expect(await collect(client.readStream(`$ce-${category}`, { fromRevision: 2n })).catch((e) => e)).toEqual([])
+  })
+
+  it("reads and subscribes to a category through the $idx-ce- secondary index (KurrentDB 25.1+): events, not links, by log position", async (ctx) => {
+    if (!atLeast(await serverVersion(client), 25, 1)) return ctx.skip()
+    const category = uniqueCategory("idx")
+    await client.appendToStream(`${category}-1`, [credited(1), credited(2)])
+    await client.appendToStream(`other${category}-1`, credited(9))
+    await client.appendToStream(`${category}-2`, credited(3))
+    // the 6.x client reads $all without filters; a filtered subscription reads the index (KurrentDB clients read it too)
+    const filter = streamNameFilter({ prefixes: [`$idx-ce-${category}`] })
+    const subscription = client.subscribeToAll({ fromPosition: START, filter })
+    const seen: Array<ResolvedEvent> = []
+    const done = (async () => {
+      for await (const e of subscription) {
+        seen.push(e)
+        if (seen.length === 4) break
+      }
+    })()
+    await client.appendToStream(`${category}-3`, credited(4))
+    await done
+    expect(seen.map((e) => [e.event!.streamId, e.event!.revision, (e.event!.data as { amount: number }).amount])).toEqual([
+      [`${category}-1`, 0n, 1],
+      [`${category}-1`, 1n, 2],
+      [`${category}-2`, 0n, 3],
+      [`${category}-3`, 0n, 4]
+    ])
+    expect(seen.every((e) => e.link === undefined && e.event!.type === "Credited")).toBe(true)
+    const positions = seen.map((e) => e.event!.position!.commit)
+    expect(positions.every((p, i) => i === 0 || p > positions[i - 1]!)).toBe(true)
+  })
+})
+
 describe.skipIf(external !== undefined)("embedded server only", () => {
+  it("appends over BatchAppend when it advertises it, and over Append when it does not", async () => {
+    for (const batchAppend of [true, false]) {
+      const running = await startRaw({ batchAppend })
+      const c = EventStoreDBClient.connectionString(`esdb://127.0.0.1:${running.port}?tls=false`)
+      try {
+        await c.appendToStream("order-1", [credited(1), credited(2)])
+        await c.appendToStream("order-1", credited(3), { expectedRevision: 1n })
+        expect(running.store.stats).toMatchObject(batchAppend ? { batchAppends: 2, appends: 0 } : { batchAppends: 0, appends: 2 })
+      } finally {
+        await c.dispose()
+        await running.close()
+      }
+    }
+  })
+
+  it("takes a configured maximum append size", async () => {
+    const server = await start({ maxAppendSize: 100 })
+    const c = EventStoreDBClient.connectionString(server.connectionString)
+    try {
+      const e = await c.appendToStream("blob-1", binaryEvent({ type: "B", data: new Uint8Array(101) })).catch((e) => e)
+      expect(e).toBeInstanceOf(MaxAppendSizeExceededError)
+      expect(e.maxAppendSize).toBe(100)
+    } finally {
+      await c.dispose()
+      await server.close()
+    }
+  })
+
+  it("ends catch-up and persistent subscriptions with UNAVAILABLE when it stops, as a real server's clients see it", async () => {
+    const server = await start({})
+    const c = EventStoreDBClient.connectionString(server.connectionString)
+    try {
+      await c.appendToStream("order-1", credited(1))
+      await c.createPersistentSubscriptionToStream("$ce-order", "g", settings())
+      const catchUp = c.subscribeToStream("order-1", { fromRevision: START })
+      const persistent = c.subscribeToPersistentSubscriptionToStream("$ce-order", "g")
+      // read without stopping the subscriptions (leaving a for-await loop would unsubscribe)
+      const first = (s: { once(event: "data", f: () => void): unknown }) => new Promise<void>((resolve) => s.once("data", () => resolve()))
+      const failed = (s: { once(event: "error", f: (e: Error) => void): unknown }) =>
+        new Promise<Error>((resolve) => s.once("error", resolve))
+      const catchUpError = failed(catchUp)
+      const persistentError = failed(persistent)
+      await Promise.all([first(catchUp), first(persistent)])
+      await server.close()
+      const errors = await Promise.all([catchUpError, persistentError])
+      for (const e of errors) {
+        expect(e).toBeInstanceOf(UnavailableError)
+        expect((e as UnavailableError).code).toBe(14)
+      }
+    } finally {
+      await c.dispose()
+      await server.close()
+    }
+  })
+
   it("keeps events, groups and checkpoints in a data directory across restarts", async () => {
     const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "esdb-"))
     try {

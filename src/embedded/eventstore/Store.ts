@@ -131,8 +131,8 @@ export class Store {
   readonly log: Array<EventRecord> = []
   private readonly listeners = new Set<(records: ReadonlyArray<EventRecord>) => void>()
   journal: Journal | undefined = undefined
-  /** Observations for tests and benchmarks: events handed to read and subscription calls. */
-  readonly stats = { eventsRead: 0 }
+  /** Observations for tests and benchmarks: events handed to read and subscription calls; appends by protocol path. */
+  readonly stats = { eventsRead: 0, appends: 0, batchAppends: 0 }
 
   /** Position of the newest record in the log, 0 when empty. */
   get lastPosition(): bigint {

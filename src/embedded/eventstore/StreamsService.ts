@@ -218,6 +218,7 @@ export const makeStreamsService = (store: Store, options: StreamsOptions): grpc.
     call.on("end", () => {
       if (failed) return
       const resp = new streams.AppendResp()
+      store.stats.appends++
       try {
         const result = store.append(streamId, expected, events)
         const success = new streams.AppendResp.Success()
@@ -417,6 +418,7 @@ const batchAppend = (store: Store, options: StreamsOptions, call: grpc.ServerDup
     pending.delete(key)
     if (p.refused) return
     const target = p
+    store.stats.batchAppends++
     try {
       const result = store.append(target.streamId, target.expected, target.events)
       answer(correlation, target, (resp) => {
