@@ -104,7 +104,7 @@ const sharedClient = () => client
  * client appends over it; one that does not gets `Streams/Append`. The
  * embedded server serves each; a real server is tested on the path it offers.
  */
-const appendPaths = external
+const appendPaths: Array<{ readonly path: string; readonly batchAppend: boolean | undefined }> = external
   ? [{ path: "the server's append path", batchAppend: undefined }]
   : [{ path: "BatchAppend", batchAppend: true }, { path: "Append (BatchAppend not advertised)", batchAppend: false }]
 
