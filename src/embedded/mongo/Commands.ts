@@ -6,7 +6,7 @@
  * @internal
  */
 import { Binary, Long, ObjectId, Timestamp, calculateObjectSize } from "bson"
-import { Query } from "mingo"
+import { Query } from "./Mingo.js"
 import {
   CommandError,
   badValue,
