@@ -26,7 +26,6 @@
  *
  * @since 0.1.0
  */
-import { PINNED, START } from "@eventstore/db-client"
 import type {
   PersistentSubscriptionToStreamResolvedEvent,
   PersistentSubscriptionToStreamSettings,
@@ -36,7 +35,7 @@ import { Chunk, Config, ConfigError, Effect, Layer, Metric, Option, Redacted, Sc
 import type { Delivery, Settlement, Subscription } from "./EventSource.js"
 import { EventSource, EventSourceError } from "./EventSource.js"
 import type { ClientKind, GroupSubscription, StoreClient, StreamFilter, Unsubscribable } from "./internal/eventStoreClient.js"
-import { esdb, kindOf, kurrentdb, versionAtLeast } from "./internal/eventStoreClient.js"
+import { ClientPackageConflict, esdb, kindOf, kurrentdb, versionAtLeast } from "./internal/eventStoreClient.js"
 
 /**
  * Adapter options.
@@ -107,6 +106,10 @@ const defaultResubscribe: Schedule.Schedule<unknown, EventSourceError> = Schedul
   Schedule.jittered,
   Schedule.intersect(Schedule.recurs(10))
 )
+
+// The clients' constants (the same in both packages), kept here so that importing this module loads neither client.
+const START = "start" as const
+const PINNED = "Pinned" as const
 
 /** The consumer-group settings the adapter creates groups with (before `persistentSettings`). */
 export const defaultPersistentSettings: Partial<PersistentSubscriptionToStreamSettings> = {
@@ -344,10 +347,11 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
   const kind = options.client ?? kindOf(connectionString)
   const client: StoreClient = yield* Effect.acquireRelease(
     Effect.tryPromise({
-      try: async () => (kind === "kurrentdb" ? await kurrentdb(connectionString) : esdb(connectionString)),
+      try: () => (kind === "kurrentdb" ? kurrentdb(connectionString) : esdb(connectionString)),
       // The parser's message quotes the connection string, which may hold credentials:
       // only the position is kept, and not the cause.
       catch: (cause) => {
+        if (cause instanceof ClientPackageConflict) return new EventSourceError({ message: cause.message, retryable: false })
         const at = /position (\d+)/.exec(cause instanceof Error ? cause.message : "")?.[1]
         return new EventSourceError({
           message: `invalid EventStoreDB connection string${at === undefined ? "" : ` (at position ${at})`}`,

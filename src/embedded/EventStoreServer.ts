@@ -30,6 +30,12 @@ export interface Options {
    * clients append over `Streams/Append`.
    */
   readonly batchAppend?: boolean | undefined
+  /**
+   * Whether it is a KurrentDB 25.1 with the `$idx-ce-` / `$idx-et-` secondary
+   * indexes (the default, reported as version 25.1.0), or an older server
+   * without them (reported as 24.10.0; `$idx-` filters are plain prefixes).
+   */
+  readonly secondaryIndexes?: boolean | undefined
 }
 
 /**

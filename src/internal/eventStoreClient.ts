@@ -5,19 +5,14 @@
  * out the same shapes (subscriptions are object-mode readables, events are
  * resolved events); they differ in naming and in what they can read (the 6.x
  * client cannot read `$all` with a filter). The source is written once over
- * this interface. The KurrentDB client is loaded only when chosen, so users
- * of the 6.x client never load its native addon.
+ * this interface. Each package is loaded only when chosen: their generated
+ * protobuf code registers on one global namespace with differing definitions,
+ * so a process uses one of them (and the embedded server follows
+ * `EVENTSTORE_CLIENT`, see src/embedded/eventstore/proto.ts); loading the
+ * other one fails typed instead of corrupting the first.
  *
  * @internal
  */
-import {
-  BACKWARDS,
-  END,
-  EventStoreDBClient,
-  persistentSubscriptionToStreamSettingsFromDefaults,
-  START,
-  streamNameFilter
-} from "@eventstore/db-client"
 import type {
   PersistentSubscriptionToStream,
   PersistentSubscriptionToStreamSettings,
@@ -87,8 +82,37 @@ type MakeFilter = { (o: { regex: string }): unknown; (o: { prefixes: Array<strin
 const filterWith = (make: MakeFilter, filter: StreamFilter) =>
   "regex" in filter ? make({ regex: filter.regex }) : make({ prefixes: [...filter.prefixes] })
 
-/** The 6.x client. Throws the client's error for a bad connection string. */
-export const esdb = (connectionString: string): StoreClient => {
+/** Thrown when a process that already uses one client package is asked to load the other. */
+export class ClientPackageConflict extends Error {
+  readonly _tag = "ClientPackageConflict"
+}
+
+let loaded: ClientKind | undefined
+const claim = (kind: ClientKind) => {
+  if (loaded !== undefined && loaded !== kind) {
+    throw new ClientPackageConflict(
+      `this process already uses the ${loaded === "esdb" ? "@eventstore/db-client" : "@kurrent/kurrentdb-client"} package; ` +
+        `the two clients' generated protocol code cannot share a process (set EVENTSTORE_CLIENT to choose one for the whole process)`
+    )
+  }
+  loaded = kind
+}
+/**
+ * Which package's generated code is already registered in this process (by
+ * an embedded server, or a client loaded elsewhere): KurrentDB's `BatchAppendReq`
+ * options carry a field the 6.x ones lack.
+ */
+const claimProcess = () => {
+  const options = (globalThis as { proto?: any }).proto?.event_store?.client?.streams?.BatchAppendReq?.Options?.prototype
+  if (options !== undefined) loaded ??= typeof options.getDeadline21100 === "function" ? "kurrentdb" : "esdb"
+}
+
+/** The 6.x client (loaded on first use). Rejects with the client's error for a bad connection string. */
+export const esdb = async (connectionString: string): Promise<StoreClient> => {
+  claimProcess()
+  claim("esdb")
+  const { BACKWARDS, END, EventStoreDBClient, persistentSubscriptionToStreamSettingsFromDefaults, START, streamNameFilter } =
+    await import("@eventstore/db-client")
   const client = EventStoreDBClient.connectionString(connectionString)
   return {
     kind: "esdb",
@@ -112,6 +136,8 @@ export const esdb = (connectionString: string): StoreClient => {
 
 /** The KurrentDB client (loaded on first use). Rejects with the client's error for a bad connection string. */
 export const kurrentdb = async (connectionString: string): Promise<StoreClient> => {
+  claimProcess()
+  claim("kurrentdb")
   const k = await import("@kurrent/kurrentdb-client")
   const client = k.KurrentDBClient.connectionString(connectionString)
   // The two packages' types are nominally distinct but the same shapes: seen through the 6.x client's types.

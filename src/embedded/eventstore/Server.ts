@@ -22,6 +22,8 @@ export interface StartOptions {
   readonly maxAppendSize?: number | undefined
   /** Whether `BatchAppend` is offered and advertised (true by default, as on 21.10+). */
   readonly batchAppend?: boolean | undefined
+  /** Whether the server is a KurrentDB 25.1 with secondary indexes (true by default) or an older one without. */
+  readonly secondaryIndexes?: boolean | undefined
 }
 
 /** A real server's default `MaxAppendSize`: 1 MiB. */
@@ -44,7 +46,8 @@ export const start = async (options: StartOptions): Promise<Running> => {
   const server = new grpc.Server({ "grpc.max_receive_message_length": 17 * 1024 * 1024 })
   const streamsService = makeStreamsService(store, {
     maxAppendSize: options.maxAppendSize ?? DEFAULT_MAX_APPEND_SIZE,
-    calls
+    calls,
+    secondaryIndexes: options.secondaryIndexes ?? true
   })
   if (!batchAppend) {
     // a server without BatchAppend (before 21.10) does not implement it at all
@@ -52,7 +55,7 @@ export const start = async (options: StartOptions): Promise<Running> => {
   }
   server.addService(streamsGrpc.StreamsService, streamsService)
   server.addService(persistentGrpc.PersistentSubscriptionsService, makePersistentService(groups, calls))
-  server.addService(featuresGrpc.ServerFeaturesService, makeServerFeaturesService({ batchAppend }))
+  server.addService(featuresGrpc.ServerFeaturesService, makeServerFeaturesService({ batchAppend, secondaryIndexes: options.secondaryIndexes ?? true }))
   const host = options.host ?? "127.0.0.1"
   let port: number
   try {

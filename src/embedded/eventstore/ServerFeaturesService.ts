@@ -15,6 +15,9 @@ import { features } from "./proto.js"
  */
 export const SERVER_VERSION = "25.1.0"
 
+/** The version reported by a server without secondary indexes (the last release before them). */
+export const SERVER_VERSION_WITHOUT_INDEXES = "24.10.0"
+
 const STREAMS = "event_store.client.streams.Streams"
 const PERSISTENT = "event_store.client.persistent_subscriptions.PersistentSubscriptions"
 
@@ -35,10 +38,13 @@ const supported: ReadonlyArray<readonly [string, string, ReadonlyArray<string>]>
   ["event_store.client.server_features.ServerFeatures", "getsupportedmethods", []]
 ]
 
-export const makeServerFeaturesService = (options: { readonly batchAppend: boolean }): grpc.UntypedServiceImplementation => ({
+export const makeServerFeaturesService = (options: {
+  readonly batchAppend: boolean
+  readonly secondaryIndexes: boolean
+}): grpc.UntypedServiceImplementation => ({
   getSupportedMethods(_call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) {
     const resp = new features.SupportedMethods()
-    resp.setEventStoreServerVersion(SERVER_VERSION)
+    resp.setEventStoreServerVersion(options.secondaryIndexes ? SERVER_VERSION : SERVER_VERSION_WITHOUT_INDEXES)
     const offered = supported.filter(([service, method]) => options.batchAppend || !(service === STREAMS && method === "batchappend"))
     resp.setMethodsList(offered.map(([service, method, fs]) => {
       const m = new features.SupportedMethod()

@@ -76,6 +76,8 @@ export interface StreamsOptions {
   readonly maxAppendSize: number
   /** Open streaming calls, ended with `UNAVAILABLE` on shutdown. */
   readonly calls: OpenCalls
+  /** Whether `$idx-ce-` / `$idx-et-` filters read the secondary indexes (KurrentDB 25.1+) or are plain prefixes. */
+  readonly secondaryIndexes: boolean
 }
 
 /** What one proposed event counts towards the append size limit. */
@@ -134,14 +136,14 @@ const indexFilter = (prefix: string): ((r: EventRecord) => boolean) | undefined 
 }
 
 /** A predicate from a `$all` filter (stream name or event type; regex or prefixes; a secondary index). */
-const makeFilter = (filter: FilterOptions | undefined): ((r: EventRecord) => boolean) => {
+const makeFilter = (filter: FilterOptions | undefined, secondaryIndexes: boolean): ((r: EventRecord) => boolean) => {
   if (!filter) return () => true
   const onType = filter.hasEventType()
   const expr = onType ? filter.getEventType() : filter.getStreamIdentifier()
   if (!expr) return () => true
   const regex = expr.getRegex()
   const prefixes = expr.getPrefixList()
-  if (!onType && !regex && prefixes.length === 1) {
+  if (secondaryIndexes && !onType && !regex && prefixes.length === 1) {
     const index = indexFilter(prefixes[0]!)
     if (index) return index
   }
@@ -264,7 +266,7 @@ export const makeStreamsService = (store: Store, options: StreamsOptions): grpc.
   },
 
   read(call: grpc.ServerWritableStream<ReadReq, ReadResp>) {
-    void read(store, options.calls, call).catch((error) => fail(call, error))
+    void read(store, options, call).catch((error) => fail(call, error))
   },
 
   delete(
@@ -488,7 +490,7 @@ const removeStream = <
   }
 }
 
-const read = async (store: Store, calls: OpenCalls, call: grpc.ServerWritableStream<ReadReq, ReadResp>): Promise<void> => {
+const read = async (store: Store, { calls, secondaryIndexes }: StreamsOptions, call: grpc.ServerWritableStream<ReadReq, ReadResp>): Promise<void> => {
   const options = call.request.getOptions()!
   const form: UuidForm = options.getUuidOption()?.hasStructured() ? "structured" : "string"
   const resolveLinks = options.getResolveLinks()
@@ -560,7 +562,7 @@ const read = async (store: Store, calls: OpenCalls, call: grpc.ServerWritableStr
   // $all
   const ao = options.getAll()!
   const filter = options.hasFilter() ? options.getFilter() : undefined
-  const matches = makeFilter(filter)
+  const matches = makeFilter(filter, secondaryIndexes)
   const log = store.log
   if (!subscribe) {
     let sent = 0
