@@ -21,3 +21,13 @@ export const Client: typeof Esdb.EventStoreDBClient = clientKind === "kurrentdb"
   : pkg.EventStoreDBClient
 
 export const { binaryEvent, jsonEvent, persistentSubscriptionToStreamSettingsFromDefaults } = pkg
+
+/** The whole package, for suites that use more of it (error classes, constants, filters). */
+export const clientPackage: typeof Esdb = pkg
+
+/**
+ * An append / delete expectation in the package's own option: `expectedRevision`
+ * (6.x) or `streamState` (KurrentDB).
+ */
+export const expecting = <R extends bigint | "any" | "no_stream" | "stream_exists">(revision: R): { expectedRevision: R } =>
+  (clientKind === "kurrentdb" ? { streamState: revision } : { expectedRevision: revision }) as { expectedRevision: R }
