@@ -42,7 +42,7 @@ import { ack, EventSource, EventSourceError, nack } from "../src/EventSource.js"
 import * as EventStoreDB from "../src/EventStoreDB.js"
 import { ReadModelStore } from "../src/ReadModelStore.js"
 import { InMemory, Projection, Reconciler } from "../src/index.js"
-import { shared, streams, streamsGrpc } from "../src/embedded/eventstore/proto.js"
+import * as protocol from "../src/embedded/eventstore/proto.js"
 
 const external = process.env.EVENTSTORE_CONNECTION_STRING
 /** Tests that restart the server or write raw protocol messages run against the embedded server only. */
@@ -801,24 +801,25 @@ const appendRaw = (
 ) =>
   Effect.acquireUseRelease(
     Effect.sync(() => {
+      protocol.load()
       const address = new URL(connectionString.replace(/^esdb:/, "http:")).host
-      return new streamsGrpc.StreamsClient(address, grpc.credentials.createInsecure())
+      return new protocol.streamsGrpc.StreamsClient(address, grpc.credentials.createInsecure())
     }),
     (raw) =>
       Effect.async<void, Error>((resume) => {
         const call = raw.append((error) => resume(error ? Effect.fail(error) : Effect.void))
-        const header = new streams.AppendReq()
-        const options = new streams.AppendReq.Options()
-        const id = new shared.StreamIdentifier()
+        const header = new protocol.streams.AppendReq()
+        const options = new protocol.streams.AppendReq.Options()
+        const id = new protocol.shared.StreamIdentifier()
         id.setStreamName(Buffer.from(stream))
         options.setStreamIdentifier(id)
-        options.setAny(new shared.Empty())
+        options.setAny(new protocol.shared.Empty())
         header.setOptions(options)
         call.write(header)
         for (const e of events) {
-          const req = new streams.AppendReq()
-          const m = new streams.AppendReq.ProposedMessage()
-          const uuid = new shared.UUID()
+          const req = new protocol.streams.AppendReq()
+          const m = new protocol.streams.AppendReq.ProposedMessage()
+          const uuid = new protocol.shared.UUID()
           uuid.setString(randomUUID())
           m.setId(uuid)
           if (e.type !== undefined) m.getMetadataMap().set("type", e.type)

@@ -9,7 +9,7 @@ import { openJournal } from "./Journal.js"
 import { OpenCalls } from "./OpenCalls.js"
 import { makePersistentService } from "./PersistentService.js"
 import { PersistentSubscriptions } from "./PersistentSubscriptions.js"
-import { featuresGrpc, persistentGrpc, streamsGrpc } from "./proto.js"
+import { featuresGrpc, load as loadProtocol, persistentGrpc, streamsGrpc } from "./proto.js"
 import { makeServerFeaturesService } from "./ServerFeaturesService.js"
 import { Store } from "./Store.js"
 import { makeStreamsService } from "./StreamsService.js"
@@ -38,6 +38,7 @@ export interface Running {
 }
 
 export const start = async (options: StartOptions): Promise<Running> => {
+  loadProtocol()
   const store = new Store()
   const groups = new PersistentSubscriptions(store)
   const journal = options.dataDir === undefined ? undefined : openJournal(options.dataDir, store, groups)
