@@ -823,6 +823,34 @@ describe.skipIf(external !== undefined)("embedded server only", () => {
     }
   })
 
+  it("cuts a torn last journal line (a kill mid-write): what came before survives, and so does what comes after", async () => {
+    const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "esdb-torn-"))
+    try {
+      const life = async (f: (c: EventStoreDBClient) => Promise<void>) => {
+        const server = await start({ dataDir })
+        const c = EventStoreDBClient.connectionString(server.connectionString)
+        try {
+          await f(c)
+        } finally {
+          await c.dispose()
+          await server.close()
+        }
+      }
+      await life((c) => c.appendToStream("torn-1", [credited(1), credited(2)]).then(() => {}))
+      // half of a line, as a process killed during its write leaves it
+      fs.appendFileSync(path.join(dataDir, "journal.jsonl"), '{"k":"a","r":[{"s":"torn-1","i":"')
+      await life(async (c) => {
+        expect((await collect(c.readStream("torn-1"))).map((e) => e.event!.revision)).toEqual([0n, 1n])
+        await c.appendToStream("torn-1", credited(3), expecting(1n))
+      })
+      await life(async (c) => {
+        expect((await collect(c.readStream("torn-1"))).map((e) => (e.event!.data as { amount: number }).amount)).toEqual([1, 2, 3])
+      })
+    } finally {
+      fs.rmSync(dataDir, { recursive: true, force: true })
+    }
+  })
+
   it("keeps events, groups and checkpoints in a data directory across restarts", async () => {
     const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "esdb-"))
     try {

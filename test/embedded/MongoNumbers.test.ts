@@ -83,4 +83,18 @@ describe("wide numbers compare exactly", () => {
       expect(await ids({ x: { $lte: pivot.bson } })).toEqual(where((v) => v <= pivot.v))
       expect(await ids({ x: pivot.bson })).toEqual(where((v) => v === pivot.v))
     }), { fastCheck: { numRuns: 50 } })
+
+  it("does decimal arithmetic in decimals and integer arithmetic in integers", async () => {
+    const c = fresh()
+    await c.insertOne({ _id: 1, d: Decimal128.fromString("0.1"), l: Long.fromBigInt(2n ** 62n), m: Decimal128.fromString("1.5") })
+    await c.updateOne({ _id: 1 }, { $inc: { d: Decimal128.fromString("0.2"), l: Long.fromBigInt(2n ** 62n - 1n) }, $mul: { m: Decimal128.fromString("3") } })
+    const doc = await c.findOne({ _id: 1 }, read)
+    expect(exact(doc!.l)).toBe(2n ** 63n - 1n)
+    expect((doc!.d as Decimal128).toString()).toBe("0.3") // a double would give 0.30000000000000004
+    expect(Number((doc!.m as Decimal128).toString())).toBe(4.5)
+    expect(doc!.m).toBeInstanceOf(Decimal128)
+    // a Long that would overflow is refused, not wrapped or rounded
+    await expect(c.updateOne({ _id: 1 }, { $inc: { l: Long.fromNumber(1) } })).rejects.toThrow()
+    expect(exact((await c.findOne({ _id: 1 }, read))!.l)).toBe(2n ** 63n - 1n)
+  })
 })
