@@ -48,7 +48,8 @@ const startServer = (dataDir: string) =>
       "--data-dir",
       dataDir
     ])
-    const [, connectionString] = yield* child.line(/embedded EventStoreDB listening on (esdb:\/\/\S+)/)
+    // generous: a loaded machine takes many seconds to start a tsx process
+    const [, connectionString] = yield* child.line(/embedded EventStoreDB listening on (esdb:\/\/\S+)/, "120 seconds")
     return { child, connectionString: connectionString! }
   })
 
@@ -159,5 +160,5 @@ describe("embedded EventStoreDB killed mid-append", () => {
         catchUp.unsubscribe().catch(() => {})
         group.unsubscribe().catch(() => {})
       }
-    }), { timeout: 180_000 })
+    }), { timeout: 400_000 })
 })

@@ -11,12 +11,16 @@ import { MongoClient } from "mongodb"
 import { spawn, until } from "../support/child.js"
 import { Client, jsonEvent } from "../support/eventStoreClient.js"
 
+/** How long a child may take to start or stop on a loaded machine. */
+const STARTUP = "120 seconds"
+
 describe("reconciler run over kurrentdb://", () => {
   it.scopedLive("reconciles through the KurrentDB client and stops cleanly on SIGTERM", () =>
     Effect.gen(function*() {
       const servers = yield* spawn("src/bin/reconciler.ts", ["embedded", "--eventstore-port", "0", "--mongo-port", "0"])
-      const esdbUri = (yield* servers.line(/EventStoreDB listening on (\S+)/))[1]!
-      const mongoUri = (yield* servers.line(/MongoDB listening on (\S+)/))[1]!
+      // generous waits: a loaded machine takes many seconds to start a tsx process
+      const esdbUri = (yield* servers.line(/EventStoreDB listening on (\S+)/, STARTUP))[1]!
+      const mongoUri = (yield* servers.line(/MongoDB listening on (\S+)/, STARTUP))[1]!
       const kurrentUri = esdbUri.replace(/^esdb:/, "kurrentdb:")
 
       const client = yield* Effect.acquireRelease(
@@ -42,7 +46,7 @@ describe("reconciler run over kurrentdb://", () => {
         RECONCILER_EMBEDDED: undefined,
         EVENTSTORE_CLIENT: undefined
       })
-      yield* service.line(/reconciling ledger/)
+      yield* service.line(/reconciling ledger/, STARTUP)
       yield* append(40)
 
       const mongo = yield* Effect.acquireRelease(
@@ -59,18 +63,18 @@ describe("reconciler run over kurrentdb://", () => {
       yield* until(
         "the read model to hold every event",
         Effect.map(readModel, (all) => all.reduce((n, d) => n + d.applied.length, 0) >= ids.length),
-        { attempts: 600, interval: "100 millis" }
+        { attempts: 1200, interval: "100 millis" }
       )
       const all = yield* readModel
       expect(Object.fromEntries(all.map((d) => [d._id, { total: d.total, applied: d.applied }]))).toEqual(
         Object.fromEntries([...expected].sort(([a], [b]) => a.localeCompare(b)))
       )
       yield* service.kill("SIGTERM")
-      expect(yield* service.exit()).toEqual({ code: 0, signal: null })
+      expect(yield* service.exit(STARTUP)).toEqual({ code: 0, signal: null })
       // it took the KurrentDB client's path: its checkpoint is a log position (the index), not a link revision
       const checkpoint = yield* Effect.promise(() =>
         mongo.db("kurrent_e2e").collection("reconciler_checkpoints").findOne({ _id: "ledger@1" as never })
       )
       expect(BigInt(String(checkpoint?.position))).toBeGreaterThan(BigInt(ids.length))
-    }), { timeout: 120_000 })
+    }), { timeout: 300_000 })
 })

@@ -777,7 +777,7 @@ describe.skipIf(!embedded)("embedded server only", () => {
       child.kill("SIGTERM")
     }
     expect(await exited).toBe(0)
-  })
+  }, 180_000) // a loaded machine takes many seconds to start a tsx process
 
   it("fails with a typed error when its port is taken", async () => {
     const exit = await Effect.runPromiseExit(
