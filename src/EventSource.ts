@@ -125,12 +125,15 @@ export class EventSource extends Context.Tag("effect-reconciler/EventSource")<
 >() {}
 
 /**
- * The category of a stream id: the part before the first `-`
- * (EventStoreDB's `$by_category` rule). A stream id without `-` is its own category.
+ * The category of a stream id by EventStoreDB's `$by_category` rule: the part
+ * before the first `-`. A stream id without `-`, one starting with `-`, and a
+ * system stream (`$…`) have no category: the server links them into no
+ * `$ce-` stream, so no category subscription sees them.
  *
  * @since 0.1.0
  */
-export const categoryOf = (streamId: string): string => {
+export const categoryOf = (streamId: string): Option.Option<string> => {
+  if (streamId.startsWith("$")) return Option.none()
   const dash = streamId.indexOf("-")
-  return dash < 0 ? streamId : streamId.slice(0, dash)
+  return dash > 0 ? Option.some(streamId.slice(0, dash)) : Option.none()
 }

@@ -1,9 +1,14 @@
 /**
- * The {@link EventSource} port over EventStoreDB (`@eventstore/db-client`).
+ * The {@link EventSource} port over EventStoreDB / KurrentDB, through either
+ * official client: `@eventstore/db-client` 6.x or `@kurrent/kurrentdb-client`
+ * 1.3 (chosen by the connection string — `kurrentdb://` → KurrentDB — or by
+ * the `client` option). One implementation serves both (src/internal/eventStoreClient.ts).
  *
  * - **catch-up**, one category: `$ce-<category>` with links resolved, from the
- *   engine's checkpoint (the link's revision); several categories: `$all`
- *   filtered by a stream-name regex, positioned by commit position.
+ *   engine's checkpoint (the link's revision) — or, through the KurrentDB
+ *   client on a server with secondary indexes (25.1+), the category index
+ *   `$idx-ce-<category>`, positioned like `$all`; several categories: `$all`
+ *   filtered by a stream-name regex, positioned by prepare position.
  * - **persistent**: one consumer group per `$ce-<category>` stream (created if
  *   missing, Pinned by default), settled with ack / nack.
  *
@@ -21,25 +26,16 @@
  *
  * @since 0.1.0
  */
-import {
-  END,
-  EventStoreDBClient,
-  PINNED,
-  persistentSubscriptionToStreamSettingsFromDefaults,
-  START,
-  streamNameFilter,
-  BACKWARDS
-} from "@eventstore/db-client"
 import type {
-  PersistentSubscriptionToStream,
   PersistentSubscriptionToStreamResolvedEvent,
   PersistentSubscriptionToStreamSettings,
   ResolvedEvent
 } from "@eventstore/db-client"
 import { Chunk, Config, ConfigError, Effect, Layer, Metric, Option, Redacted, Schedule, Stream } from "effect"
-import type { Readable } from "node:stream"
 import type { Delivery, Settlement, Subscription } from "./EventSource.js"
 import { EventSource, EventSourceError } from "./EventSource.js"
+import type { ClientKind, GroupSubscription, StoreClient, StreamFilter, Unsubscribable } from "./internal/eventStoreClient.js"
+import { ClientPackageConflict, esdb, kindOf, kurrentdb, versionAtLeast } from "./internal/eventStoreClient.js"
 
 /**
  * Adapter options.
@@ -47,8 +43,26 @@ import { EventSource, EventSourceError } from "./EventSource.js"
  * @since 0.1.0
  */
 export interface Options {
-  /** e.g. `esdb://127.0.0.1:2113?tls=false`; redacted, never logged. */
+  /** e.g. `esdb://127.0.0.1:2113?tls=false` or `kurrentdb://…`; redacted, never logged. */
   readonly connectionString: Redacted.Redacted<string>
+  /**
+   * The official client to use: `"kurrentdb"` (`@kurrent/kurrentdb-client`,
+   * maintained) or `"esdb"` (`@eventstore/db-client` 6.x, frozen). Default: by
+   * the connection string's scheme, `kurrentdb://` → `"kurrentdb"`, else `"esdb"`.
+   */
+  readonly client?: ClientKind | undefined
+  /**
+   * How a catch-up subscription reads one category: `"links"` — the
+   * `$ce-<category>` stream of the `$by_category` projection; `"index"` — the
+   * `$idx-ce-<category>` secondary index of KurrentDB 25.1+ (no link events
+   * needed), KurrentDB client only; `"auto"` (default) — the index where the
+   * client can read it and the server reports 25.1 or later, else links. The
+   * two paths position their checkpoints differently (link revision / log
+   * position): a checkpoint one path wrote is refused by the other where it
+   * can tell (see docs/embedded-eventstore.md), so pin the path of a running
+   * projection before changing servers.
+   */
+  readonly categoryReads?: "auto" | "links" | "index" | undefined
   /**
    * Settings of consumer groups the adapter creates (persistent mode). Defaults:
    * start from the beginning, resolve links, Pinned consumer strategy, and the
@@ -63,12 +77,19 @@ export interface Options {
 }
 
 /**
- * Options from configuration: `EVENTSTORE_CONNECTION_STRING` (redacted).
+ * Options from configuration: `EVENTSTORE_CONNECTION_STRING` (redacted), and
+ * optionally `EVENTSTORE_CLIENT` (`esdb` | `kurrentdb`) and
+ * `EVENTSTORE_CATEGORY_READS` (`auto` | `links` | `index`).
  *
  * @since 0.1.0
  */
 export const config: Config.Config<Options> = Config.all({
-  connectionString: Config.redacted("EVENTSTORE_CONNECTION_STRING")
+  connectionString: Config.redacted("EVENTSTORE_CONNECTION_STRING"),
+  client: Config.literal("esdb", "kurrentdb")("EVENTSTORE_CLIENT").pipe(Config.option, Config.map(Option.getOrUndefined)),
+  categoryReads: Config.literal("auto", "links", "index")("EVENTSTORE_CATEGORY_READS").pipe(
+    Config.option,
+    Config.map(Option.getOrUndefined)
+  )
 })
 
 /**
@@ -85,6 +106,10 @@ const defaultResubscribe: Schedule.Schedule<unknown, EventSourceError> = Schedul
   Schedule.jittered,
   Schedule.intersect(Schedule.recurs(10))
 )
+
+// The clients' constants (the same in both packages), kept here so that importing this module loads neither client.
+const START = "start" as const
+const PINNED = "Pinned" as const
 
 /** The consumer-group settings the adapter creates groups with (before `persistentSettings`). */
 export const defaultPersistentSettings: Partial<PersistentSubscriptionToStreamSettings> = {
@@ -253,6 +278,8 @@ export const toDelivery = (
 // ---- subscriptions ---------------------------------------------------------
 
 const categoryStream = (category: string) => `$ce-${category}`
+/** KurrentDB 25.1's secondary index of a category, read as a one-prefix stream filter of `$all`. */
+const indexStream = (category: string) => `$idx-ce-${category}`
 
 // Events appended together share their commit position and differ by prepare
 // position; the prepare position is unique and grows along `$all`, and fits the
@@ -266,11 +293,6 @@ const escapeRegex = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
 /** The `$all` stream-name filter of several categories. */
 export const categoriesRegex = (categories: ReadonlyArray<string>) =>
   `^(?:${categories.map(escapeRegex).join("|")})-`
-
-/** What the client's subscriptions are: object-mode readables that can cancel their call. */
-interface Unsubscribable extends Readable {
-  unsubscribe(): Promise<void>
-}
 
 /** Events a subscription's readable buffers ahead of the engine (its high-water mark). */
 const READ_AHEAD = 128
@@ -374,12 +396,15 @@ const pull = <A, B>(
 const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
   const live: OpenSubscriptions = new Set()
   let disposed = false
-  const client = yield* Effect.acquireRelease(
-    Effect.try({
-      try: () => EventStoreDBClient.connectionString(Redacted.value(options.connectionString)),
+  const connectionString = Redacted.value(options.connectionString)
+  const kind = options.client ?? kindOf(connectionString)
+  const client: StoreClient = yield* Effect.acquireRelease(
+    Effect.tryPromise({
+      try: () => (kind === "kurrentdb" ? kurrentdb(connectionString) : esdb(connectionString)),
       // The parser's message quotes the connection string, which may hold credentials:
       // only the position is kept, and not the cause.
       catch: (cause) => {
+        if (cause instanceof ClientPackageConflict) return new EventSourceError({ message: cause.message, retryable: false })
         const at = /position (\d+)/.exec(cause instanceof Error ? cause.message : "")?.[1]
         return new EventSourceError({
           message: `invalid EventStoreDB connection string${at === undefined ? "" : ` (at position ${at})`}`,
@@ -397,16 +422,31 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
           )
         }
         await client.dispose()
-        // The client leaves its channel open after dispose; close it so no handle lingers.
-        const getChannel = (client as unknown as { getChannel?: () => Promise<{ close(): void }> }).getChannel
-        if (typeof getChannel === "function") (await getChannel()).close()
       }).pipe(Effect.interruptible, Effect.timeout("5 seconds"), Effect.ignore)
   )
+  yield* Effect.annotateCurrentSpan("client", kind)
+  const categoryReads = options.categoryReads ?? "auto"
+  if (categoryReads === "index" && client.readAllBackwards === undefined) {
+    return yield* new EventSourceError({
+      message: "categoryReads \"index\" needs the KurrentDB client (the 6.x client cannot read filtered $all)",
+      retryable: false
+    })
+  }
+  /** Whether one category is read from its secondary index (decided once, from the server's version). */
+  const readsIndex = yield* Effect.cached(
+    categoryReads === "links" || client.readAllBackwards === undefined
+      ? Effect.succeed(false)
+      : categoryReads === "index"
+      ? Effect.succeed(true)
+      : Effect.tryPromise({ try: () => client.serverVersion(), catch: sourceError("reading the server's features") }).pipe(
+        Effect.map((version) => versionAtLeast(version, 25, 1))
+      )
+  )
   const resubscribe = options.resubscribe ?? defaultResubscribe
-  const groupSettings = persistentSubscriptionToStreamSettingsFromDefaults({
+  const groupSettings: Partial<PersistentSubscriptionToStreamSettings> = {
     ...defaultPersistentSettings,
     ...options.persistentSettings
-  })
+  }
 
   /** Resubscribes a subscription (built from the current resume point) while failures are retryable. */
   const resubscribing = <A>(open: () => Stream.Stream<A, EventSourceError>): Stream.Stream<A, EventSourceError> =>
@@ -426,16 +466,16 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
       )
     )
 
-  const catchUpOne = (category: string, after: Option.Option<bigint>): Stream.Stream<Delivery, EventSourceError> => {
+  const catchUpLinks = (category: string, after: Option.Option<bigint>): Stream.Stream<Delivery, EventSourceError> => {
     let last = after
     return resubscribing(() =>
       pull(
         live,
         () =>
           client.subscribeToStream(categoryStream(category), {
-            fromRevision: Option.getOrElse(last, () => START),
+            after: Option.getOrUndefined(last),
             resolveLinkTos: true
-          }, { highWaterMark: READ_AHEAD }),
+          }, READ_AHEAD),
         `catch-up subscription to ${categoryStream(category)}`,
         (resolved: ResolvedEvent) => {
           // the link's revision in the category stream (the record's own when read unresolved)
@@ -447,21 +487,57 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
     )
   }
 
-  const catchUpMany = (
-    categories: ReadonlyArray<string>,
+  /**
+   * A checkpoint of the links path is a revision of `$ce-<category>`: one
+   * beyond the stream's end was written by another path (the index's log
+   * positions are far larger), and reading on from it would skip events.
+   */
+  const checkLinksCheckpoint = (category: string, after: Option.Option<bigint>) =>
+    Option.match(after, {
+      onNone: () => Effect.void,
+      onSome: (checkpoint) =>
+        newest(category).pipe(Effect.flatMap((h) =>
+          h !== undefined && h.revision >= checkpoint
+            ? Effect.void
+            : Effect.fail(
+              new EventSourceError({
+                message: `the checkpoint ${checkpoint} is beyond the end of ${categoryStream(category)}${
+                  h === undefined ? " (no such stream)" : ` (last revision ${h.revision})`
+                }: it was not written by a $ce- subscription (an $idx-ce- index read positions by log position); set categoryReads to the path that wrote it, or rebuild`,
+                retryable: false
+              })
+            )
+        ))
+    })
+
+  const catchUpOne = (category: string, after: Option.Option<bigint>): Stream.Stream<Delivery, EventSourceError> =>
+    Stream.unwrap(readsIndex.pipe(Effect.flatMap((index) =>
+      index
+        ? Effect.succeed(catchUpAll({ prefixes: [indexStream(category)] }, indexStream(category), after))
+        : checkLinksCheckpoint(category, after).pipe(Effect.as(catchUpLinks(category, after)))
+    )))
+
+  const catchUpMany = (categories: ReadonlyArray<string>, after: Option.Option<bigint>) => {
+    const regex = categoriesRegex(categories)
+    return catchUpAll({ regex }, `$all (${regex})`, after)
+  }
+
+  /** A catch-up subscription to filtered `$all` (several categories, or one category's index), positioned by prepare position. */
+  const catchUpAll = (
+    filter: StreamFilter,
+    label: string,
     after: Option.Option<bigint>
   ): Stream.Stream<Delivery, EventSourceError> => {
     let last = after
-    const regex = categoriesRegex(categories)
     return resubscribing(() =>
       pull(
         live,
         () =>
           client.subscribeToAll({
-            fromPosition: Option.match(last, { onNone: () => START, onSome: positionOfAll }),
-            filter: streamNameFilter({ regex })
-          }, { highWaterMark: READ_AHEAD }),
-        `catch-up subscription to $all (${regex})`,
+            after: Option.getOrUndefined(Option.map(last, positionOfAll)),
+            filter
+          }, READ_AHEAD),
+        `catch-up subscription to ${label}`,
         (resolved: ResolvedEvent & { commitPosition?: bigint }) => {
           const recorded = resolved.event?.position ?? resolved.link?.position
           if (recorded === undefined) {
@@ -477,7 +553,7 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
 
   const ensureGroup = (stream: string, group: string) =>
     Effect.tryPromise({
-      try: () => client.createPersistentSubscriptionToStream(stream, group, groupSettings),
+      try: () => client.createGroup(stream, group, groupSettings),
       catch: (e) => e
     }).pipe(
       Effect.catchAll((e) =>
@@ -492,10 +568,10 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
       Stream.unwrap(ensureGroup(stream, group).pipe(Effect.as(
         pull(
           live,
-          (): PersistentSubscriptionToStream => client.subscribeToPersistentSubscriptionToStream(stream, group, { bufferSize }),
+          (): GroupSubscription => client.subscribeToGroup(stream, group, bufferSize),
           `persistent subscription ${group} on ${stream}`,
           (resolved: PersistentSubscriptionToStreamResolvedEvent, subscription) => {
-            const sub = subscription as PersistentSubscriptionToStream
+            const sub = subscription as GroupSubscription
             const position = (resolved.link ?? resolved.event)!.revision
             const what = `settling ${resolved.event?.id ?? resolved.link?.id} in ${group}`
             return toDelivery(resolved, position, (settlement) =>
@@ -551,14 +627,7 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
         // read the page to its end (leaving a read half-consumed keeps its call open)
         const page: Array<ResolvedEvent> = []
         try {
-          for await (
-            const resolved of client.readStream(categoryStream(category), {
-              direction: BACKWARDS,
-              fromRevision: END,
-              maxCount: 16,
-              resolveLinkTos: true
-            })
-          ) page.push(resolved)
+          for await (const resolved of client.readStreamBackwards(categoryStream(category), 16)) page.push(resolved)
         } catch (e) {
           if (errorType(e) === "stream-not-found") return undefined
           throw e
@@ -573,13 +642,33 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
       catch: sourceError(`reading the head of ${categoryStream(category)}`)
     })
 
+  /** The `$all` (prepare) position of the newest event a filtered read of `$all` finds. */
+  const newestOfAll = (filter: StreamFilter, label: string) =>
+    Effect.tryPromise({
+      try: async () => {
+        let position: bigint | undefined
+        // read the page to its end (leaving a read half-consumed keeps its call open)
+        for await (const resolved of client.readAllBackwards!(filter, 1)) {
+          const recorded = resolved.event?.position ?? resolved.link?.position
+          if (position === undefined && recorded !== undefined) position = allPosition(recorded)
+        }
+        return position
+      },
+      catch: sourceError(`reading the head of ${label}`)
+    })
+
   const head = (categories: ReadonlyArray<string>) =>
     Effect.gen(function*() {
       const unique = [...new Set(categories)]
       if (unique.length === 0) return Option.none<bigint>()
       if (unique.length === 1) {
+        if (yield* readsIndex) return Option.fromNullable(yield* newestOfAll({ prefixes: [indexStream(unique[0]!)] }, indexStream(unique[0]!)))
         const h = yield* newest(unique[0]!)
         return Option.fromNullable(h?.revision)
+      }
+      if (client.readAllBackwards !== undefined) {
+        const regex = categoriesRegex(unique)
+        return Option.fromNullable(yield* newestOfAll({ regex }, `$all (${regex})`))
       }
       const heads = yield* Effect.forEach(unique, newest, { concurrency: "unbounded" })
       let max: bigint | undefined

@@ -26,7 +26,8 @@ export interface NewEvent {
 
 /** An event as the log keeps it. `position` is its 1-based place in the whole log. @since 0.1.0 */
 export interface RecordedEvent extends Omit<Delivery, "retryCount" | "settle"> {
-  readonly category: string
+  /** By the server's `$by_category` rule; `undefined` for a stream in no category. */
+  readonly category: string | undefined
 }
 
 /**
@@ -136,7 +137,7 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
             id: event.id ?? crypto.randomUUID(),
             type: event.type,
             streamId,
-            category: categoryOf(streamId),
+            category: Option.getOrUndefined(categoryOf(streamId)),
             revision,
             position: BigInt(log.length + 1),
             // Buffer.from packs small payloads into shared slabs: a large log stays compact.
@@ -213,7 +214,7 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
             }
             if (index >= log.length) break
             const event = log[index++]!
-            if (!categories.has(event.category)) continue
+            if (event.category === undefined || !categories.has(event.category)) continue
             if (faults.dropRate !== undefined && next() < faults.dropRate) {
               index--
               if (chunk.length > 0) break
@@ -267,7 +268,7 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
           if (retried !== undefined) return retried
           while (g.next < log.length) {
             const event = log[g.next++]!
-            if (categories.has(event.category)) return { event, retryCount: 0 }
+            if (event.category !== undefined && categories.has(event.category)) return { event, retryCount: 0 }
           }
           return undefined
         }
@@ -318,7 +319,8 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
       head: (categories) =>
         Effect.sync(() => {
           for (let i = log.length - 1; i >= 0; i--) {
-            if (categories.includes(log[i]!.category)) return Option.some(log[i]!.position)
+            const category = log[i]!.category
+            if (category !== undefined && categories.includes(category)) return Option.some(log[i]!.position)
           }
           return Option.none()
         })

@@ -752,8 +752,8 @@ describe.skipIf(!embedded)("embedded server only", () => {
     }
   })
 
-  it("runs standalone from the command line until SIGTERM", async () => {
-    const child = spawn(process.execPath, ["--import", "tsx", "src/bin/embedded-mongo.ts", "--port", "0"], {
+  it("runs standalone from the command line (reconciler embedded) until SIGTERM", async () => {
+    const child = spawn(process.execPath, ["--import", "tsx", "src/bin/reconciler.ts", "embedded", "--eventstore-port", "0", "--mongo-port", "0"], {
       stdio: ["ignore", "pipe", "pipe"]
     })
     const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)))
@@ -777,7 +777,7 @@ describe.skipIf(!embedded)("embedded server only", () => {
       child.kill("SIGTERM")
     }
     expect(await exited).toBe(0)
-  })
+  }, 180_000) // a loaded machine takes many seconds to start a tsx process
 
   it("fails with a typed error when its port is taken", async () => {
     const exit = await Effect.runPromiseExit(
@@ -789,6 +789,29 @@ describe.skipIf(!embedded)("embedded server only", () => {
       )
     )
     expect(Exit.isFailure(exit) && exit.cause._tag === "Fail" && exit.cause.error._tag).toBe("MongoServerError")
+  })
+
+  it("refuses views and collations with CommandNotSupported instead of approximating them", async () => {
+    const base = fresh()
+    await base.insertOne({ _id: 1, s: "B" })
+    const view = await serverError(db.createCollection(`view_${Date.now()}`, { viewOn: base.collectionName, pipeline: [] }))
+    expect(view.code).toBe(115)
+    expect((await db.listCollections({ name: { $regex: "^view_" } }).toArray()).length).toBe(0)
+    const collation = { locale: "en", strength: 2 }
+    for (const attempt of [
+      () => base.find({ s: "b" }, { collation }).toArray(),
+      () => base.updateOne({ s: "b" }, { $set: { t: 1 } }, { collation }),
+      () => base.deleteMany({ s: "b" }, { collation }),
+      () => base.countDocuments({ s: "b" }, { collation }),
+      () => base.createIndex({ s: 1 }, { collation }),
+      () => db.createCollection(`coll_${Date.now()}`, { collation })
+    ]) {
+      expect((await serverError(attempt())).code).toBe(115)
+    }
+    expect(await base.findOne({ _id: 1 })).toEqual({ _id: 1, s: "B" })
+    // the simple collation is no collation: accepted
+    expect(await base.find({ s: "B" }, { collation: { locale: "simple" } }).toArray()).toHaveLength(1)
+    expect(await base.findOne({ _id: 1 })).toEqual({ _id: 1, s: "B" })
   })
 
   it("refuses change streams at once with an error", async () => {

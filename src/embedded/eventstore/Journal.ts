@@ -1,18 +1,34 @@
 /**
- * Append-only durability for the embedded event store: every stored record,
- * stream deletion and consumer-group change is appended as one JSON line to
- * `<dataDir>/journal.jsonl`, and replayed in order on start. Writes are
- * buffered (not fsync'ed per append): a crash may lose the last writes.
+ * Append-only durability for the embedded event store: every append (its
+ * events and their links, as one line), stream deletion and consumer-group
+ * change is one JSON line in `<dataDir>/journal.jsonl`, replayed in order on
+ * start. Each line is handed to the operating system with one synchronous
+ * write before the store announces the change, so what a reader or subscriber
+ * saw survives the process being killed (a crash of the machine itself may
+ * still lose the last writes: lines are not fsync'ed one by one). A torn last
+ * line — the process died mid-write — is cut off on start: that append was
+ * never acknowledged nor seen.
  *
  * Internal to the embedded server.
  */
 import * as fs from "node:fs"
 import * as path from "node:path"
 import type { GroupSettings, PersistentSubscriptions } from "./PersistentSubscriptions.js"
-import type { Store } from "./Store.js"
+import type { EventRecord, Store } from "./Store.js"
+
+interface RecordEntry {
+  s: string
+  i: string
+  t: string
+  c: string
+  d: string
+  m: string
+  cr: string
+}
 
 type Entry =
-  | { k: "r"; s: string; i: string; t: string; c: string; d: string; m: string; cr: string }
+  | ({ k: "r" } & RecordEntry)
+  | { k: "a"; r: Array<RecordEntry> }
   | { k: "d"; s: string; tomb: boolean }
   | { k: "g"; op: "create" | "update" | "delete"; s: string; g: string; settings?: Record<string, unknown> }
 
@@ -28,6 +44,19 @@ const decodeSettings = (s: Record<string, unknown>): GroupSettings => {
   }
 }
 
+const encodeRecord = (r: EventRecord): RecordEntry => ({
+  s: r.streamId,
+  i: r.id,
+  t: r.type,
+  c: r.contentType,
+  d: Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength).toString("base64"),
+  m: Buffer.from(r.metadata.buffer, r.metadata.byteOffset, r.metadata.byteLength).toString("base64"),
+  cr: r.created.toString(10)
+})
+
+const insertRecord = (store: Store, e: RecordEntry) =>
+  store.insert(e.s, e.i, e.t, e.c, Buffer.from(e.d, "base64"), Buffer.from(e.m, "base64"), BigInt(e.cr))
+
 /** Replays a data directory into a fresh store and groups, then journals further changes. Returns a closer. */
 export const openJournal = (
   dataDir: string,
@@ -37,18 +66,18 @@ export const openJournal = (
   fs.mkdirSync(dataDir, { recursive: true })
   const file = path.join(dataDir, "journal.jsonl")
   if (fs.existsSync(file)) {
-    const text = fs.readFileSync(file, "utf8")
+    const text = fs.readFileSync(file)
+    // Only newline-terminated lines were written whole; cut a torn tail so later lines start clean.
+    const end = text.lastIndexOf(0x0a) + 1
+    if (end < text.length) fs.truncateSync(file, end)
     const pendingGroups = new Map<string, { s: string; g: string; settings: GroupSettings }>()
-    for (const line of text.split("\n")) {
+    for (const line of text.subarray(0, end).toString("utf8").split("\n")) {
       if (line.trim() === "") continue
-      let e: Entry
-      try {
-        e = JSON.parse(line) as Entry
-      } catch {
-        continue // a torn last line after a crash
-      }
-      if (e.k === "r") {
-        store.insert(e.s, e.i, e.t, e.c, Buffer.from(e.d, "base64"), Buffer.from(e.m, "base64"), BigInt(e.cr))
+      const e = JSON.parse(line) as Entry
+      if (e.k === "a") {
+        for (const r of e.r) insertRecord(store, r)
+      } else if (e.k === "r") {
+        insertRecord(store, e)
       } else if (e.k === "d") {
         store.applyDelete(e.s, e.tomb)
       } else if (e.op === "delete") {
@@ -60,31 +89,27 @@ export const openJournal = (
     // groups start after all records are back, so they resume from their checkpoints
     for (const { g, s, settings } of pendingGroups.values()) groups.create(s, g, settings)
   }
-  const out = fs.createWriteStream(file, { flags: "a" })
-  const write = (e: Entry) => out.write(JSON.stringify(e) + "\n")
+  const fd = fs.openSync(file, "a")
+  const write = (e: Entry) => {
+    const bytes = Buffer.from(JSON.stringify(e) + "\n", "utf8")
+    // writeSync may write less than asked: loop until the whole line is with the OS
+    for (let off = 0; off < bytes.length;) off += fs.writeSync(fd, bytes, off)
+  }
   store.journal = {
-    record: (r) =>
-      write({
-        k: "r",
-        s: r.streamId,
-        i: r.id,
-        t: r.type,
-        c: r.contentType,
-        d: Buffer.from(r.data).toString("base64"),
-        m: Buffer.from(r.metadata).toString("base64"),
-        cr: r.created.toString(10)
-      }),
+    commit: (records) => write({ k: "a", r: records.map(encodeRecord) }),
     streamDeleted: (s, tomb) => write({ k: "d", s, tomb })
   }
   groups.journal = {
     group: (op, s, g, settings) => write(settings ? { k: "g", op, s, g, settings: encodeSettings(settings) } : { k: "g", op, s, g })
   }
+  let closed = false
   return {
-    close: () =>
-      new Promise<void>((resolve) => {
-        store.journal = undefined
-        groups.journal = undefined
-        out.end(() => resolve())
-      })
+    close: async () => {
+      if (closed) return
+      closed = true
+      store.journal = undefined
+      groups.journal = undefined
+      fs.closeSync(fd)
+    }
   }
 }

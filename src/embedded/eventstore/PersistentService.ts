@@ -17,6 +17,7 @@ import {
 } from "./PersistentSubscriptions.js"
 import { persistent, shared } from "./proto.js"
 import type { AllFilter } from "./GroupSource.js"
+import type { OpenCalls } from "./OpenCalls.js"
 import { fillReadEvent, readStreamName, readUuid, statusError, type UuidForm } from "./wire.js"
 
 type SettingsMessage = InstanceType<typeof persistent.CreateReq.Settings> | InstanceType<typeof persistent.UpdateReq.Settings>
@@ -173,7 +174,7 @@ const targetOf = <All, StreamOptions extends { getStreamIdentifier(): Parameters
   return { all, so, stream: all ? ALL : readStreamName(so ? so.getStreamIdentifier() : o.getStreamIdentifier()) }
 }
 
-export const makePersistentService = (groups: PersistentSubscriptions): grpc.UntypedServiceImplementation => ({
+export const makePersistentService = (groups: PersistentSubscriptions, calls: OpenCalls): grpc.UntypedServiceImplementation => ({
   create(
     call: grpc.ServerUnaryCall<InstanceType<typeof persistent.CreateReq>, unknown>,
     callback: grpc.sendUnaryData<InstanceType<typeof persistent.CreateResp>>
@@ -275,10 +276,17 @@ export const makePersistentService = (groups: PersistentSubscriptions): grpc.Unt
     let form: UuidForm = "string"
     let ended = false
     const end = () => {
+      untrack()
       if (ended) return
       ended = true
       if (group && subscriberId) group.disconnect(subscriberId)
     }
+    // on shutdown the subscriber sees the connection go away (UNAVAILABLE), as with a real server
+    const untrack = calls.track((st) => {
+      if (ended) return
+      call.emit("error", st)
+      end()
+    })
     call.on("data", (req: ReadReq) => {
       if (req.hasOptions()) {
         if (group) return

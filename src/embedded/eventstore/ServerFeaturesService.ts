@@ -8,13 +8,21 @@
 import type * as grpc from "@grpc/grpc-js"
 import { features } from "./proto.js"
 
-/** The server version the embedded server reports. */
-export const SERVER_VERSION = "23.10.0"
+/**
+ * The server version the embedded server reports: the KurrentDB release whose
+ * features it offers (BatchAppend, persistent subscriptions to `$all`, the
+ * `$idx-ce-` / `$idx-et-` secondary indexes of 25.1).
+ */
+export const SERVER_VERSION = "25.1.0"
+
+/** The version reported by a server without secondary indexes (the last release before them). */
+export const SERVER_VERSION_WITHOUT_INDEXES = "24.10.0"
 
 const STREAMS = "event_store.client.streams.Streams"
 const PERSISTENT = "event_store.client.persistent_subscriptions.PersistentSubscriptions"
 
 const supported: ReadonlyArray<readonly [string, string, ReadonlyArray<string>]> = [
+  [STREAMS, "batchappend", []],
   [STREAMS, "read", []],
   [STREAMS, "append", []],
   [STREAMS, "delete", []],
@@ -30,11 +38,15 @@ const supported: ReadonlyArray<readonly [string, string, ReadonlyArray<string>]>
   ["event_store.client.server_features.ServerFeatures", "getsupportedmethods", []]
 ]
 
-export const makeServerFeaturesService = (): grpc.UntypedServiceImplementation => ({
+export const makeServerFeaturesService = (options: {
+  readonly batchAppend: boolean
+  readonly secondaryIndexes: boolean
+}): grpc.UntypedServiceImplementation => ({
   getSupportedMethods(_call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) {
     const resp = new features.SupportedMethods()
-    resp.setEventStoreServerVersion(SERVER_VERSION)
-    resp.setMethodsList(supported.map(([service, method, fs]) => {
+    resp.setEventStoreServerVersion(options.secondaryIndexes ? SERVER_VERSION : SERVER_VERSION_WITHOUT_INDEXES)
+    const offered = supported.filter(([service, method]) => options.batchAppend || !(service === STREAMS && method === "batchappend"))
+    resp.setMethodsList(offered.map(([service, method, fs]) => {
       const m = new features.SupportedMethod()
       m.setServiceName(service)
       m.setMethodName(method)

@@ -1,8 +1,10 @@
 /**
  * The embedded event store's storage: streams with revisions, one global log
  * (`$all`) with strictly growing positions, `$ce-<category>` links, soft
- * deletes and tombstones. Synchronous and in memory; every change is announced
- * to listeners (subscriptions) and, when configured, to a journal.
+ * deletes and tombstones. Synchronous and in memory. Every change goes to the
+ * journal (when configured) before anything else sees it: one append's records
+ * are one journal commit, written before the append is announced to listeners
+ * (subscriptions) or visible to reads, so nothing is seen that a crash could take back.
  *
  * Internal to the embedded server.
  */
@@ -89,21 +91,35 @@ const visibleFrom = (s: StreamState): number => {
   return first
 }
 
-/** A journal receives every state change in order (durability). */
+/**
+ * A journal receives every state change in order (durability). Each call
+ * returns once the change is written: the store calls it synchronously,
+ * before the change is announced or readable.
+ */
 export interface Journal {
-  readonly record: (record: EventRecord) => void
+  /** The records of one append (events and their links), atomically. */
+  readonly commit: (records: ReadonlyArray<EventRecord>) => void
   readonly streamDeleted: (streamId: string, tombstone: boolean) => void
 }
 
 export const LINK_TYPE = "$>"
 const TICKS_PER_MS = 10_000n
 
-/** Category of a stream for the `$by_category` system projection (text before the first `-`). */
-export const categoryLinkStream = (streamId: string): string | undefined => {
+/**
+ * Category of a stream by the `$by_category` system projection's rule: the text
+ * before the first `-`; none for system streams (`$…`) and ids without a `-`
+ * past the first character.
+ */
+export const categoryOf = (streamId: string): string | undefined => {
   if (streamId.startsWith("$")) return undefined
   const dash = streamId.indexOf("-")
-  if (dash <= 0) return undefined
-  return `$ce-${streamId.slice(0, dash)}`
+  return dash <= 0 ? undefined : streamId.slice(0, dash)
+}
+
+/** The `$ce-<category>` stream the category projection links a stream's events into. */
+export const categoryLinkStream = (streamId: string): string | undefined => {
+  const category = categoryOf(streamId)
+  return category === undefined ? undefined : `$ce-${category}`
 }
 
 const encoder = new TextEncoder()
@@ -115,8 +131,8 @@ export class Store {
   readonly log: Array<EventRecord> = []
   private readonly listeners = new Set<(records: ReadonlyArray<EventRecord>) => void>()
   journal: Journal | undefined = undefined
-  /** Observations for tests and benchmarks: events handed to read and subscription calls. */
-  readonly stats = { eventsRead: 0 }
+  /** Observations for tests and benchmarks: events handed to read and subscription calls; appends by protocol path. */
+  readonly stats = { eventsRead: 0, appends: 0, batchAppends: 0 }
 
   /** Position of the newest record in the log, 0 when empty. */
   get lastPosition(): bigint {
@@ -201,6 +217,7 @@ export class Store {
         ))
       }
     }
+    this.commit(written)
     this.announce(written)
     const last = written[events.length - 1]!
     return { revision: last.revision, position: last.position }
@@ -264,11 +281,12 @@ export class Store {
       metadata,
       BigInt(Date.now()) * TICKS_PER_MS
     )
+    this.commit([r])
     this.announce([r])
     return r
   }
 
-  /** Inserts a record as given (journal replay and internal writes). */
+  /** Inserts a record as given, unjournaled and unannounced (journal replay; appends journal and announce). */
   insert(
     streamId: string,
     id: string,
@@ -297,8 +315,35 @@ export class Store {
     s.records.push(record)
     this.log.push(record)
     if (streamId.startsWith("$$")) this.applyMetadata(streamId.slice(2), record)
-    this.journal?.record(record)
     return record
+  }
+
+  /** Journals freshly inserted records; if the journal fails they are taken back, so memory never holds more than the journal. */
+  private commit(written: ReadonlyArray<EventRecord>): void {
+    if (!this.journal) return
+    try {
+      this.journal.commit(written)
+    } catch (error) {
+      for (let i = written.length - 1; i >= 0; i--) {
+        const r = written[i]!
+        this.streams.get(r.streamId)!.records.pop()
+        this.log.pop()
+        if (r.streamId.startsWith("$$")) this.reapplyMetadata(r.streamId)
+      }
+      throw error
+    }
+  }
+
+  /** Re-applies the newest `$metadata` left in a metadata stream (after a rollback). */
+  private reapplyMetadata(metaStream: string): void {
+    const target = this.streams.get(metaStream.slice(2))
+    if (target) {
+      target.metaTruncateBefore = 0n
+      target.maxCount = undefined
+    }
+    const records = this.streams.get(metaStream)?.records ?? []
+    const last = records[records.length - 1]
+    if (last) this.applyMetadata(metaStream.slice(2), last)
   }
 
   private announce(records: ReadonlyArray<EventRecord>): void {
@@ -307,13 +352,25 @@ export class Store {
 
   /**
    * Soft-deletes (hides every record so far; the stream can be appended to again,
-   * revisions continue) or tombstones (forever deleted) a stream.
+   * revisions continue) or tombstones (forever deleted) a stream. As a real
+   * server (21.10+) answers: soft-deleting a stream that never existed (no
+   * records, deleted or not, and no metadata) is a wrong expected version
+   * whatever the expectation; tombstoning one succeeds and deletes it for good.
    */
   delete(streamId: string, expected: Expected, tombstone: boolean): bigint {
+    if (!tombstone && !this.everExisted(streamId) && !this.isTombstoned(streamId)) {
+      throw new WrongExpectedVersion(streamId, expected, undefined)
+    }
     this.check(streamId, expected)
-    this.applyDelete(streamId, tombstone)
     this.journal?.streamDeleted(streamId, tombstone)
+    this.applyDelete(streamId, tombstone)
     return this.lastPosition
+  }
+
+  /** Whether a stream has had records (even deleted ones) or metadata. */
+  private everExisted(streamId: string): boolean {
+    return (this.streams.get(streamId)?.records.length ?? 0) > 0 ||
+      (this.streams.get(`$$${streamId}`)?.records.length ?? 0) > 0
   }
 
   applyDelete(streamId: string, tombstone: boolean): void {

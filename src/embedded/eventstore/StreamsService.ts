@@ -1,21 +1,24 @@
 /**
- * `event_store.client.streams.Streams`: append, read (streams and `$all`,
- * forwards and backwards, filtered), catch-up subscriptions, delete and
- * tombstone — over the {@link Store}.
+ * `event_store.client.streams.Streams`: append (unary and `BatchAppend`),
+ * read (streams and `$all`, forwards and backwards, filtered, and the
+ * `$idx-ce-` / `$idx-et-` secondary indexes of KurrentDB 25.1), catch-up
+ * subscriptions, delete and tombstone — over the {@link Store}.
  *
  * Internal to the embedded server.
  */
 import { randomUUID } from "node:crypto"
 import * as grpc from "@grpc/grpc-js"
-import type { EventRecord, ProposedEvent, Store } from "./Store.js"
-import { StreamDeleted, WrongExpectedVersion } from "./Store.js"
-import { shared, streams } from "./proto.js"
+import type { EventRecord, Expected, ProposedEvent, Store } from "./Store.js"
+import { categoryOf, StreamDeleted, WrongExpectedVersion } from "./Store.js"
+import type { OpenCalls } from "./OpenCalls.js"
+import { any, shared, status, streams } from "./proto.js"
 import {
   fillReadEvent,
   readExpected,
   readStreamName,
   readUuid,
   streamDeletedError,
+  streamIdentifier,
   statusError,
   type UuidForm,
   wrongExpectedVersionError
@@ -67,19 +70,83 @@ const confirm = (call: grpc.ServerWritableStream<ReadReq, ReadResp>) => {
   call.write(confirmation)
 }
 
+/** Options of the streams service. */
+export interface StreamsOptions {
+  /** Largest append in bytes (data, metadata and type of its events), as the real server's `MaxAppendSize`. */
+  readonly maxAppendSize: number
+  /** Open streaming calls, ended with `UNAVAILABLE` on shutdown. */
+  readonly calls: OpenCalls
+  /** Whether `$idx-ce-` / `$idx-et-` filters read the secondary indexes (KurrentDB 25.1+) or are plain prefixes. */
+  readonly secondaryIndexes: boolean
+}
+
+/** What one proposed event counts towards the append size limit. */
+const sizeOf = (e: ProposedEvent): number => e.data.byteLength + e.metadata.byteLength + Buffer.byteLength(e.type, "utf8")
+
+const maxAppendSizeError = (maxAppendSize: number) =>
+  statusError(grpc.status.INVALID_ARGUMENT, "maximum-append-size-exceeded", `Maximum Append Size of ${maxAppendSize} Exceeded.`, {
+    "maximum-append-size": String(maxAppendSize)
+  })
+
+/** A proposed event from the protocol; `undefined` when its required metadata (type, content type) is missing. */
+const proposed = (m: {
+  getId(): InstanceType<typeof shared.UUID> | undefined
+  getMetadataMap(): { get(key: string): string | undefined }
+  getData_asU8(): Uint8Array
+  getCustomMetadata_asU8(): Uint8Array
+}): ProposedEvent | undefined => {
+  const map = m.getMetadataMap()
+  const type = map.get("type")
+  const contentType = map.get("content-type")
+  if (type === undefined || contentType === undefined) return undefined
+  return {
+    id: readUuid(m.getId()) ?? randomUUID(),
+    type,
+    contentType,
+    data: m.getData_asU8(),
+    metadata: m.getCustomMetadata_asU8()
+  }
+}
+
+const missingMetadataError = () =>
+  statusError(grpc.status.INVALID_ARGUMENT, "missing-required-metadata-property", "Required metadata properties are missing: type,content-type", {
+    "required-metadata-properties": "type,content-type"
+  })
+
 const fail = (call: grpc.ServerWritableStream<ReadReq, ReadResp>, error: unknown) => {
   if (error instanceof StreamDeleted) call.emit("error", streamDeletedError(error.streamId))
   else call.emit("error", statusError(grpc.status.INTERNAL, undefined, String(error)))
 }
 
-/** A predicate from a `$all` filter (stream name or event type; regex or prefixes). */
-const makeFilter = (filter: FilterOptions | undefined): ((r: EventRecord) => boolean) => {
+/**
+ * KurrentDB 25.1's secondary indexes: a stream-name filter whose only prefix is
+ * `$idx-ce-<category>` or `$idx-et-<type>` selects the events (never links or
+ * system events) of that category or type, positioned as in `$all`.
+ */
+const indexFilter = (prefix: string): ((r: EventRecord) => boolean) | undefined => {
+  if (prefix.startsWith("$idx-ce-")) {
+    const category = prefix.slice("$idx-ce-".length)
+    return (r) => categoryOf(r.streamId) === category && !r.type.startsWith("$")
+  }
+  if (prefix.startsWith("$idx-et-")) {
+    const type = prefix.slice("$idx-et-".length)
+    return (r) => r.type === type && !r.streamId.startsWith("$")
+  }
+  return undefined
+}
+
+/** A predicate from a `$all` filter (stream name or event type; regex or prefixes; a secondary index). */
+const makeFilter = (filter: FilterOptions | undefined, secondaryIndexes: boolean): ((r: EventRecord) => boolean) => {
   if (!filter) return () => true
   const onType = filter.hasEventType()
   const expr = onType ? filter.getEventType() : filter.getStreamIdentifier()
   if (!expr) return () => true
   const regex = expr.getRegex()
   const prefixes = expr.getPrefixList()
+  if (secondaryIndexes && !onType && !regex && prefixes.length === 1) {
+    const index = indexFilter(prefixes[0]!)
+    if (index) return index
+  }
   const re = regex ? new RegExp(regex) : undefined
   return (r) => {
     const value = onType ? r.type : r.streamId
@@ -89,9 +156,13 @@ const makeFilter = (filter: FilterOptions | undefined): ((r: EventRecord) => boo
   }
 }
 
-/** Wakes a waiting subscription when records are appended. */
-const waiter = (store: Store, call: grpc.ServerWritableStream<ReadReq, ReadResp>) => {
+/**
+ * Wakes a waiting subscription when records are appended; ends it with the
+ * given status on server shutdown (`stopped` turns true).
+ */
+const waiter = (store: Store, call: grpc.ServerWritableStream<ReadReq, ReadResp>, calls: OpenCalls) => {
   let wake: (() => void) | undefined
+  let stopped = false
   const fire = () => {
     const w = wake
     wake = undefined
@@ -99,19 +170,28 @@ const waiter = (store: Store, call: grpc.ServerWritableStream<ReadReq, ReadResp>
   }
   const unlisten = store.onAppend(fire)
   call.on("cancelled", fire)
+  const untrack = calls.track((st) => {
+    stopped = true
+    call.emit("error", st)
+    fire()
+  })
   return {
     wait: () =>
       new Promise<void>((resolve) => {
         wake = resolve
       }),
+    get stopped() {
+      return stopped || call.cancelled
+    },
     close: () => {
       unlisten()
+      untrack()
       call.off("cancelled", fire)
     }
   }
 }
 
-export const makeStreamsService = (store: Store): grpc.UntypedServiceImplementation => ({
+export const makeStreamsService = (store: Store, options: StreamsOptions): grpc.UntypedServiceImplementation => ({
   append(
     call: grpc.ServerReadableStream<InstanceType<typeof streams.AppendReq>, unknown>,
     callback: grpc.sendUnaryData<InstanceType<typeof streams.AppendResp>>
@@ -119,37 +199,28 @@ export const makeStreamsService = (store: Store): grpc.UntypedServiceImplementat
     let streamId = ""
     let expected = readExpected({ hasRevision: () => false, getRevision: () => "", hasNoStream: () => false })
     const events: Array<ProposedEvent> = []
-    let missing: string | undefined
+    let size = 0
+    let failed: ReturnType<typeof statusError> | undefined
     call.on("data", (req: InstanceType<typeof streams.AppendReq>) => {
+      if (failed) return
       if (req.hasOptions()) {
         const o = req.getOptions()!
         streamId = readStreamName(o.getStreamIdentifier())
         expected = readExpected(o)
       } else if (req.hasProposedMessage()) {
-        const m = req.getProposedMessage()!
-        const map = m.getMetadataMap()
-        const type = map.get("type")
-        const contentType = map.get("content-type")
-        if (type === undefined || contentType === undefined) missing = "type,content-type"
-        events.push({
-          id: readUuid(m.getId()) ?? randomUUID(),
-          type: type ?? "",
-          contentType: contentType ?? "application/octet-stream",
-          data: m.getData_asU8(),
-          metadata: m.getCustomMetadata_asU8()
-        })
+        const event = proposed(req.getProposedMessage()!)
+        if (!event) failed = missingMetadataError()
+        else if ((size += sizeOf(event)) > options.maxAppendSize) failed = maxAppendSizeError(options.maxAppendSize)
+        else events.push(event)
+        // a real server answers as soon as the append is refused, without reading the rest
+        if (failed) callback(failed)
       }
     })
     call.on("error", () => {})
     call.on("end", () => {
-      if (missing !== undefined) {
-        return callback(
-          statusError(grpc.status.INVALID_ARGUMENT, "missing-required-metadata-property", `Required metadata properties are missing: ${missing}`, {
-            "required-metadata-properties": missing
-          })
-        )
-      }
+      if (failed) return
       const resp = new streams.AppendResp()
+      store.stats.appends++
       try {
         const result = store.append(streamId, expected, events)
         const success = new streams.AppendResp.Success()
@@ -195,7 +266,7 @@ export const makeStreamsService = (store: Store): grpc.UntypedServiceImplementat
   },
 
   read(call: grpc.ServerWritableStream<ReadReq, ReadResp>) {
-    void read(store, call).catch((error) => fail(call, error))
+    void read(store, options, call).catch((error) => fail(call, error))
   },
 
   delete(
@@ -212,10 +283,180 @@ export const makeStreamsService = (store: Store): grpc.UntypedServiceImplementat
     removeStream(store, call.request.getOptions()!, true, streams.TombstoneResp, streams.TombstoneResp.Position, callback)
   },
 
-  batchAppend(call: grpc.ServerDuplexStream<unknown, unknown>) {
-    call.emit("error", statusError(grpc.status.UNIMPLEMENTED, undefined, "BatchAppend is not supported"))
+  batchAppend(call: grpc.ServerDuplexStream<BatchAppendReq, BatchAppendResp>) {
+    batchAppend(store, options, call)
   }
 })
+
+type BatchAppendReq = InstanceType<typeof streams.BatchAppendReq>
+type BatchAppendResp = InstanceType<typeof streams.BatchAppendResp>
+
+/** Reads a `BatchAppend` expectation (`stream_position | no_stream | any | stream_exists`). */
+const batchExpected = (o: InstanceType<typeof streams.BatchAppendReq.Options>): Expected =>
+  o.hasStreamPosition()
+    ? { _tag: "Exact", revision: BigInt(o.getStreamPosition()) }
+    : o.hasNoStream()
+    ? { _tag: "NoStream" }
+    : o.hasStreamExists()
+    ? { _tag: "StreamExists" }
+    : { _tag: "Any" }
+
+/** A `google.rpc.Status` with the typed detail the client unpacks into its error classes. */
+const rpcStatus = (code: grpc.status, message: string, typeName: string, detail: { serializeBinary(): Uint8Array }) => {
+  const st = new status.Status()
+  st.setCode(code as number)
+  st.setMessage(message)
+  const details = new any.Any()
+  details.pack(detail.serializeBinary(), typeName)
+  st.setDetails(details)
+  return st
+}
+
+const batchError = (error: unknown, streamId: string) => {
+  if (error instanceof WrongExpectedVersion) {
+    const w = new shared.WrongExpectedVersion()
+    if (error.current === undefined) w.setCurrentNoStream(new shared.Empty())
+    else w.setCurrentStreamRevision(error.current.toString(10))
+    switch (error.expected._tag) {
+      case "Exact":
+        w.setExpectedStreamPosition(error.expected.revision.toString(10))
+        break
+      case "Any":
+        w.setExpectedAny(new shared.Empty())
+        break
+      case "NoStream":
+        w.setExpectedNoStream(new shared.Empty())
+        break
+      case "StreamExists":
+        w.setExpectedStreamExists(new shared.Empty())
+        break
+    }
+    return rpcStatus(grpc.status.FAILED_PRECONDITION, `Wrong expected version on ${streamId}`, "event_store.client.WrongExpectedVersion", w)
+  }
+  if (error instanceof StreamDeleted) {
+    const d = new shared.StreamDeleted()
+    d.setStreamIdentifier(streamIdentifier(streamId))
+    return rpcStatus(grpc.status.FAILED_PRECONDITION, `Event stream '${streamId}' is deleted.`, "event_store.client.StreamDeleted", d)
+  }
+  return rpcStatus(grpc.status.INTERNAL, String(error), "event_store.client.Unknown", new shared.Unknown())
+}
+
+/**
+ * `Streams/BatchAppend`: one long-lived call carrying many appends, each a
+ * series of requests with one correlation id (the first with the options, the
+ * last marked final), each answered by one response with that id: success
+ * with the new revision and position, or a status with a typed detail
+ * (wrong expected version, deleted stream, maximum append size, bad request).
+ */
+const batchAppend = (store: Store, options: StreamsOptions, call: grpc.ServerDuplexStream<BatchAppendReq, BatchAppendResp>) => {
+  interface Pending {
+    streamId: string
+    expected: Expected
+    options: InstanceType<typeof streams.BatchAppendReq.Options> | undefined
+    readonly events: Array<ProposedEvent>
+    size: number
+    /** Set once answered with an error: the remaining requests of this append are dropped. */
+    refused: boolean
+  }
+  const pending = new Map<string, Pending>()
+  let ended = false
+  const untrack = options.calls.track((st) => {
+    if (ended) return
+    ended = true
+    call.emit("error", st)
+  })
+  const answer = (correlation: InstanceType<typeof shared.UUID>, p: Pending, fill: (resp: BatchAppendResp) => void) => {
+    if (ended) return
+    const resp = new streams.BatchAppendResp()
+    resp.setCorrelationId(correlation)
+    resp.setStreamIdentifier(streamIdentifier(p.streamId))
+    const o = p.options
+    if (o?.hasStreamPosition()) resp.setStreamPosition(o.getStreamPosition())
+    else if (o?.hasNoStream()) resp.setNoStream(new shared.Empty())
+    else if (o?.hasStreamExists()) resp.setStreamExists(new shared.Empty())
+    else resp.setAny(new shared.Empty())
+    fill(resp)
+    call.write(resp)
+  }
+  call.on("data", (req: BatchAppendReq) => {
+    const correlation = req.getCorrelationId()
+    const key = readUuid(correlation)
+    if (!correlation || key === undefined) return
+    let p = pending.get(key)
+    if (!p) {
+      p = { streamId: "", expected: { _tag: "Any" }, options: undefined, events: [], size: 0, refused: false }
+      pending.set(key, p)
+    }
+    if (req.hasOptions()) {
+      const o = req.getOptions()!
+      p.options = o
+      p.streamId = readStreamName(o.getStreamIdentifier())
+      p.expected = batchExpected(o)
+    }
+    if (!p.refused) {
+      for (const m of req.getProposedMessagesList()) {
+        const event = proposed(m)
+        if (!event) {
+          p.refused = true
+          const bad = new shared.BadRequest()
+          bad.setMessage("Required metadata properties are missing: type,content-type")
+          answer(correlation, p, (resp) =>
+            resp.setError(rpcStatus(grpc.status.INVALID_ARGUMENT, bad.getMessage(), "event_store.client.BadRequest", bad)))
+          break
+        }
+        p.size += sizeOf(event)
+        if (p.size > options.maxAppendSize) {
+          p.refused = true
+          const max = new shared.MaximumAppendSizeExceeded()
+          max.setMaxappendsize(options.maxAppendSize)
+          answer(correlation, p, (resp) =>
+            resp.setError(rpcStatus(grpc.status.INVALID_ARGUMENT, `Maximum Append Size of ${options.maxAppendSize} Exceeded.`, "event_store.client.MaximumAppendSizeExceeded", max)))
+          break
+        }
+        p.events.push(event)
+      }
+    }
+    if (!req.getIsFinal()) return
+    pending.delete(key)
+    if (p.refused) return
+    const target = p
+    store.stats.batchAppends++
+    try {
+      const result = store.append(target.streamId, target.expected, target.events)
+      answer(correlation, target, (resp) => {
+        const success = new streams.BatchAppendResp.Success()
+        if (result.revision === undefined) success.setNoStream(new shared.Empty())
+        else success.setCurrentRevision(result.revision.toString(10))
+        if (result.position === undefined) success.setNoPosition(new shared.Empty())
+        else {
+          const position = new shared.AllStreamPosition()
+          position.setCommitPosition(result.position.toString(10))
+          position.setPreparePosition(result.position.toString(10))
+          success.setPosition(position)
+        }
+        resp.setSuccess(success)
+      })
+    } catch (error) {
+      answer(correlation, target, (resp) => resp.setError(batchError(error, target.streamId)))
+    }
+  })
+  const finish = () => {
+    untrack()
+    pending.clear()
+  }
+  call.on("end", () => {
+    finish()
+    if (!ended) {
+      ended = true
+      call.end()
+    }
+  })
+  call.on("cancelled", () => {
+    ended = true
+    finish()
+  })
+  call.on("error", finish)
+}
 
 const deleteError = (error: unknown) =>
   error instanceof WrongExpectedVersion
@@ -249,7 +490,7 @@ const removeStream = <
   }
 }
 
-const read = async (store: Store, call: grpc.ServerWritableStream<ReadReq, ReadResp>): Promise<void> => {
+const read = async (store: Store, { calls, secondaryIndexes }: StreamsOptions, call: grpc.ServerWritableStream<ReadReq, ReadResp>): Promise<void> => {
   const options = call.request.getOptions()!
   const form: UuidForm = options.getUuidOption()?.hasStructured() ? "structured" : "string"
   const resolveLinks = options.getResolveLinks()
@@ -289,10 +530,10 @@ const read = async (store: Store, call: grpc.ServerWritableStream<ReadReq, ReadR
       ? store.nextRevision(streamId)
       : 0n
     confirm(call)
-    const w = waiter(store, call)
+    const w = waiter(store, call, calls)
     let caughtUp = false
     try {
-      while (!call.cancelled) {
+      while (!w.stopped) {
         if (store.isTombstoned(streamId)) throw new StreamDeleted(streamId)
         const first = store.firstRevision(streamId)
         if (next < first) next = first
@@ -307,7 +548,7 @@ const read = async (store: Store, call: grpc.ServerWritableStream<ReadReq, ReadR
           continue
         }
         for (const r of batch) {
-          if (call.cancelled) return
+          if (w.stopped) return
           next = r.revision + 1n
           await write(call, eventResp(store, r, resolveLinks, form))
         }
@@ -321,7 +562,7 @@ const read = async (store: Store, call: grpc.ServerWritableStream<ReadReq, ReadR
   // $all
   const ao = options.getAll()!
   const filter = options.hasFilter() ? options.getFilter() : undefined
-  const matches = makeFilter(filter)
+  const matches = makeFilter(filter, secondaryIndexes)
   const log = store.log
   if (!subscribe) {
     let sent = 0
@@ -352,10 +593,10 @@ const read = async (store: Store, call: grpc.ServerWritableStream<ReadReq, ReadR
   const window = filter ? (filter.hasMax() ? filter.getMax() : 32) * Math.max(1, filter.getCheckpointintervalmultiplier()) : 0
   let scanned = 0
   confirm(call)
-  const w = waiter(store, call)
+  const w = waiter(store, call, calls)
   let caughtUp = false
   try {
-    while (!call.cancelled) {
+    while (!w.stopped) {
       if (index >= log.length) {
         if (!caughtUp) {
           caughtUp = true
@@ -367,7 +608,7 @@ const read = async (store: Store, call: grpc.ServerWritableStream<ReadReq, ReadR
       }
       const end = Math.min(log.length, index + BATCH)
       for (; index < end; index++) {
-        if (call.cancelled) return
+        if (w.stopped) return
         const r = log[index]!
         if (matches(r)) await write(call, eventResp(store, r, resolveLinks, form))
         if (window > 0 && ++scanned >= window) {

@@ -6,7 +6,7 @@
  * @internal
  */
 import { Binary, Long, ObjectId, Timestamp, calculateObjectSize } from "bson"
-import { Query } from "mingo"
+import { Query } from "./Mingo.js"
 import {
   CommandError,
   badValue,
@@ -175,6 +175,7 @@ export class Engine {
           : undefined
       const previous = retryable?.session.retried.get(retryable.txnNumber)
       if (previous !== undefined) return this.withTimes({ ...previous })
+      refuseUnsupported(name, command)
       const reply = this.dispatch(name, command, db, access)
       if (retryable !== undefined) {
         retryable.session.retried.set(retryable.txnNumber, reply)
@@ -701,4 +702,26 @@ const takeBatch = (docs: Array<Doc>, pos: number, size: number): Array<Doc> => {
     out.push(d)
   }
   return out
+}
+
+/** A collation that changes nothing: `{ locale: "simple" }`, as MongoDB treats it. */
+const isSimpleCollation = (c: unknown) => isPlainObject(c) && c.locale === "simple"
+
+const notSupported = (what: string) =>
+  new CommandError(115, "CommandNotSupported", `${what} is not supported by the embedded MongoDB server`)
+
+/**
+ * Refuses what the embedded server does not implement, with MongoDB's
+ * CommandNotSupported, rather than approximating it: views (`create` with
+ * `viewOn` / `pipeline`) and collations other than `simple` (on the command,
+ * on a statement of a write, on an index or a collection).
+ */
+const refuseUnsupported = (name: string, command: Doc): void => {
+  if (name === "create" && (command.viewOn !== undefined || command.pipeline !== undefined)) throw notSupported("views (create with viewOn)")
+  const collations: Array<unknown> = [command.collation]
+  for (const key of ["updates", "deletes", "indexes"]) {
+    const list = command[key]
+    if (Array.isArray(list)) for (const item of list) if (isPlainObject(item)) collations.push(item.collation)
+  }
+  if (collations.some((c) => c !== undefined && !isSimpleCollation(c))) throw notSupported("collation")
 }

@@ -5,8 +5,10 @@
  *
  * @internal
  */
-import { Long, ObjectId } from "bson"
-import { Aggregator, Query, update as mingoUpdate, updateOne as mingoUpdateOne } from "mingo"
+import { Decimal128, Double, Long, ObjectId } from "bson"
+import { addExact, compareExact, exactOf, mulExact, toDecimal128 } from "./Numbers.js"
+import { update as mingoUpdate, updateOne as mingoUpdateOne } from "mingo"
+import { Aggregator, Query } from "./Mingo.js"
 import {
   CommandError,
   badValue,
@@ -20,7 +22,9 @@ import {
   isPlainObject,
   getPath,
   keyOf,
+  lossy,
   num,
+  numeric,
   retype,
   setPath,
   sortComparator,
@@ -357,40 +361,73 @@ const plainPath = (raw: Doc, path: string): boolean => {
   return current === undefined || isPlainObject(current)
 }
 
+const bsonTypeOf = (v: unknown) => (v !== null && typeof v === "object" ? (v as { _bsontype?: string })._bsontype : undefined)
+const isDecimal = (v: unknown) => bsonTypeOf(v) === "Decimal128"
+const isNumber = (v: unknown) =>
+  typeof v === "number" || ["Int32", "Double", "Long", "Decimal128"].includes(bsonTypeOf(v) ?? "")
+
 /**
- * `$inc`, `$max` and `$min` between integers (Int32, Long) computed exactly with bigints, as MongoDB
- * does (a Long beyond 2^53 stays exact; an Int32 overflow becomes a Long). Removes them from `expr`
- * and returns the values to set after the rest of the update.
+ * `$inc`, `$mul`, `$max` and `$min` on numbers, done exactly instead of in
+ * mingo's doubles: `$max` / `$min` compare values of any width and type
+ * exactly and write the argument (with its type) only when it is strictly
+ * greater / smaller; integer arithmetic is exact (Int32 overflowing to Long,
+ * Long stays Long), Decimal128 arithmetic is decimal, and anything with a
+ * double is a double, as in MongoDB. Returns the paths written; removes them
+ * from `expr` (what is left is for mingo).
  */
 const exactIntegerOps = (raw: Doc, expr: Doc): Array<[string, unknown]> => {
   const out: Array<[string, unknown]> = []
-  for (const op of ["$inc", "$max", "$min"]) {
+  for (const op of ["$inc", "$mul", "$max", "$min"]) {
     const args = expr[op] as Doc | undefined
     if (args === undefined) continue
     const rest: Doc = {}
     for (const path of Object.keys(args)) {
       const arg = args[path]
       const current = getPath(raw, path)
-      const a = exactInteger(arg)
-      const c = current === undefined ? undefined : exactInteger(current)
-      if (a === undefined || (current !== undefined && c === undefined) || !plainPath(raw, path)) {
+      if (!isNumber(arg) || (current !== undefined && !isNumber(current)) || !plainPath(raw, path)) {
         rest[path] = arg
         continue
       }
-      if (op === "$inc") {
-        if (c === undefined) out.push([path, arg])
-        else {
-          const sum = a + c
-          const long = isLong(arg) || isLong(current) || sum < INT32_MIN || sum > INT32_MAX
-          out.push([path, long ? Long.fromBigInt(sum) : Number(sum)])
-        }
-      } else if (c === undefined || (op === "$max" ? a > c : a < c)) out.push([path, arg])
+      if (op === "$max" || op === "$min") {
+        const order = current === undefined ? 0 : compareExact(exactOf(arg)!, exactOf(current)!)
+        if (current === undefined || (op === "$max" ? order > 0 : order < 0)) out.push([path, arg])
+        continue
+      }
+      // $mul on a missing field sets 0 of the argument's type; $inc sets the argument
+      const base = current ?? (op === "$mul" ? 0 : undefined)
+      if (base === undefined) {
+        out.push([path, arg])
+        continue
+      }
+      if (isDecimal(arg) || isDecimal(base)) {
+        const x = exactOf(base)!
+        const y = exactOf(arg)!
+        const r = op === "$inc" ? addExact(x, y) : mulExact(x, y)
+        out.push([path, r === undefined ? Decimal128.fromString(String(op === "$inc" ? numeric(base)! + numeric(arg)! : numeric(base)! * numeric(arg)!)) : toDecimal128(r)])
+        continue
+      }
+      const a = exactInteger(arg)
+      const c = exactInteger(base)
+      if (a === undefined || c === undefined) {
+        // a double on either side: the result is a double
+        out.push([path, new Double(op === "$inc" ? numeric(base)! + numeric(arg)! : numeric(base)! * numeric(arg)!)])
+        continue
+      }
+      const result = op === "$inc" ? a + c : a * c
+      const long = isLong(arg) || isLong(base) || result < INT32_MIN || result > INT32_MAX
+      if (long && (result < LONG_MIN || result > LONG_MAX)) {
+        throw new CommandError(2, "BadValue", `Failed to apply ${op} operations to current value (${String(numeric(base))}) for document {_id: ...}: integer overflow`)
+      }
+      out.push([path, long ? Long.fromBigInt(result) : Number(result)])
     }
     if (Object.keys(rest).length > 0) expr[op] = rest
     else delete expr[op]
   }
   return out
 }
+
+const LONG_MIN = -(2n ** 63n)
+const LONG_MAX = 2n ** 63n - 1n
 
 /** The document an upsert starts from: the filter's equality conditions. */
 export const upsertSeed = (filter: Doc): Doc => {
@@ -495,8 +532,9 @@ export const aggregate = (
   for (const v of source) rawOf.set(v.view, v.raw)
   const passThrough = stages.every((s) => Object.keys(s).every((k) => passThroughStages.has(k)))
   try {
-    let current = passThrough ? source.map((v) => v.view) : source.map((v) => cloneView(v.view) as Doc)
-    const options = { ...queryOptions, collectionResolver: (name: string) => resolve(name).map((d) => cloneView(d) as Doc) }
+    // mingo's expression operators do arithmetic in doubles: stages that compute see wide numbers rounded
+    let current = passThrough ? source.map((v) => v.view) : source.map((v) => lossy(v.view) as Doc)
+    const options = { ...queryOptions, collectionResolver: (name: string) => resolve(name).map((d) => lossy(d) as Doc) }
     // `$sort` stages sort in BSON order (as `find` does); the stages between them run in mingo.
     let pending: Array<Doc> = []
     const flush = () => {

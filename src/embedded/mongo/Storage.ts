@@ -8,7 +8,7 @@
  *
  * @internal
  */
-import { Query } from "mingo"
+import { Query } from "./Mingo.js"
 import { DuplicateKey, badValue, noSuchTransaction, writeConflict } from "./Errors.js"
 import { type Doc, getPath, keyOf, num, toView } from "./Values.js"
 

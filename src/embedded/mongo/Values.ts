@@ -7,11 +7,14 @@
  * numbers so that mingo compares them as MongoDB does (`{ v: { $gt: 3 } }` matches
  * a Long 5). Queries, sorts and aggregations run on the view; replies serialize the
  * raw form. Updates run on the view and are mapped back to BSON types by
- * {@link retype}.
+ * {@link retype}. A Long or Decimal128 that no double holds exactly (a Long
+ * beyond 2^53, a 34-digit decimal) is a {@link Wide} in the view, never a
+ * rounded number, and comparisons of numbers are exact (see Numbers.ts).
  *
  * @internal
  */
 import { Binary, Decimal128, Double, Long, ObjectId } from "bson"
+import { canonical, compareExact, exactOf, isDouble, Wide } from "./Numbers.js"
 
 export type Doc = Record<string, unknown>
 
@@ -27,6 +30,7 @@ export const isPlainObject = (v: unknown): v is Doc => {
 export const numeric = (v: unknown): number | undefined => {
   if (typeof v === "number") return v
   if (typeof v === "bigint") return Number(v)
+  if (v instanceof Wide) return v.approx
   if (v !== null && typeof v === "object") {
     switch (bsonType(v)) {
       case "Int32":
@@ -56,8 +60,14 @@ export const bool = (v: unknown, fallback: boolean): boolean => {
 export const toView = (v: unknown): unknown => {
   if (v === null || typeof v !== "object") return typeof v === "bigint" ? Number(v) : v
   if (Array.isArray(v)) return v.map(toView)
+  if (v instanceof Wide) return v
   const t = bsonType(v)
   if (t !== undefined) {
+    if (t === "Long" || t === "Decimal128") {
+      const exact = exactOf(v)!
+      // a value no double holds stays exact in the view
+      if (!isDouble(exact) && exact._tag === "Finite") return new Wide(v as Long | Decimal128, exact, numeric(v)!)
+    }
     const n = t === "Timestamp" ? undefined : numeric(v)
     return n ?? v
   }
@@ -98,6 +108,7 @@ export const keyOf = (v: unknown): string => {
   if (Array.isArray(v)) return "[" + v.map(keyOf).join(",") + "]"
   if (v instanceof Date) return "d:" + v.getTime()
   if (v instanceof RegExp) return "r:" + v.source + "/" + v.flags
+  if (v instanceof Wide) return "n:" + v.toString()
   if (isPlainObject(v)) {
     let s = "{"
     for (const k of Object.keys(v)) s += JSON.stringify(k) + ":" + keyOf(v[k]) + ","
@@ -109,8 +120,11 @@ export const keyOf = (v: unknown): string => {
       return "n:" + (o as Long).toString()
     case "Int32":
     case "Double":
-    case "Decimal128":
       return keyOf(numeric(o))
+    case "Decimal128": {
+      const exact = exactOf(o)!
+      return isDouble(exact) ? keyOf(numeric(o)) : "n:" + canonical(exact)
+    }
     case "ObjectId":
       return "o:" + (o as ObjectId).toHexString()
     case "Binary":
@@ -144,6 +158,7 @@ const rank = (v: unknown): number => {
   if (v instanceof Date) return 10
   if (v instanceof RegExp) return 12
   if (isPlainObject(v)) return 5
+  if (v instanceof Wide) return 3
   switch (bsonType(v as object)) {
     case "MinKey":
       return 1
@@ -177,11 +192,8 @@ export const compareValues = (a: unknown, b: unknown): number => {
   const rb = rank(b)
   if (ra !== rb) return ra - rb
   switch (ra) {
-    case 3: {
-      const x = numeric(a)!
-      const y = numeric(b)!
-      return cmp(x, y)
-    }
+    case 3:
+      return compareExact(exactOf(a)!, exactOf(b)!)
     case 4:
       return cmp(String(a), String(b))
     case 5: {
@@ -224,6 +236,18 @@ export const compareValues = (a: unknown, b: unknown): number => {
     default:
       return cmp(String(a), String(b))
   }
+}
+
+/** A view with {@link Wide} values rounded to numbers, for mingo's expression operators (arithmetic in aggregations). */
+export const lossy = (v: unknown): unknown => {
+  if (v instanceof Wide) return v.approx
+  if (Array.isArray(v)) return v.map(lossy)
+  if (isPlainObject(v)) {
+    const out: Doc = {}
+    for (const k of Object.keys(v)) out[k] = lossy(v[k])
+    return out
+  }
+  return v
 }
 
 /** All values at a dotted path, descending into arrays as MongoDB does. */

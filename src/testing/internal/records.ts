@@ -3,7 +3,7 @@
  * event, with per-stream revisions and log positions, and a decoder that gives
  * a fresh decoded event (new objects) every time it is asked.
  */
-import { Either, ParseResult, Schema } from "effect"
+import { Either, Option, ParseResult, Schema } from "effect"
 import * as EventSource from "../../EventSource.js"
 import type * as InMemory from "../../InMemory.js"
 import * as Projection from "../../Projection.js"
@@ -32,7 +32,7 @@ export const record = (appended: ReadonlyArray<Appended>): ReadonlyArray<InMemor
       id: event.id,
       type: event.type,
       streamId: event.stream,
-      category: EventSource.categoryOf(event.stream),
+      category: Option.getOrUndefined(EventSource.categoryOf(event.stream)),
       revision,
       position: BigInt(index + 1),
       data: bytes ? event.data as Uint8Array : new TextEncoder().encode(JSON.stringify(event.data)),
