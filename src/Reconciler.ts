@@ -21,7 +21,7 @@ import { Cause, Clock, Data, Duration, Effect, Either, ExecutionStrategy, Exit, 
 import type { Delivery } from "./EventSource.js"
 import { ack, EventSource, EventSourceError, nack } from "./EventSource.js"
 import type { Event, Handler, Projection, Runnable } from "./Projection.js"
-import { checkpointId, decoder } from "./Projection.js"
+import { checkpointId, decoderOf } from "./Projection.js"
 import type { DocumentWrite } from "./ReadModelStore.js"
 import { ReadModelStore, StoreError } from "./ReadModelStore.js"
 import type { Current, Mode } from "./internal/fold.js"
@@ -281,7 +281,7 @@ export const run = (
         })
 
       // ---- source -----------------------------------------------------------
-      const decode = decoder(runnable.events)
+      const decode = decoderOf(runnable)
       const partition: (event: Event, key: string) => string =
         runnable._tag === "Projection" && runnable.partition !== undefined ? runnable.partition : (_, key) => key
       let skips = 0

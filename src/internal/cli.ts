@@ -8,7 +8,7 @@ import { Data, Effect, Option, Stream } from "effect"
 import type { Delivery } from "../EventSource.js"
 import { EventSource } from "../EventSource.js"
 import type { Runnable } from "../Projection.js"
-import { checkpointId, decoder } from "../Projection.js"
+import { checkpointId, decoderOf } from "../Projection.js"
 import type { DeadLetter } from "../ReadModelStore.js"
 import { ReadModelStore } from "../ReadModelStore.js"
 import * as Reconciler from "../Reconciler.js"
@@ -82,7 +82,7 @@ export const retryDeadLetters = Effect.fn("cli.retryDeadLetters")(function*(runn
   const superseded: Array<DeadLetter> = []
   const candidates: Array<DeadLetter> = []
   if (runnable._tag === "Projection") {
-    const decode = decoder(runnable.events)
+    const decode = decoderOf(runnable)
     for (const letter of letters) {
       const event = decode({ ...letter, id: letter.eventId, type: letter.eventType, created: letter.at })
       if (event === undefined || typeof event === "string") {
