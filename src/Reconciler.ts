@@ -27,6 +27,8 @@ import { ReadModelStore, StoreError } from "./ReadModelStore.js"
 import type { Current, Mode } from "./internal/fold.js"
 import { decodeStored, describe, documentCodec, foldBatch } from "./internal/fold.js"
 import { Gate, Lane, laneOf } from "./internal/lanes.js"
+import type { EngineQuarantine, HeldPart } from "./internal/quarantine.js"
+import { fromDelivery, letterFor, makeEngineQuarantine } from "./internal/quarantine.js"
 import { Watermark } from "./internal/watermark.js"
 
 /**
@@ -59,7 +61,10 @@ export interface RunOptions {
   readonly bufferSize?: number | undefined
   /** Documents each lane keeps decoded between batches (saves loads and decodes). Default 10 000. */
   readonly cacheSize?: number | undefined
-  /** Handlers: attempts before an event is dead-lettered or parked. Default 5. */
+  /**
+   * Handlers: attempts (on `retrySchedule`, per key in order) before the event
+   * quarantines its key (catch-up) or is parked (persistent). Default 5.
+   */
   readonly handlerAttempts?: number | undefined
 }
 
@@ -209,23 +214,18 @@ export const run = (
         )
       })
 
+      // An event whose documents cannot be known (it does not decode, `key` fails): a letter of its own.
       const deadLetter = (delivery: Delivery, reason: string) =>
-        durably(
-          store.deadLetter({
-            id: `${id}:${delivery.id}`,
-            projection: id,
-            eventId: delivery.id,
-            eventType: delivery.type,
-            streamId: delivery.streamId,
-            revision: delivery.revision,
-            position: delivery.position,
-            data: delivery.data,
-            metadata: delivery.metadata,
-            reason,
-            at: new Date()
-          }),
-          "dead-lettering"
-        )
+        durably(store.deadLetter(letterFor(id, undefined, fromDelivery(delivery), reason, new Date())), "dead-lettering")
+
+      // Catch-up: poison quarantines its document; the documents quarantined so far are loaded first.
+      const handlerAttempts = yield* positiveInt("handlerAttempts", options.handlerAttempts ?? 5)
+      const handlerSchedule = Schedule.intersect(retrySchedule, Schedule.recurs(handlerAttempts - 1))
+      const quarantine = mode === "catch-up"
+        ? makeEngineQuarantine(runnable, store, yield* durably(store.deadLetters(id), "reading the dead letters"), {
+          handlerSchedule
+        })
+        : undefined
 
       /**
        * Settles deliveries whose parts are all done: poison is dead-lettered
@@ -266,8 +266,8 @@ export const run = (
       const makeBatch = (): Batch =>
         runnable._tag === "Projection"
           ? projectionBatch(runnable, mode, store, durably, counters, cacheSize, () =>
-            mode === "catch-up" && watermark.current !== undefined ? { projection: id, position: watermark.current } : undefined)
-          : handlerBatch(runnable, options.handlerAttempts ?? 5, counters)
+            mode === "catch-up" && watermark.current !== undefined ? { projection: id, position: watermark.current } : undefined, quarantine, deadLettered)
+          : handlerBatch(runnable, handlerSchedule, counters, durably, quarantine, deadLettered)
 
       const laneLoop = (lane: Lane<Part>) =>
         Effect.gen(function*() {
@@ -486,7 +486,9 @@ const projectionBatch = (
   durably: Durably,
   counters: Counters,
   cacheSize: number,
-  checkpoint: () => { readonly projection: string; readonly position: bigint } | undefined
+  checkpoint: () => { readonly projection: string; readonly position: bigint } | undefined,
+  quarantine: EngineQuarantine | undefined,
+  deadLettered: Metric.Metric.Counter<number>
 ): Batch => {
   const codec = documentCodec(projection)
   const cache = new Map<string, Current | undefined>()
@@ -499,9 +501,20 @@ const projectionBatch = (
     Effect.gen(function*() {
       yield* Metric.update(counters.batchSizes, parts.length)
       const poison = new Map<Part, string>()
+      // Quarantine (catch-up): the first poison part of a document, and its parts after it.
+      const blocking = new Map<string, { part: Part; reason: string }>()
+      const held: Array<Part> = []
       let applied = 0
       let duplicates = 0
       let todo = parts
+      if (quarantine !== undefined) {
+        const holding = parts.filter((part) => quarantine.documents.has(part.key))
+        if (holding.length > 0) {
+          todo = parts.filter((part) => !quarantine.documents.has(part.key))
+          const released = yield* durably(quarantine.hold(holding.map(heldPart)), "holding events of quarantined documents")
+          for (const docId of released) cache.delete(docId)
+        }
+      }
       // Guard conflicts mean another writer moved a document: reload it and fold its events again.
       while (todo.length > 0) {
         const ids = [...new Set(todo.map((part) => part.key))]
@@ -519,26 +532,48 @@ const projectionBatch = (
         for (const part of todo) {
           const reason = unreadable.get(part.key)
           if (reason === undefined) foldable.push(part)
-          else poison.set(part, reason)
+          else if (quarantine === undefined) poison.set(part, reason)
+          else if (!blocking.has(part.key)) blocking.set(part.key, { part, reason })
+          else held.push(part)
         }
-        const result = foldBatch(projection, codec, mode, (docId) => cache.get(docId), foldable)
+        const result = foldBatch(projection, codec, mode, (docId) => cache.get(docId), foldable, quarantine !== undefined)
         const outcome = result.writes.length === 0
-          ? { conflicts: [] as ReadonlyArray<string> }
+          ? { conflicts: [] as ReadonlyArray<string>, rejected: undefined }
           : yield* durably(
             store.write({ collection: projection.collection, writes: result.writes, checkpoint: checkpoint() }),
             "writing documents"
           )
         const conflicts = new Set(outcome.conflicts)
+        const rejected = new Map((outcome.rejected ?? []).map((r) => [r.id, r.reason]))
         const poisonedDocs = new Set<string>()
-        // Poison found in any attempt stays poison. A conflict may be our own write
-        // whose acknowledgement was lost: folded again, the poison event then looks
-        // applied (the markers passed it), yet it never was and must be dead-lettered.
-        for (const { part, reason } of result.poisoned) {
-          poison.set(part, reason)
-          if (!conflicts.has(part.key)) poisonedDocs.add(part.key)
+        if (quarantine === undefined) {
+          // Poison found in any attempt stays poison. A conflict may be our own write
+          // whose acknowledgement was lost: folded again, the poison event then looks
+          // applied (the markers passed it), yet it never was and must be dead-lettered.
+          for (const { part, reason } of result.poisoned) {
+            poison.set(part, reason)
+            if (!conflicts.has(part.key)) poisonedDocs.add(part.key)
+          }
+        } else {
+          // A document stops at its poison event (or, refused by the store, at its first event
+          // the write carried); a conflicting one is folded again and finds it again.
+          for (const [docId, reason] of rejected) {
+            const before = cache.get(docId)?.meta.position
+            const first = foldable.find((part) => part.key === docId && (before === undefined || part.event.position > before))
+            if (first === undefined) continue
+            blocking.set(docId, { part: first, reason })
+            for (const part of foldable) if (part.key === docId && part !== first && part.event.position > first.event.position) held.push(part)
+            cache.delete(docId)
+          }
+          for (const { part, reason } of result.poisoned) {
+            if (conflicts.has(part.key) || rejected.has(part.key)) continue
+            blocking.set(part.key, { part, reason })
+            poisonedDocs.add(part.key)
+          }
+          for (const part of result.blocked) if (!conflicts.has(part.key) && !rejected.has(part.key)) held.push(part)
         }
         for (const [docId, fold] of result.documents) {
-          if (conflicts.has(docId)) {
+          if (conflicts.has(docId) || rejected.has(docId)) {
             cache.delete(docId)
             continue
           }
@@ -549,6 +584,16 @@ const projectionBatch = (
           else remember(docId, fold.next)
         }
         todo = foldable.filter((part) => conflicts.has(part.key))
+      }
+      if (quarantine !== undefined && (blocking.size > 0 || held.length > 0)) {
+        yield* durably(
+          quarantine.quarantine(
+            [...blocking.values()].map(({ part, reason }) => ({ ...heldPart(part), reason })),
+            held.map(heldPart)
+          ),
+          "quarantining documents"
+        )
+        yield* Metric.incrementBy(deadLettered, blocking.size)
       }
       yield* Metric.incrementBy(counters.processed, applied)
       if (duplicates > 0) yield* Metric.incrementBy(counters.duplicates, duplicates)
@@ -562,23 +607,57 @@ const projectionBatch = (
     })
 }
 
+const heldPart = (part: Part): HeldPart => ({ document: part.key, event: fromDelivery(part.tracked.delivery) })
+
 // ---- handlers -----------------------------------------------------------------
 
-const handlerBatch = (handler: Handler<any, any>, attempts: number, counters: Counters): Batch => (parts) =>
+/**
+ * A lane's batch of a handler: each event handled in order, retried on the
+ * engine's schedule. Catch-up: an event that keeps failing quarantines its key
+ * (the key's later events are held); persistent: it is parked.
+ */
+const handlerBatch = (
+  handler: Handler<any, any, any>,
+  schedule: Schedule.Schedule<unknown>,
+  counters: Counters,
+  durably: Durably,
+  quarantine: EngineQuarantine | undefined,
+  deadLettered: Metric.Metric.Counter<number>
+): Batch => (parts) =>
   Effect.gen(function*() {
     const finished: Array<Tracked> = []
+    let todo = parts
+    if (quarantine !== undefined) {
+      const holding = parts.filter((part) => quarantine.documents.has(part.key))
+      if (holding.length > 0) {
+        todo = parts.filter((part) => !quarantine.documents.has(part.key))
+        yield* durably(quarantine.hold(holding.map(heldPart)), "holding events of quarantined keys")
+      }
+    }
+    const toHandle = new Set(todo)
     for (const part of parts) {
-      const poison = yield* handler.handle(part.event as never).pipe(
-        Effect.tapError(() => Metric.increment(counters.retries)),
-        Effect.retry({ times: Math.max(0, attempts - 1) }),
-        Effect.matchCauseEffect({
-          onSuccess: () => Metric.increment(counters.processed).pipe(Effect.as(undefined)),
-          onFailure: (cause) =>
-            Cause.isInterruptedOnly(cause)
-              ? Effect.interrupt
-              : Effect.succeed(`handler ${handler.name} failed on ${part.event.type}: ${Cause.pretty(cause)}`)
-        })
-      )
+      let poison: string | undefined
+      if (toHandle.has(part) && quarantine?.documents.has(part.key)) {
+        // Quarantined earlier in this batch: held behind its poison event.
+        yield* durably(quarantine.quarantine([], [heldPart(part)]), "holding events of quarantined keys")
+      } else if (toHandle.has(part)) {
+        poison = yield* handler.handle(part.event as never).pipe(
+          Effect.tapError(() => Metric.increment(counters.retries)),
+          Effect.retry(schedule),
+          Effect.matchCauseEffect({
+            onSuccess: () => Metric.increment(counters.processed).pipe(Effect.as(undefined)),
+            onFailure: (cause) =>
+              Cause.isInterruptedOnly(cause)
+                ? Effect.interrupt
+                : Effect.succeed(`handler ${handler.name} failed on ${part.event.type}: ${Cause.pretty(cause)}`)
+          })
+        )
+        if (poison !== undefined && quarantine !== undefined) {
+          yield* durably(quarantine.quarantine([{ ...heldPart(part), reason: poison }], []), "quarantining a key")
+          yield* Metric.increment(deadLettered)
+          poison = undefined
+        }
+      }
       const done = partDone(part.tracked, poison)
       if (done !== undefined) finished.push(done)
     }
