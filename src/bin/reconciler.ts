@@ -6,7 +6,9 @@
  * reconciler run --module examples/openbank.ts [--mode catch-up|persistent] [--lanes N] [--batch-size N]
  * reconciler status --module examples/openbank.ts
  * reconciler dead-letters list  --module examples/openbank.ts [--projection NAME]
- * reconciler dead-letters retry --module examples/openbank.ts [--projection NAME]
+ * reconciler dead-letters show  --module examples/openbank.ts ID
+ * reconciler dead-letters retry --module examples/openbank.ts [--projection NAME] [--all] [--by WHO] [ID...]
+ * reconciler dead-letters skip  --module examples/openbank.ts [--projection NAME] [--all] [--by WHO] [--reason WHY] [ID...]
  * reconciler embedded --eventstore-port P --mongo-port Q [--data-dir D] [--transaction-lifetime-limit-seconds S]
  * ```
  *
@@ -16,7 +18,7 @@
  *
  * @since 0.1.0
  */
-import { Command, Options, ValidationError } from "@effect/cli"
+import { Args, Command, Options, ValidationError } from "@effect/cli"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Cause, ConfigError, Console, Effect, Exit, Option, Schema } from "effect"
 import * as path from "node:path"
@@ -26,6 +28,7 @@ import * as MongoServer from "../embedded/MongoServer.js"
 import { checkpointId } from "../Projection.js"
 import { ReadModelStore } from "../ReadModelStore.js"
 import * as Cli from "../internal/cli.js"
+import * as DeadLetters from "../internal/deadLetters.js"
 
 // ---- shared options ------------------------------------------------------------
 
@@ -103,6 +106,7 @@ const status = Command.make(
         ["projection", "checkpoint", "head", "lag", "dead letters"],
         statuses.map((s) => [s.projection, show(s.checkpoint), show(s.head), String(s.lag), String(s.deadLetters)])
       ))
+      for (const line of yield* DeadLetters.quarantineLines(runnables)) yield* Console.log(line)
     }).pipe(Effect.provide(appLayer(args.embedded)))
 ).pipe(Command.withDescription(
   "Per projection: committed checkpoint, head position of its categories, lag (in positions) and dead-letter count."
@@ -110,59 +114,85 @@ const status = Command.make(
 
 // ---- dead letters -----------------------------------------------------------------
 
+const letterIds = Args.text({ name: "id" }).pipe(
+  Args.repeated,
+  Args.withDescription("dead letter ids (from `dead-letters list`)")
+)
+const allLetters = Options.boolean("all").pipe(
+  Options.withDescription("every open letter of the selected projections (--projection narrows it)")
+)
+const decidedBy = Options.text("by").pipe(
+  Options.optional,
+  Options.withDescription("who decides, for the record (default: the OS user)")
+)
+
 const list = Command.make(
   "list",
   { module: modulePath, projection: projectionNames, embedded },
   (args) =>
     Effect.gen(function*() {
-      const runnables = yield* projectionsOf(args.module, args.projection)
-      const store = yield* ReadModelStore
-      const rows: Array<Array<string>> = []
-      for (const runnable of runnables) {
-        for (const letter of yield* store.deadLetters(checkpointId(runnable))) {
-          rows.push([
-            letter.projection,
-            letter.eventId,
-            letter.eventType,
-            `${letter.streamId}@${letter.revision}`,
-            String(letter.position),
-            letter.at.toISOString(),
-            letter.reason.split("\n")[0]!
-          ])
-        }
-      }
-      yield* Console.log(Cli.table(["projection", "event", "type", "stream@revision", "position", "at", "reason"], rows))
-      yield* Console.log(`${rows.length} dead letter${rows.length === 1 ? "" : "s"}`)
+      const letters = yield* DeadLetters.open(yield* projectionsOf(args.module, args.projection))
+      yield* Console.log(Cli.table(DeadLetters.listHeader, DeadLetters.rows(letters)))
+      yield* Console.log(`${letters.length} dead letter${letters.length === 1 ? "" : "s"}`)
     }).pipe(Effect.provide(appLayer(args.embedded)))
-).pipe(Command.withDescription("List the dead-lettered events of the module's projections, with their reasons."))
+).pipe(Command.withDescription(
+  "List the open dead letters of the module's projections: the document each quarantines, its event and reason."
+))
+
+const show = Command.make(
+  "show",
+  { module: modulePath, projection: projectionNames, embedded, id: Args.text({ name: "id" }) },
+  (args) =>
+    Effect.gen(function*() {
+      const [letter] = yield* DeadLetters.select(yield* projectionsOf(args.module, args.projection), { ids: [args.id], all: false })
+      yield* Console.log(yield* DeadLetters.show(letter!))
+    }).pipe(Effect.provide(appLayer(args.embedded)))
+).pipe(Command.withDescription("Show one dead letter: its event (data and metadata), reason, and the events held behind it."))
 
 const retry = Command.make(
   "retry",
-  { module: modulePath, projection: projectionNames, embedded },
+  { module: modulePath, projection: projectionNames, embedded, all: allLetters, by: decidedBy, ids: letterIds },
   (args) =>
     Effect.gen(function*() {
       const runnables = yield* projectionsOf(args.module, args.projection)
-      let failures = 0
-      for (const runnable of runnables) {
-        const outcome = yield* Cli.retryDeadLetters(runnable)
-        failures += outcome.failed.length + outcome.superseded.length
-        yield* Console.log(
-          `${runnable.name}: ${outcome.retried.length} retried, ${outcome.failed.length} failed again, ` +
-            `${outcome.superseded.length} superseded (a later event already applied; rebuild to apply)`
-        )
-        for (const { letter, reason } of outcome.failed) {
-          yield* Console.log(`  ${letter.eventId} (${letter.eventType}): ${reason.split("\n")[0]}`)
-        }
-      }
-      if (failures > 0) yield* Effect.sync(() => (process.exitCode = 1))
+      yield* DeadLetters.run(runnables, { ids: args.ids, all: args.all }, {
+        action: "retried",
+        by: DeadLetters.currentUser(Option.getOrUndefined(args.by))
+      })
     }).pipe(Effect.provide(appLayer(args.embedded)))
 ).pipe(Command.withDescription(
-  "Apply the dead letters again with the projections as they are now (after a fix); remove those that apply."
+  "Apply dead letters again with the projections as they are now (after a fix), then the events held behind them, " +
+    "in order, and release their documents. Exit 1 if one fails again."
+))
+
+const skip = Command.make(
+  "skip",
+  {
+    module: modulePath,
+    projection: projectionNames,
+    embedded,
+    all: allLetters,
+    by: decidedBy,
+    reason: Options.text("reason").pipe(Options.optional, Options.withDescription("why, for the record")),
+    ids: letterIds
+  },
+  (args) =>
+    Effect.gen(function*() {
+      const runnables = yield* projectionsOf(args.module, args.projection)
+      yield* DeadLetters.run(runnables, { ids: args.ids, all: args.all }, {
+        action: "skipped",
+        by: DeadLetters.currentUser(Option.getOrUndefined(args.by)),
+        reason: Option.getOrUndefined(args.reason)
+      })
+    }).pipe(Effect.provide(appLayer(args.embedded)))
+).pipe(Command.withDescription(
+  "Skip dead letters by decision (recorded with who and why): their events are never applied; the events held " +
+    "behind them apply in order and their documents are released."
 ))
 
 const deadLetters = Command.make("dead-letters").pipe(
-  Command.withDescription("Inspect and retry dead-lettered events."),
-  Command.withSubcommands([list, retry])
+  Command.withDescription("Inspect, retry and skip dead-lettered events (each quarantines its document until it ends)."),
+  Command.withSubcommands([list, show, retry, skip])
 )
 
 // ---- embedded ----------------------------------------------------------------------
@@ -232,6 +262,9 @@ const main = cli(process.argv).pipe(
   Effect.catchIf(ValidationError.isValidationError, (error) =>
     // @effect/cli has printed the message (and help where useful).
     ValidationError.isHelpRequested(error) ? Effect.void : Effect.sync(() => (process.exitCode = USAGE))),
+  // Acting on every letter must be asked for: bad usage.
+  Effect.catchTag("NoLettersNamed", (error) =>
+    Console.error(`reconciler: ${error.message}`).pipe(Effect.zipRight(Effect.sync(() => (process.exitCode = USAGE))))),
   // A missing or malformed setting in the environment is bad usage too.
   Effect.catchIf(ConfigError.isConfigError, (error) =>
     Console.error(`reconciler: configuration: ${String(error)}`).pipe(Effect.zipRight(Effect.sync(() => (process.exitCode = USAGE))))),
