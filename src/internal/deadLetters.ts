@@ -6,7 +6,7 @@
  * in order.
  */
 import * as os from "node:os"
-import { Console, Data, Effect } from "effect"
+import { Console, Data, Effect, Schedule } from "effect"
 import type { Runnable } from "../Projection.js"
 import { checkpointId } from "../Projection.js"
 import type { DeadLetter } from "../ReadModelStore.js"
@@ -146,9 +146,16 @@ export const describeRelease = (release: Release): { readonly line: string; read
   }
 }
 
-/** Retries or skips the letters, in position order; returns their outcomes. */
+const transientRetry = Schedule.exponential("100 millis").pipe(Schedule.jittered, Schedule.intersect(Schedule.recurs(5)))
+
+/**
+ * Retries or skips the letters, in position order; returns their outcomes. A
+ * transient store error runs that letter's release again (a release is
+ * idempotent: the markers pass what it applied already).
+ */
 export const resolveAll = (letters: ReadonlyArray<Addressed>, decision: Decision) =>
-  Effect.forEach(letters, ({ letter, runnable }) => resolve(runnable, letter, decision))
+  Effect.forEach(letters, ({ letter, runnable }) =>
+    resolve(runnable, letter, decision).pipe(Effect.retry({ schedule: transientRetry, while: (error) => error.transient })))
 
 /**
  * Runs `retry` or `skip` and prints one line per letter; sets exit code 1 when

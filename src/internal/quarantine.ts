@@ -346,6 +346,11 @@ export const resolve = (
         return { _tag: "FailedAgain", letter, reason: outcome.failed.reason } as const
       }
       const next = letterFor(id, document, outcome.failed.event, outcome.failed.reason, new Date())
+      // An earlier held event failed before the blocking one applied: a retried blocking event
+      // waits among the held ones (a skipped one is simply not applied).
+      if (decision.action === "retried" && outcome.failed.event.position < blocking.position) {
+        yield* store.hold([heldFor(id, document, blocking)])
+      }
       // The new letter first: the document is never without one while it is blocked.
       yield* store.deadLetter(next)
       yield* store.resolveDeadLetter(resolution)
@@ -382,12 +387,13 @@ const resolveUnknown = (
     const late: Array<string> = []
     const fresh: Array<string> = []
     if (runnable._tag === "Projection") {
-      const loaded = yield* store.load(runnable.collection, keys.filter((k) => !quarantined.has(k)))
+      const loaded = yield* store.load(runnable.collection, keys)
       for (const key of keys) {
-        if (quarantined.has(key)) continue
         const position = loaded.get(key)?.meta.position
-        if (position !== undefined && position >= event.position) late.push(key)
-        else fresh.push(key)
+        // Moved past it (a quarantined document too, by the events it applied before its block).
+        if (position !== undefined && position > event.position) late.push(key)
+        // At the event's position exactly: applied by an earlier run of this retry that stopped.
+        else if (!quarantined.has(key) && position !== event.position) fresh.push(key)
       }
     } else fresh.push(...keys.filter((k) => !quarantined.has(k)))
     if (late.length > 0) return { _tag: "Late", letter, documents: late } as const
