@@ -46,7 +46,7 @@ describe("reconciler command line", () => {
         expect(result.code, `${commands[i]![0].join(" ")}: ${result.output}`).toBe(0)
         expect(result.output).toMatch(commands[i]![1])
       })
-    }), { timeout: 90_000 })
+    }), { timeout: 180_000 })
 
   it.scopedLive("an unknown flag, a bad value or a bad setting: a clear message and exit code 2", () =>
     Effect.gen(function*() {
