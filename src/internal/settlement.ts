@@ -29,6 +29,8 @@ export class Settlement {
   lastSettledAt = 0
   /** The newest position taken in. */
   received: bigint | undefined
+  /** Called when nothing is in flight any more (the committer commits then, not a tick later). */
+  onIdle: (() => void) | undefined
 
   constructor(private readonly ctx: Context, start: bigint | undefined) {
     this.watermark = new Watermark(start)
@@ -93,6 +95,7 @@ export class Settlement {
         else self.unsettled.delete(tracked)
       }
       self.gate.leave(finished.length)
+      if (self.gate.inFlight === 0) self.onIdle?.()
       self.settled += finished.length
       self.lastSettledAt = yield* Clock.currentTimeMillis
     })
