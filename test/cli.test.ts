@@ -67,7 +67,7 @@ describe("reconciler command line", () => {
         expect(result.code, `${cases[i]![0].join(" ")}: ${result.output}`).toBe(2)
         expect(result.output).toMatch(cases[i]![2])
       })
-    }), { timeout: 90_000 })
+    }), { timeout: 180_000 })
 
   it.scopedLive("status and dead-letters list: figures per projection, quarantined documents, secrets never printed", () =>
     Effect.gen(function*() {

@@ -38,6 +38,7 @@ export interface Recorded {
   readonly created: Date
 }
 
+/** A delivery as the quarantine keeps it (raw bytes, identity by position). */
 export const fromDelivery = (delivery: Delivery): Recorded => ({
   eventId: delivery.id,
   eventType: delivery.type,
@@ -49,6 +50,7 @@ export const fromDelivery = (delivery: Delivery): Recorded => ({
   created: delivery.created
 })
 
+/** A letter's event; `created` is when it was dead-lettered (letters do not keep the recorded time). */
 export const fromLetter = (letter: DeadLetter): Recorded => ({
   eventId: letter.eventId,
   eventType: letter.eventType,
@@ -82,6 +84,7 @@ export const letterFor = (
   at
 })
 
+/** The held record of `event` for `document`. */
 export const heldFor = (projection: string, document: string, event: Recorded): HeldEvent => ({
   projection,
   document,
@@ -447,6 +450,7 @@ export interface EngineQuarantine {
   ) => Effect.Effect<void, StoreError>
 }
 
+/** The engine's quarantine for one run, starting from the projection's open letters. */
 export const makeEngineQuarantine = (
   runnable: Runnable,
   store: ReadModelStore["Type"],
