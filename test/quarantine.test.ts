@@ -4,7 +4,7 @@
  * a fix and skip by decision end the letter and release the document.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Deferred, Effect, Fiber, Layer, Option, Schedule, Schema, TestClock } from "effect"
+import { Effect, Fiber, Layer, Metric, Option, Schedule, Schema, TestClock } from "effect"
 import * as MongoServer from "../src/embedded/MongoServer.js"
 import { EventSource, InMemory, Projection, ReadModelStore, Reconciler } from "../src/index.js"
 import * as MongoReadModelStore from "../src/MongoReadModelStore.js"
@@ -42,6 +42,9 @@ describe("quarantine", () => {
         [id, "acct-2", 0n, "doc-2"]
       ])
       expect(letters[0]!.id).not.toBe(letters[1]!.id)
+      // The metric shows them.
+      const gauge = yield* Metric.value(Metric.tagged(Quarantine.quarantinedGauge, "projection", "accounts"))
+      expect(gauge.value).toBe(2)
       // Only doc-3 moved; the checkpoint is past everything.
       expect(Object.keys(bodies(store))).toEqual(["doc-3"])
       expect(store.checkpoint("accounts@1")).toBe(5n)

@@ -38,6 +38,7 @@ export const runGroup = (
         const ctx = options.mode === "catch-up"
           ? Context.make(runnable, options, store, yield* base.durably(store.deadLetters(base.id), "reading the dead letters"))
           : base
+        if (ctx.quarantine !== undefined) yield* ctx.quarantine.report
         const checkpoint = options.mode === "catch-up"
           ? yield* ctx.durably(store.readCheckpoint(ctx.id), "reading the checkpoint")
           : Option.none()

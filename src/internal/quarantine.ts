@@ -16,7 +16,7 @@
  * application is a no-op by the document's markers), and that whoever finds D
  * released applies D's held events, in order, before anything newer.
  */
-import { Cause, Effect, Either, Schedule } from "effect"
+import { Cause, Effect, Either, Metric, Schedule } from "effect"
 import type { Delivery } from "../EventSource.js"
 import type { Event, Handler, Projection, Runnable } from "../Projection.js"
 import { checkpointId, decoderOf } from "../Projection.js"
@@ -448,7 +448,14 @@ export interface EngineQuarantine {
     letters: ReadonlyArray<HeldPart & { readonly reason: string }>,
     held: ReadonlyArray<HeldPart>
   ) => Effect.Effect<void, StoreError>
+  /** Sets the `reconciler_quarantined_documents` gauge to the number quarantined now. */
+  readonly report: Effect.Effect<void>
 }
+
+/** Documents (or handler keys) quarantined now, tagged with `projection`. */
+export const quarantinedGauge = Metric.gauge("reconciler_quarantined_documents", {
+  description: "documents (or handler keys) quarantined behind a dead letter"
+})
 
 /** The engine's quarantine for one run, starting from the projection's open letters. */
 export const makeEngineQuarantine = (
@@ -459,6 +466,8 @@ export const makeEngineQuarantine = (
 ): EngineQuarantine => {
   const id = checkpointId(runnable)
   const documents = quarantinedDocuments(letters)
+  const gauge = Metric.tagged(quarantinedGauge, "projection", runnable.name)
+  const report = Effect.suspend(() => Metric.set(gauge, documents.size))
   const hold = (parts: ReadonlyArray<HeldPart>) =>
     Effect.gen(function*() {
       if (parts.length === 0) return new Set<string>()
@@ -486,6 +495,7 @@ export const makeEngineQuarantine = (
           yield* logQuarantined(runnable, swept.next)
         }
       }
+      if (released.size > 0) yield* report
       return released
     })
   const quarantine = (
@@ -504,8 +514,9 @@ export const makeEngineQuarantine = (
       const blockingAt = new Map(poisoned.map((p) => [p.document, p.event.position]))
       const later = held.filter((p) => !(blockingAt.has(p.document) && p.event.position <= blockingAt.get(p.document)!))
       if (later.length > 0) yield* store.hold(later.map((p) => heldFor(id, p.document, p.event)))
+      if (poisoned.length > 0) yield* report
     })
-  return { documents, hold, quarantine }
+  return { documents, hold, quarantine, report }
 }
 
 const logQuarantined = (runnable: Runnable, letter: DeadLetter) =>
