@@ -9,7 +9,7 @@
 import { Chunk, Context, Deferred, Effect, FiberId, Layer, Option, Stream } from "effect"
 import type { Delivery, Settlement, Subscription } from "./EventSource.js"
 import { categoryOf, EventSource, EventSourceError } from "./EventSource.js"
-import type { Checkpoint, DeadLetter, StoredDocument, WriteBatch, WriteResult } from "./ReadModelStore.js"
+import type { Checkpoint, DeadLetter, DocumentWrite, HeldEvent, Resolution, StoredDocument, WriteBatch, WriteResult } from "./ReadModelStore.js"
 import type { Registration } from "./ReadModelStore.js"
 import { ReadModelStore, StoreError } from "./ReadModelStore.js"
 import { random } from "./internal/random.js"
@@ -358,6 +358,11 @@ export interface StoreOptions {
   readonly lostAcknowledgementRate?: number | undefined
   /** Called after each committed checkpoint, with the store as it is then. */
   readonly onCheckpoint?: ((checkpoint: Checkpoint, store: MemoryStore) => void) | undefined
+  /**
+   * Refuses a write for good (as a unique index or a size limit would), with the
+   * reason; the rest of the batch applies.
+   */
+  readonly reject?: ((collection: string, write: DocumentWrite, store: MemoryStore) => string | undefined) | undefined
 }
 
 /**
@@ -373,6 +378,10 @@ export interface MemoryStore {
   readonly stored: (collection: string) => ReadonlyMap<string, StoredDocument>
   readonly checkpoint: (projection: string) => bigint | undefined
   readonly letters: () => ReadonlyArray<DeadLetter>
+  /** Every held event, all projections. */
+  readonly held: () => ReadonlyArray<HeldEvent>
+  /** Every resolved letter, all projections. */
+  readonly resolved: () => ReadonlyArray<Resolution>
   /** Makes the next `n` calls fail with a transient error. */
   readonly failNext: (n: number) => void
   /** Calls made after the store's scope closed (each also died loudly). */
@@ -396,6 +405,10 @@ export const makeStore = (options: StoreOptions = {}) =>
       const registrations = new Map<string, Registration>()
       const checkpoints = new Map<string, bigint>()
       const deadLetters = new Map<string, DeadLetter>()
+      const heldEvents = new Map<string, HeldEvent>()
+      const resolutions = new Map<string, Resolution>()
+      const heldKey = (projection: string, document: string, streamId: string, revision: bigint) =>
+        JSON.stringify([projection, document, streamId, String(revision)])
       const next = random(options.seed ?? 1)
       let closed = false
       let afterClose = 0
@@ -429,16 +442,22 @@ export const makeStore = (options: StoreOptions = {}) =>
       const write = (batch: WriteBatch): WriteResult => {
         const documents = collection(batch.collection)
         const conflicts: Array<string> = []
+        const rejected: Array<{ id: string; reason: string }> = []
         for (const w of batch.writes) {
           const current = documents.get(w.id)
           if ((current?.meta.version ?? 0) !== w.expectedVersion) {
             conflicts.push(w.id)
             continue
           }
+          const refusal = options.reject?.(batch.collection, w, store)
+          if (refusal !== undefined) {
+            rejected.push({ id: w.id, reason: refusal })
+            continue
+          }
           documents.set(w.id, w) // a write has the shape of a stored document
         }
         if (batch.checkpoint !== undefined) commit(batch.checkpoint)
-        return { conflicts }
+        return rejected.length > 0 ? { conflicts, rejected } : { conflicts }
       }
       const commit = (checkpoint: Checkpoint) => {
         const current = checkpoints.get(checkpoint.projection)
@@ -475,7 +494,30 @@ export const makeStore = (options: StoreOptions = {}) =>
           deadLetter: (letter) => guarded("deadLetter", () => void deadLetters.set(letter.id, letter)),
           deadLetters: (projection) =>
             guarded("deadLetters", () => [...deadLetters.values()].filter((l) => l.projection === projection)),
-          removeDeadLetter: (id) => guarded("removeDeadLetter", () => void deadLetters.delete(id))
+          removeDeadLetter: (id) => guarded("removeDeadLetter", () => void deadLetters.delete(id)),
+          hold: (events) =>
+            guarded("hold", () => {
+              for (const e of events) {
+                const key = heldKey(e.projection, e.document, e.streamId, e.revision)
+                if (!heldEvents.has(key)) heldEvents.set(key, e)
+              }
+            }),
+          heldEvents: (projection, document) =>
+            guarded("heldEvents", () =>
+              [...heldEvents.values()]
+                .filter((e) => e.projection === projection && e.document === document)
+                .sort((a, b) => (a.position < b.position ? -1 : a.position > b.position ? 1 : 0))),
+          releaseHeld: (projection, document, events) =>
+            guarded("releaseHeld", () => {
+              for (const e of events) heldEvents.delete(heldKey(projection, document, e.streamId, e.revision))
+            }),
+          resolveDeadLetter: (resolution) =>
+            guarded("resolveDeadLetter", () => {
+              if (!resolutions.has(resolution.letter.id)) resolutions.set(resolution.letter.id, resolution)
+              deadLetters.delete(resolution.letter.id)
+            }),
+          resolutions: (projection) =>
+            guarded("resolutions", () => [...resolutions.values()].filter((r) => r.letter.projection === projection))
         },
         documents: (name) => {
           const live = new Map<string, StoredDocument>()
@@ -485,6 +527,8 @@ export const makeStore = (options: StoreOptions = {}) =>
         stored: (name) => new Map(collection(name)),
         checkpoint: (projection) => checkpoints.get(projection),
         letters: () => [...deadLetters.values()],
+        held: () => [...heldEvents.values()],
+        resolved: () => [...resolutions.values()],
         failNext: (n) => {
           failures = n
         },

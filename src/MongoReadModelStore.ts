@@ -52,6 +52,8 @@ import {
   type Checkpoint,
   type DeadLetter,
   type DocumentMeta,
+  type HeldEvent,
+  type Resolution,
   type DocumentWrite,
   ReadModelStore,
   StoreError,
@@ -81,6 +83,10 @@ const SCAN_PAGE = 1000
 export const CHECKPOINTS = "reconciler_checkpoints"
 /** @since 0.1.0 */
 export const DEAD_LETTERS = "reconciler_dead_letters"
+/** Events held for quarantined documents, `_id` = projection, document, stream and revision. @since 0.1.0 */
+export const HELD_EVENTS = "reconciler_held_events"
+/** Resolved dead letters (retried or skipped, by whom and why). @since 0.1.0 */
+export const RESOLVED_LETTERS = "reconciler_resolved_letters"
 
 /** @since 0.1.0 */
 export interface Options {
@@ -267,6 +273,8 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
   const readModels = db.collection<Document>(READ_MODELS)
   const checkpoints = db.collection<Document>(CHECKPOINTS)
   const letters = db.collection<Document>(DEAD_LETTERS)
+  const held = db.collection<Document>(HELD_EVENTS)
+  const resolved = db.collection<Document>(RESOLVED_LETTERS)
 
   const call = <A>(operation: string, f: () => Promise<A>): Effect.Effect<A, StoreError> =>
     Effect.suspend(() =>
@@ -284,6 +292,8 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
 
   yield* call("ensureIndexes", async () => {
     await letters.createIndex({ projection: 1, at: 1 }, { name: "projection_at" })
+    await held.createIndex({ projection: 1, document: 1, position: 1 }, { name: "projection_document_position" })
+    await resolved.createIndex({ "letter.projection": 1, at: 1 }, { name: "projection_at" })
     for (const index of options.indexes ?? []) {
       await db.collection(index.collection).createIndex({ ...index.key }, {
         unique: index.unique === true,
@@ -304,12 +314,16 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
     }
   }
 
-  /** Runs the guarded bulk write; returns the conflicting ids; throws on anything else. */
+  /**
+   * Runs the guarded bulk write; returns the conflicting writes and those the
+   * server refused for that document alone (unique index, size); throws on
+   * anything else.
+   */
   const guardedWrite = async (
     collection: Collection<Document>,
     writes: ReadonlyArray<DocumentWrite>,
     session: ClientSession | undefined
-  ): Promise<{ conflicts: Set<number>; error?: unknown }> => {
+  ): Promise<{ conflicts: Set<number>; rejected: Map<number, string>; error?: unknown }> => {
     const nonce = randomUUID()
     const tokens = writes.map((_, i) => `${nonce}:${i}`)
     const ops: Array<AnyBulkWriteOperation<Document>> = writes.map((w, i) => {
@@ -319,6 +333,7 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
         : { replaceOne: { filter: { _id: w.id, [`${META_FIELD}.version`]: w.expectedVersion } as Document, replacement } }
     })
     const conflicts = new Set<number>()
+    const rejected = new Map<number, string>()
     let result: BulkWriteResult
     try {
       result = await collection.bulkWrite(ops, { ordered: false, ...(session ? { session } : {}) })
@@ -327,31 +342,37 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
       if (!(e instanceof MongoBulkWriteError) || writeErrorsOf(e).length === 0 || e.writeConcernError !== undefined) throw e
       const errors = writeErrorsOf(e)
       const others = errors.filter((w) => !(isIdDuplicate(w) && writes[w.index]!.expectedVersion === 0))
-      if (others.length > 0) {
-        const first = others[0]!
-        const unique = first.code === 11000
+      // A transient per-operation error fails the call (the engine retries it); any other refuses that document only.
+      const transient = others.find((w) => w.code !== undefined && transientCodes.has(w.code) && w.code !== 11000)
+      if (transient !== undefined) {
         throw new StoreError({
-          message: unique
-            ? `write to ${collection.collectionName}: unique index violation for document ${writes[first.index]!.id}: ${first.errmsg}`
-            : `write to ${collection.collectionName} failed for document ${writes[first.index]!.id}: ${first.errmsg}`,
-          transient: first.code !== undefined && transientCodes.has(first.code) && !unique,
+          message: `write to ${collection.collectionName} failed for document ${writes[transient.index]!.id}: ${transient.errmsg}`,
+          transient: true,
           cause: e
         })
       }
+      for (const w of others) {
+        rejected.set(
+          w.index,
+          w.code === 11000
+            ? `write to ${collection.collectionName}: unique index violation for document ${writes[w.index]!.id}: ${w.errmsg}`
+            : `write to ${collection.collectionName} refused for document ${writes[w.index]!.id}: ${w.errmsg}`
+        )
+      }
       if (session !== undefined) {
         // The transaction is aborted: the caller runs it again without these.
-        for (const w of errors) conflicts.add(w.index)
-        return { conflicts, error: e }
+        for (const w of errors) if (!rejected.has(w.index)) conflicts.add(w.index)
+        return { conflicts, rejected, error: e }
       }
       // Outside a transaction a duplicate `_id` is a conflict, unless it is our own write applied by an
       // earlier attempt (a retry after a lost reply): the read-back below tells them apart by token.
       result = e.result
     }
     const settled = result.matchedCount + result.upsertedCount
-    if (settled < writes.length) {
+    if (settled + rejected.size < writes.length) {
       // Some guarded write matched nothing or collided: read back the undecided ids by their tokens.
       const upserted = new Set(Object.keys(result.upsertedIds).map(Number))
-      const undecided = writes.map((_, i) => i).filter((i) => !conflicts.has(i) && !upserted.has(i))
+      const undecided = writes.map((_, i) => i).filter((i) => !conflicts.has(i) && !upserted.has(i) && !rejected.has(i))
       const found = await collection
         .find({ _id: { $in: undecided.map((i) => writes[i]!.id) } } as Document, {
           projection: { [`${META_FIELD}.token`]: 1 },
@@ -361,42 +382,57 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
       const tokenOf = new Map(found.map((d) => [String(d._id), (d[META_FIELD] as Document | undefined)?.token]))
       for (const i of undecided) if (tokenOf.get(writes[i]!.id) !== tokens[i]) conflicts.add(i)
     }
-    return { conflicts }
+    return { conflicts, rejected }
+  }
+
+  const resultOf = (
+    writes: ReadonlyArray<DocumentWrite>,
+    conflicts: Iterable<number>,
+    rejected: ReadonlyMap<number, string>
+  ): WriteResult => {
+    const ids = [...conflicts].sort((a, b) => a - b).map((i) => writes[i]!.id)
+    return rejected.size === 0
+      ? { conflicts: ids }
+      : { conflicts: ids, rejected: [...rejected].sort(([a], [b]) => a - b).map(([i, reason]) => ({ id: writes[i]!.id, reason })) }
   }
 
   const write = async (batch: WriteBatch): Promise<WriteResult> => {
     const collection = db.collection<Document>(batch.collection)
     const writes = batch.writes
     if (batch.checkpoint === undefined || !supportsTransactions) {
-      const outcome = writes.length === 0 ? { conflicts: new Set<number>() } : await guardedWrite(collection, writes, undefined)
+      const outcome = writes.length === 0
+        ? { conflicts: new Set<number>(), rejected: new Map<number, string>() }
+        : await guardedWrite(collection, writes, undefined)
       if (batch.checkpoint !== undefined) await commitCheckpointWith(batch.checkpoint, undefined)
-      return { conflicts: [...outcome.conflicts].sort((a, b) => a - b).map((i) => writes[i]!.id) }
+      return resultOf(writes, outcome.conflicts, outcome.rejected)
     }
-    // In a transaction a duplicate key aborts everything: drop the conflicting writes and run it again.
-    // A transient transaction error (a write conflict, typically two batches moving the checkpoint) runs
-    // it again too, a few times, before the engine sees a transient error.
+    // In a transaction a duplicate key aborts everything: drop the conflicting (and refused) writes and run
+    // it again. A transient transaction error (a write conflict, typically two batches moving the checkpoint)
+    // runs it again too, a few times, before the engine sees a transient error.
     const session = client.startSession()
     try {
       const known = new Set<number>()
+      const refused = new Map<number, string>()
       let retries = 0
       for (;;) {
-        const remaining = writes.map((_, i) => i).filter((i) => !known.has(i))
+        const remaining = writes.map((_, i) => i).filter((i) => !known.has(i) && !refused.has(i))
         session.startTransaction({ readConcern: { level: "snapshot" }, writeConcern: { w: "majority" } })
         try {
           const outcome =
             remaining.length === 0
-              ? { conflicts: new Set<number>(), error: undefined }
+              ? { conflicts: new Set<number>(), rejected: new Map<number, string>(), error: undefined }
               : await guardedWrite(collection, remaining.map((i) => writes[i]!), session)
+          for (const [j, reason] of outcome.rejected) refused.set(remaining[j]!, reason)
           if (outcome.error !== undefined) {
             await session.abortTransaction().catch(() => undefined)
-            if (outcome.conflicts.size === 0) throw outcome.error
+            if (outcome.conflicts.size === 0 && outcome.rejected.size === 0) throw outcome.error
             for (const j of outcome.conflicts) known.add(remaining[j]!)
             continue
           }
           for (const j of outcome.conflicts) known.add(remaining[j]!)
           await commitCheckpointWith(batch.checkpoint, session)
           await session.commitTransaction()
-          return { conflicts: [...known].sort((a, b) => a - b).map((i) => writes[i]!.id) }
+          return resultOf(writes, known, refused)
         } catch (e) {
           if (session.inTransaction()) await session.abortTransaction().catch(() => undefined)
           if (retries++ < TRANSACTION_RETRIES && hasLabel(e, "TransientTransactionError")) continue
@@ -478,17 +514,10 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
       yield* call("commitCheckpoint", () => commitCheckpointWith(checkpoint, undefined))
     }),
     deadLetter: Effect.fn("MongoReadModelStore.deadLetter")(function*(letter: DeadLetter) {
-      const { id, ...rest } = letter
-      const doc: Document = {
-        ...rest,
-        revision: toLong(letter.revision),
-        position: toLong(letter.position),
-        data: new Binary(letter.data),
-        metadata: new Binary(letter.metadata)
-      }
+      const doc = encodeLetter(letter)
       yield* call("deadLetter", async () => {
         try {
-          await letters.updateOne({ _id: id } as Document, { $setOnInsert: doc }, { upsert: true })
+          await letters.updateOne({ _id: letter.id } as Document, { $setOnInsert: doc }, { upsert: true })
         } catch (e) {
           if (!(e instanceof MongoError && e.code === 11000)) throw e // a concurrent identical letter won
         }
@@ -496,24 +525,94 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
     }),
     deadLetters: Effect.fn("MongoReadModelStore.deadLetters")(function*(projection: string) {
       const docs = yield* call("deadLetters", () => letters.find({ projection }).sort({ at: 1, _id: 1 }).toArray())
-      return docs.map(
-        (d): DeadLetter => ({
-          id: String(d._id),
-          projection: String(d.projection),
-          eventId: String(d.eventId),
-          eventType: String(d.eventType),
-          streamId: String(d.streamId),
-          revision: toBigInt(d.revision) ?? 0n,
-          position: toBigInt(d.position) ?? 0n,
-          data: bytes(d.data),
-          metadata: bytes(d.metadata),
-          reason: String(d.reason),
-          at: d.at instanceof Date ? d.at : new Date(String(d.at))
-        })
-      )
+      return docs.map(decodeLetter)
     }),
     removeDeadLetter: Effect.fn("MongoReadModelStore.removeDeadLetter")(function*(id: string) {
       yield* call("removeDeadLetter", () => letters.deleteOne({ _id: id } as Document))
+    }),
+    hold: Effect.fn("MongoReadModelStore.hold")(function*(events: ReadonlyArray<HeldEvent>) {
+      if (events.length === 0) return
+      yield* call("hold", () =>
+        held.bulkWrite(
+          events.map((e) => ({
+            updateOne: {
+              filter: { _id: heldId(e.projection, e.document, e.streamId, e.revision) } as Document,
+              update: {
+                $setOnInsert: {
+                  projection: e.projection,
+                  document: e.document,
+                  eventId: e.eventId,
+                  eventType: e.eventType,
+                  streamId: e.streamId,
+                  revision: toLong(e.revision),
+                  position: toLong(e.position),
+                  data: new Binary(e.data),
+                  metadata: new Binary(e.metadata),
+                  created: e.created
+                }
+              },
+              upsert: true
+            }
+          })),
+          { ordered: false }
+        ).catch((e) => {
+          // Two holds of one event raced on the upsert: the other one inserted it.
+          if (e instanceof MongoBulkWriteError && writeErrorsOf(e).every((w) => w.code === 11000)) return undefined
+          throw e
+        })
+      )
+    }),
+    heldEvents: Effect.fn("MongoReadModelStore.heldEvents")(function*(projection: string, document: string) {
+      const docs = yield* call("heldEvents", () => held.find({ projection, document }).sort({ position: 1 }).toArray())
+      return docs.map((d): HeldEvent => ({
+        projection: String(d.projection),
+        document: String(d.document),
+        eventId: String(d.eventId),
+        eventType: String(d.eventType),
+        streamId: String(d.streamId),
+        revision: toBigInt(d.revision) ?? 0n,
+        position: toBigInt(d.position) ?? 0n,
+        data: bytes(d.data),
+        metadata: bytes(d.metadata),
+        created: d.created instanceof Date ? d.created : new Date(String(d.created))
+      }))
+    }),
+    releaseHeld: Effect.fn("MongoReadModelStore.releaseHeld")(function*(
+      projection: string,
+      document: string,
+      events: ReadonlyArray<{ readonly streamId: string; readonly revision: bigint }>
+    ) {
+      if (events.length === 0) return
+      yield* call("releaseHeld", () =>
+        held.deleteMany({ _id: { $in: events.map((e) => heldId(projection, document, e.streamId, e.revision)) } } as Document))
+    }),
+    resolveDeadLetter: Effect.fn("MongoReadModelStore.resolveDeadLetter")(function*(resolution: Resolution) {
+      const doc: Document = {
+        letter: { id: resolution.letter.id, ...encodeLetter(resolution.letter) },
+        action: resolution.action,
+        by: resolution.by,
+        ...(resolution.reason !== undefined ? { reason: resolution.reason } : {}),
+        at: resolution.at
+      }
+      // Recorded first, so that a letter is never gone without its resolution.
+      yield* call("resolveDeadLetter", async () => {
+        try {
+          await resolved.updateOne({ _id: resolution.letter.id } as Document, { $setOnInsert: doc }, { upsert: true })
+        } catch (e) {
+          if (!(e instanceof MongoError && e.code === 11000)) throw e
+        }
+        await letters.deleteOne({ _id: resolution.letter.id } as Document)
+      })
+    }),
+    resolutions: Effect.fn("MongoReadModelStore.resolutions")(function*(projection: string) {
+      const docs = yield* call("resolutions", () => resolved.find({ "letter.projection": projection }).sort({ at: 1, _id: 1 }).toArray())
+      return docs.map((d): Resolution => ({
+        letter: decodeLetter(d.letter as Document),
+        action: d.action === "skipped" ? "skipped" : "retried",
+        by: String(d.by),
+        reason: typeof d.reason === "string" ? d.reason : undefined,
+        at: d.at instanceof Date ? d.at : new Date(String(d.at))
+      }))
     })
   }
   return port
@@ -534,6 +633,36 @@ const decodeRegistration = (d: Document): Registration => ({
   live: typeof d.live === "number" || typeof d.live === "bigint" ? Number(d.live) : undefined,
   versions: Object.fromEntries(Object.entries((d.versions ?? {}) as Document).map(([v, c]) => [v, String(c)])),
   revision: Number(d.revision ?? 0)
+})
+
+const heldId = (projection: string, document: string, streamId: string, revision: bigint) =>
+  JSON.stringify([projection, document, streamId, String(revision)])
+
+const encodeLetter = (letter: DeadLetter): Document => {
+  const { document, id: _, ...rest } = letter
+  return {
+    ...rest,
+    ...(document !== undefined ? { document } : {}),
+    revision: toLong(letter.revision),
+    position: toLong(letter.position),
+    data: new Binary(letter.data),
+    metadata: new Binary(letter.metadata)
+  }
+}
+
+const decodeLetter = (d: Document): DeadLetter => ({
+  id: String(d._id ?? d.id),
+  projection: String(d.projection),
+  ...(typeof d.document === "string" ? { document: d.document } : {}),
+  eventId: String(d.eventId),
+  eventType: String(d.eventType),
+  streamId: String(d.streamId),
+  revision: toBigInt(d.revision) ?? 0n,
+  position: toBigInt(d.position) ?? 0n,
+  data: bytes(d.data),
+  metadata: bytes(d.metadata),
+  reason: String(d.reason),
+  at: d.at instanceof Date ? d.at : new Date(String(d.at))
 })
 
 const bytes = (v: unknown): Uint8Array =>

@@ -8,6 +8,7 @@
  *
  * @since 0.1.0
  */
+import { createHash } from "node:crypto"
 import { Context, Data, Effect, Option } from "effect"
 import type { Stream } from "effect"
 
@@ -73,6 +74,12 @@ export interface WriteBatch {
  */
 export interface WriteResult {
   readonly conflicts: ReadonlyArray<string>
+  /**
+   * Writes the store refused for that document alone, for good (a unique-index
+   * violation, a document too large): not applied, the rest of the batch is.
+   * The engine quarantines those documents instead of stopping.
+   */
+  readonly rejected?: ReadonlyArray<{ readonly id: string; readonly reason: string }> | undefined
 }
 
 /** @since 0.1.0 */
@@ -84,12 +91,19 @@ export interface Checkpoint {
 /**
  * An event the engine could not apply, kept with its raw bytes and the reason.
  *
+ * When `document` is set the letter quarantines that document: its later events
+ * are held (see {@link HeldEvent}) until the letter is retried or skipped. A
+ * letter without `document` is an event whose documents could not be known (it
+ * did not decode, or `key` failed on it).
+ *
  * @since 0.1.0
  */
 export interface DeadLetter {
-  /** `<projection>:<event id>`: one letter per projection and event. */
+  /** {@link letterId} of the projection, the document and the event's position: never the event id alone. */
   readonly id: string
   readonly projection: string
+  /** The quarantined document (or a handler's key); absent for an event whose documents are unknown. */
+  readonly document?: string | undefined
   readonly eventId: string
   readonly eventType: string
   readonly streamId: string
@@ -120,6 +134,53 @@ export interface Registration {
   readonly versions: Readonly<Record<string, string>>
   /** Bumped by every change (1 for a new record). */
   readonly revision: number
+}
+
+/**
+ * The id of a dead letter: a short digest of the projection, the document and
+ * the event's recorded position (stream and revision). Two streams may hold
+ * events with one id; their letters never collide.
+ *
+ * @since 0.1.0
+ */
+export const letterId = (projection: string, document: string | undefined, streamId: string, revision: bigint): string =>
+  createHash("sha256")
+    .update(JSON.stringify([projection, document ?? null, streamId, String(revision)]))
+    .digest("hex")
+    .slice(0, 16)
+
+/**
+ * An event of a quarantined document, held durably and in order while the
+ * document is quarantined, and applied when its letter is retried or skipped.
+ * Identified by projection, document and position (stream, revision).
+ *
+ * @since 0.1.0
+ */
+export interface HeldEvent {
+  readonly projection: string
+  readonly document: string
+  readonly eventId: string
+  readonly eventType: string
+  readonly streamId: string
+  readonly revision: bigint
+  readonly position: bigint
+  readonly data: Uint8Array
+  readonly metadata: Uint8Array
+  readonly created: Date
+}
+
+/**
+ * How a dead letter ended: `retried` (applied after a fix) or `skipped` by
+ * decision, by whom and why. Kept as the audit trail once the letter is gone.
+ *
+ * @since 0.1.0
+ */
+export interface Resolution {
+  readonly letter: DeadLetter
+  readonly action: "retried" | "skipped"
+  readonly by: string
+  readonly reason: string | undefined
+  readonly at: Date
 }
 
 /**
@@ -169,6 +230,20 @@ export class ReadModelStore extends Context.Tag("effect-reconciler/ReadModelStor
     readonly deadLetter: (letter: DeadLetter) => Effect.Effect<void, StoreError>
     readonly deadLetters: (projection: string) => Effect.Effect<ReadonlyArray<DeadLetter>, StoreError>
     readonly removeDeadLetter: (id: string) => Effect.Effect<void, StoreError>
+    /** Holds events of quarantined documents; holding one (projection, document, stream, revision) twice keeps one. */
+    readonly hold: (events: ReadonlyArray<HeldEvent>) => Effect.Effect<void, StoreError>
+    /** The held events of a document, in position order. */
+    readonly heldEvents: (projection: string, document: string) => Effect.Effect<ReadonlyArray<HeldEvent>, StoreError>
+    /** Forgets held events (once applied or skipped), by position. */
+    readonly releaseHeld: (
+      projection: string,
+      document: string,
+      events: ReadonlyArray<{ readonly streamId: string; readonly revision: bigint }>
+    ) => Effect.Effect<void, StoreError>
+    /** Records how a letter ended, then removes the letter; recording one twice keeps one. */
+    readonly resolveDeadLetter: (resolution: Resolution) => Effect.Effect<void, StoreError>
+    /** The resolved letters of a projection, oldest first. */
+    readonly resolutions: (projection: string) => Effect.Effect<ReadonlyArray<Resolution>, StoreError>
   }
 >() {}
 

@@ -70,7 +70,10 @@ export interface RunOptions {
   readonly bufferSize?: number | undefined
   /** Documents each lane keeps decoded between batches (saves loads and decodes). Default 10 000. */
   readonly cacheSize?: number | undefined
-  /** Handlers: attempts before an event is dead-lettered or parked. Default 5. */
+  /**
+   * Handlers: attempts (on `retrySchedule`, per key in order) before the event
+   * quarantines its key (catch-up) or is parked (persistent). Default 5.
+   */
   readonly handlerAttempts?: number | undefined
   /**
    * Catch-up: commit the checkpoint in the same transaction as each batch's

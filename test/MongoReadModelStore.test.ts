@@ -19,7 +19,7 @@ import {
   StoreError
 } from "../src/ReadModelStore.js"
 import type { Step } from "./support/ledger.js"
-import { appendHistory, historyArbitrary, ledger, poisonIds, propertySeed, referenceFold } from "./support/ledger.js"
+import { appendHistory, historyArbitrary, ledger, poisonIds, propertySeed, quarantineFold, referenceFold } from "./support/ledger.js"
 
 let scope: Scope.CloseableScope
 let uri: string
@@ -159,30 +159,35 @@ describe("MongoReadModelStore", () => {
       const { port, raw } = yield* store({ transactions: "auto" })
       yield* Effect.promise(() => raw.collection("c").createIndex({ email: 1 }, { unique: true, sparse: true }))
       yield* port.write({ collection: "c", writes: [put("x", 0, { email: "e" }, meta(1, 1n))] })
-      // The second document violates the unique index: nothing of the batch, and not the checkpoint, is committed.
-      const failed = yield* port
-        .write({
-          collection: "c",
-          writes: [put("a", 0, { n: 1 }, meta(1, 2n)), put("b", 0, { email: "e" }, meta(1, 2n))],
-          checkpoint: { projection: "p@1", position: 2n }
-        })
-        .pipe(Effect.flip)
-      expect(failed.transient).toBe(false)
-      expect(yield* port.readCheckpoint("p@1")).toEqual(Option.none())
-      expect((yield* port.load("c", ["a", "b"])).size).toBe(0)
+      // The second document violates the unique index: it is refused alone; the transaction runs again
+      // without it and commits the rest with the checkpoint.
+      const result = yield* port.write({
+        collection: "c",
+        writes: [put("a", 0, { n: 1 }, meta(1, 2n)), put("b", 0, { email: "e" }, meta(1, 2n))],
+        checkpoint: { projection: "p@1", position: 2n }
+      })
+      expect(result.conflicts).toEqual([])
+      expect(result.rejected?.map((r) => r.id)).toEqual(["b"])
+      expect(result.rejected?.[0]?.reason).toMatch(/unique index violation for document b/)
+      expect(yield* port.readCheckpoint("p@1")).toEqual(Option.some(2n))
+      expect([...(yield* port.load("c", ["a", "b"])).keys()]).toEqual(["a"])
     }))
 
-  it.scoped("a unique-index violation is a typed, non-transient error", () =>
+  it.scoped("a unique-index violation refuses that document alone, with the reason; the rest of the batch applies", () =>
     Effect.gen(function*() {
       const { port, raw } = yield* store({ transactions: "never", indexes: [{ collection: "users", key: { email: 1 }, unique: true }] })
       const indexes = yield* Effect.promise(() => raw.collection("users").listIndexes().toArray())
       expect(indexes.map((i) => [i.name, i.unique === true])).toContainEqual(["email_1", true])
       yield* port.write({ collection: "users", writes: [put("u1", 0, { email: "a@x" }, meta(1, 1n))] })
-      const error = yield* port.write({ collection: "users", writes: [put("u2", 0, { email: "a@x" }, meta(1, 2n))] }).pipe(Effect.flip)
-      expect(error).toBeInstanceOf(StoreError)
-      expect(error.transient).toBe(false)
-      expect(error.message).toMatch(/unique index violation for document u2/)
-      expect(error.message).toMatch(/E11000/)
+      const result = yield* port.write({
+        collection: "users",
+        writes: [put("u2", 0, { email: "a@x" }, meta(1, 2n)), put("u3", 0, { email: "b@x" }, meta(1, 2n))]
+      })
+      expect(result.conflicts).toEqual([])
+      expect(result.rejected?.map((r) => r.id)).toEqual(["u2"])
+      expect(result.rejected?.[0]?.reason).toMatch(/unique index violation for document u2/)
+      expect(result.rejected?.[0]?.reason).toMatch(/E11000/)
+      expect([...(yield* port.load("users", ["u2", "u3"])).keys()]).toEqual(["u3"])
     }))
 
   it.scoped("refuses a body that uses a reserved field", () =>
@@ -506,11 +511,12 @@ describe("MongoReadModelStore with the engine", () => {
       Effect.scoped(
         Effect.gen(function*() {
           const { database, port } = yield* scenario("catch-up", history, params)
-          expect(yield* readModel(database)).toEqual(Object.fromEntries(referenceFold(history)))
-          const letters = new Set((yield* port.deadLetters("ledger@1")).map((l) => l.eventId))
-          const poison = new Set(poisonIds(history))
-          // Exactly the poison events, also when a write's acknowledgement was lost and the write retried.
-          expect(letters).toEqual(poison)
+          // A quarantined document stops before its poison event; its later events are held.
+          const expected = quarantineFold(history)
+          expect(yield* readModel(database)).toEqual(Object.fromEntries(expected.docs))
+          const letters = new Set((yield* port.deadLetters("ledger@1")).map((l) => `${l.document}:${l.eventId}`))
+          // Exactly the blocking and undecodable events, also when a write's acknowledgement was lost and the write retried.
+          expect(letters).toEqual(new Set(expected.letters.map((l) => `${l.document}:${l.eventId}`)))
           expect(yield* port.readCheckpoint("ledger@1")).toEqual(Option.some(BigInt(history.length)))
         })
       ),

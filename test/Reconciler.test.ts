@@ -4,6 +4,7 @@ import { Cause, Deferred, Effect, Exit, Fiber, FiberId, Metric, Option, Schedule
 import { EventSource, InMemory, Projection, ReadModelStore, Reconciler } from "../src/index.js"
 import type { Step } from "./support/ledger.js"
 import { appendHistory, ledger, referenceFold } from "./support/ledger.js"
+import * as Quarantine from "../src/internal/quarantine.js"
 
 const credits = (count: number, docs: number, streams = docs): ReadonlyArray<Step> =>
   Array.from({ length: count }, (_, i) => ({ kind: "Credited", stream: i % streams, doc: i % docs, amount: i }))
@@ -269,13 +270,23 @@ describe("Reconciler", () => {
             return Effect.void
           })
       })
-      yield* Reconciler.run(mailer, { handlerAttempts: 3 }).pipe(
+      yield* Reconciler.run(mailer, { handlerAttempts: 3, retrySchedule: Schedule.forever }).pipe(
         Effect.provideService(EventSource.EventSource, log.port),
         Effect.provideService(ReadModelStore.ReadModelStore, store.port)
       )
-      expect(sent).toEqual(["a@example.org", "flaky@example.org", "b@example.org"])
-      expect(store.letters().map((l) => l.reason.includes("mailbox does not exist"))).toEqual([true])
+      // The key (the stream) is quarantined at the event that kept failing: its later event is held.
+      expect(sent).toEqual(["a@example.org", "flaky@example.org"])
+      expect(store.letters().map((l) => [l.document, l.reason.includes("mailbox does not exist")])).toEqual([["mail-1", true]])
+      expect(store.held().map((h) => h.revision)).toEqual([3n])
       expect(store.checkpoint("mailer@1")).toBe(4n)
+      // Skipping the letter by decision handles the held event and releases the key.
+      const outcome = yield* Quarantine.resolve(mailer, store.letters()[0]!, { action: "skipped", by: "test" }).pipe(
+        Effect.provideService(ReadModelStore.ReadModelStore, store.port)
+      )
+      expect(outcome._tag).toBe("Released")
+      expect(sent).toEqual(["a@example.org", "flaky@example.org", "b@example.org"])
+      expect(store.letters()).toEqual([])
+      expect(store.held()).toEqual([])
     }))
   it.scoped("a guard conflict reloads the document and folds again: the lane's cached copy is never trusted over the store", () =>
     Effect.gen(function*() {

@@ -7,7 +7,9 @@
  * reconciler run --module dist/projections.js [--mode catch-up|persistent] [--lanes N] [--batch-size N]
  * reconciler status --module dist/projections.js
  * reconciler dead-letters list  --module dist/projections.js [--projection NAME]
- * reconciler dead-letters retry --module dist/projections.js [--projection NAME]
+ * reconciler dead-letters show  --module dist/projections.js ID
+ * reconciler dead-letters retry --module dist/projections.js [--projection NAME] [--all] [--by WHO] [ID...]
+ * reconciler dead-letters skip  --module dist/projections.js [--projection NAME] [--all] [--by WHO] [--reason WHY] [ID...]
  * reconciler rebuild --module M --projection P [--cutover [--require-identical] [--cleanup]]
  * reconciler diff    --module M --projection P [--sample N]
  * reconciler cutover --module M --projection P [--require-identical] [--cleanup]
@@ -25,7 +27,7 @@
  *
  * @since 0.1.0
  */
-import { Command, HelpDoc, Options, ValidationError } from "@effect/cli"
+import { Args, Command, HelpDoc, Options, ValidationError } from "@effect/cli"
 import * as Span from "@effect/cli/HelpDoc/Span"
 import * as NodeContext from "@effect/platform-node/NodeContext"
 // Single modules of effect, not its index: `--help` must not load all of effect.
@@ -48,7 +50,8 @@ import * as Usage from "../internal/usage.js"
 const loadApp = Effect.promise(() => import("../App.js"))
 /** Loading modules of projections, the engine, the store's port: loaded by the commands that use them. */
 const loadCli = Effect.promise(() => import("../internal/cli.js"))
-const loadLibrary = Effect.promise(() => Promise.all([import("../Projection.js"), import("../ReadModelStore.js")]))
+/** The dead-letter lifecycle (list, show, retry, skip; quarantined documents). */
+const loadDeadLetters = Effect.promise(() => import("../internal/deadLetters.js"))
 
 // ---- help --------------------------------------------------------------------------
 
@@ -165,7 +168,7 @@ const status = Command.make(
   (args) =>
     withApp(args, (app, runnables) =>
       Effect.gen(function*() {
-        const Cli = yield* loadCli
+        const [Cli, DeadLetters] = yield* Effect.all([loadCli, loadDeadLetters])
         const endpoints = yield* app.Endpoints
         const statuses = yield* app.status(runnables)
         const show = (o: Option.Option<bigint>) => Option.match(o, { onNone: () => "-", onSome: String })
@@ -174,13 +177,27 @@ const status = Command.make(
           ["projection", "checkpoint", "head", "lag", "dead letters"],
           statuses.map((s) => [s.projection, show(s.checkpoint), show(s.head), String(s.lag), String(s.deadLetters)])
         ))
+        for (const line of yield* DeadLetters.quarantineLines(runnables)) yield* Console.log(line)
       }))
 ).pipe(Command.withDescription(described(
-  "Per projection: committed checkpoint, head position of its categories, lag (in positions) and dead-letter count.",
+  "Per projection: committed checkpoint, head position of its categories, lag (in positions) and dead-letter count; " +
+    "then the quarantined documents and the events that block them.",
   Usage.endpointVariables
 )))
 
 // ---- dead letters -----------------------------------------------------------------
+
+const letterIds = Args.text({ name: "id" }).pipe(
+  Args.repeated,
+  Args.withDescription("dead letter ids (from `dead-letters list`)")
+)
+const allLetters = Options.boolean("all").pipe(
+  Options.withDescription("every open letter of the selected projections (--projection narrows it)")
+)
+const decidedBy = Options.text("by").pipe(
+  Options.optional,
+  Options.withDescription("who decides, for the record (default: the OS user)")
+)
 
 const list = Command.make(
   "list",
@@ -188,61 +205,80 @@ const list = Command.make(
   (args) =>
     withApp(args, (_, runnables) =>
       Effect.gen(function*() {
-        const [Cli, [{ checkpointId }, { ReadModelStore }]] = yield* Effect.all([loadCli, loadLibrary])
-        const store = yield* ReadModelStore
-        const rows: Array<Array<string>> = []
-        for (const runnable of runnables) {
-          for (const letter of yield* store.deadLetters(checkpointId(runnable))) {
-            rows.push([
-              letter.projection,
-              letter.eventId,
-              letter.eventType,
-              `${letter.streamId}@${letter.revision}`,
-              String(letter.position),
-              letter.at.toISOString(),
-              letter.reason.split("\n")[0]!
-            ])
-          }
-        }
-        yield* Console.log(Cli.table(["projection", "event", "type", "stream@revision", "position", "at", "reason"], rows))
-        yield* Console.log(`${rows.length} dead letter${rows.length === 1 ? "" : "s"}`)
+        const [Cli, DeadLetters] = yield* Effect.all([loadCli, loadDeadLetters])
+        const letters = yield* DeadLetters.open(runnables)
+        yield* Console.log(Cli.table(DeadLetters.listHeader, DeadLetters.rows(letters)))
+        yield* Console.log(`${letters.length} dead letter${letters.length === 1 ? "" : "s"}`)
       }))
 ).pipe(Command.withDescription(described(
-  "List the dead-lettered events of the module's projections, with their reasons.",
+  "List the open dead letters of the module's projections: the document each quarantines, its event and reason.",
+  Usage.endpointVariables
+)))
+
+const show = Command.make(
+  "show",
+  { module: modulePath, projection: projectionNames, embedded, id: Args.text({ name: "id" }) },
+  (args) =>
+    withApp(args, (_, runnables) =>
+      Effect.gen(function*() {
+        const DeadLetters = yield* loadDeadLetters
+        const [letter] = yield* DeadLetters.select(runnables, { ids: [args.id], all: false })
+        yield* Console.log(yield* DeadLetters.show(letter!))
+      }))
+).pipe(Command.withDescription(described(
+  "Show one dead letter: its event (data and metadata), reason, and the events held behind it.",
   Usage.endpointVariables
 )))
 
 const retry = Command.make(
   "retry",
-  { module: modulePath, projection: projectionNames, embedded },
+  { module: modulePath, projection: projectionNames, embedded, all: allLetters, by: decidedBy, ids: letterIds },
   (args) =>
     withApp(args, (_, runnables) =>
       Effect.gen(function*() {
         // Into the collection each version writes (refused for a version that has none).
-        const [Cli, { ReadModels }] = yield* Effect.all([loadCli, loadVersions])
-        const resolved = yield* ReadModels.resolve(runnables)
-        let failures = 0
-        for (const runnable of resolved) {
-          const outcome = yield* Cli.retryDeadLetters(runnable)
-          failures += outcome.failed.length + outcome.superseded.length
-          yield* Console.log(
-            `${runnable.name}: ${outcome.retried.length} retried, ${outcome.failed.length} failed again, ` +
-              `${outcome.superseded.length} superseded (a later event already applied; rebuild to apply)`
-          )
-          for (const { letter, reason } of outcome.failed) {
-            yield* Console.log(`  ${letter.eventId} (${letter.eventType}): ${reason.split("\n")[0]}`)
-          }
-        }
-        if (failures > 0) yield* Effect.sync(() => (process.exitCode = 1))
+        const [DeadLetters, { ReadModels }] = yield* Effect.all([loadDeadLetters, loadVersions])
+        yield* DeadLetters.run(yield* ReadModels.resolve(runnables), { ids: args.ids, all: args.all }, {
+          action: "retried",
+          by: DeadLetters.currentUser(Option.getOrUndefined(args.by))
+        })
       }))
 ).pipe(Command.withDescription(described(
-  "Apply the dead letters again with the projections as they are now (after a fix); remove those that apply.",
+  "Apply dead letters again with the projections as they are now (after a fix), then the events held behind them, " +
+    "in order, and release their documents. Exit 1 if one fails again.",
+  Usage.endpointVariables
+)))
+
+const skip = Command.make(
+  "skip",
+  {
+    module: modulePath,
+    projection: projectionNames,
+    embedded,
+    all: allLetters,
+    by: decidedBy,
+    reason: Options.text("reason").pipe(Options.optional, Options.withDescription("why, for the record")),
+    ids: letterIds
+  },
+  (args) =>
+    withApp(args, (_, runnables) =>
+      Effect.gen(function*() {
+        const [DeadLetters, { ReadModels }] = yield* Effect.all([loadDeadLetters, loadVersions])
+        yield* DeadLetters.run(yield* ReadModels.resolve(runnables), { ids: args.ids, all: args.all }, {
+          action: "skipped",
+          by: DeadLetters.currentUser(Option.getOrUndefined(args.by)),
+          reason: Option.getOrUndefined(args.reason)
+        })
+      }))
+).pipe(Command.withDescription(described(
+  "Skip dead letters by decision (recorded with who and why): their events are never applied; the events held " +
+    "behind them apply in order and their documents are released.",
   Usage.endpointVariables
 )))
 
 const deadLetters = Command.make("dead-letters").pipe(
-  Command.withDescription("Inspect and retry dead-lettered events."),
-  Command.withSubcommands([list, retry])
+  Command.withDescription("Inspect, retry and skip dead-lettered events (each quarantines its document until it ends)."),
+  Command.withSubcommands([list, show, retry, skip])
 )
 
 // ---- versions: rebuild, diff, cutover, verify (logic in internal/versionsCli) -------
@@ -388,6 +424,9 @@ const main = cli(process.argv).pipe(
   Effect.catchIf(ValidationError.isValidationError, (error) =>
     // @effect/cli has printed the message (and help where useful).
     ValidationError.isHelpRequested(error) ? Effect.void : Effect.sync(() => (process.exitCode = USAGE))),
+  // Acting on every letter must be asked for: bad usage.
+  Effect.catchTag("NoLettersNamed", (error) =>
+    Console.error(`reconciler: ${error.message}`).pipe(Effect.zipRight(Effect.sync(() => (process.exitCode = USAGE))))),
   // A missing or malformed setting in the environment is bad usage too.
   Effect.catchIf(ConfigError.isConfigError, (error) =>
     Console.error(`reconciler: configuration: ${String(error)}`).pipe(Effect.zipRight(Effect.sync(() => (process.exitCode = USAGE))))),

@@ -8,6 +8,8 @@ import type { Handler, Projection } from "../Projection.js"
 import type { Context } from "./context.js"
 import type { Current } from "./fold.js"
 import { decodeStored, documentCodec, foldBatch } from "./fold.js"
+import type { HeldPart } from "./quarantine.js"
+import { fromDelivery } from "./quarantine.js"
 import type { Part, Tracked } from "./tracked.js"
 import { partDone } from "./tracked.js"
 import type { Watermark } from "./watermark.js"
@@ -59,13 +61,25 @@ const projectionBatch = (ctx: Context, projection: Projection<any, any>, waterma
         Effect.withSpan("Reconciler.write", { attributes: { ...attributes, documents: writes.length } })
       )
     })
+  const quarantine = ctx.quarantine
   return (parts) =>
     Effect.gen(function*() {
       yield* Metric.update(ctx.metrics.batchSizes, parts.length)
       const poison = new Map<Part, string>()
+      // Quarantine (catch-up): the first poison part of a document, and its parts after it.
+      const blocking = new Map<string, { part: Part; reason: string }>()
+      const held: Array<Part> = []
       let applied = 0
       let duplicates = 0
       let todo = parts
+      if (quarantine !== undefined) {
+        const holding = parts.filter((part) => quarantine.documents.has(part.key))
+        if (holding.length > 0) {
+          todo = parts.filter((part) => !quarantine.documents.has(part.key))
+          const released = yield* durably(quarantine.hold(holding.map(heldPart)), "holding events of quarantined documents")
+          for (const docId of released) cache.delete(docId)
+        }
+      }
       // Guard conflicts mean another writer moved a document: reload it and fold its events again.
       while (todo.length > 0) {
         const missing: Array<string> = []
@@ -89,23 +103,48 @@ const projectionBatch = (ctx: Context, projection: Projection<any, any>, waterma
         for (const part of todo) {
           const reason = unreadable.get(part.key)
           if (reason === undefined) foldable.push(part)
-          else poison.set(part, reason)
+          else if (quarantine === undefined) poison.set(part, reason)
+          else if (!blocking.has(part.key)) blocking.set(part.key, { part, reason })
+          else held.push(part)
         }
         const result = yield* Effect.sync(() =>
-          foldBatch(projection, codec, options.mode, (docId) => cache.get(docId), foldable)
+          foldBatch(projection, codec, options.mode, (docId) => cache.get(docId), foldable, quarantine !== undefined)
         ).pipe(Effect.withSpan("Reconciler.fold", { attributes: { ...attributes, events: foldable.length } }))
-        const outcome = result.writes.length === 0 ? { conflicts: [] as ReadonlyArray<string> } : yield* write(result.writes)
+        const outcome = result.writes.length === 0
+          ? { conflicts: [] as ReadonlyArray<string>, rejected: undefined }
+          : yield* write(result.writes)
         const conflicts = new Set(outcome.conflicts)
+        const rejected = new Map((outcome.rejected ?? []).map((r) => [r.id, r.reason]))
         const poisonedDocs = new Set<string>()
-        // Poison found in any attempt stays poison. A conflict may be our own write
-        // whose acknowledgement was lost: folded again, the poison event then looks
-        // applied (the markers passed it), yet it never was and must be dead-lettered.
-        for (const { part, reason } of result.poisoned) {
-          poison.set(part, reason)
-          if (!conflicts.has(part.key)) poisonedDocs.add(part.key)
+        if (quarantine === undefined) {
+          // Poison found in any attempt stays poison. A conflict may be our own write
+          // whose acknowledgement was lost: folded again, the poison event then looks
+          // applied (the markers passed it), yet it never was and must be parked.
+          for (const { part, reason } of result.poisoned) {
+            poison.set(part, reason)
+            if (!conflicts.has(part.key)) poisonedDocs.add(part.key)
+          }
+        } else {
+          // A document stops at its poison event (or, refused by the store, at the first
+          // event the write carried); a conflicting one is folded again and finds it again.
+          for (const [docId, reason] of rejected) {
+            const before = cache.get(docId)?.meta.position
+            const first = foldable.find((part) => part.key === docId && (before === undefined || part.event.position > before))
+            if (first === undefined) continue
+            blocking.set(docId, { part: first, reason })
+            for (const part of foldable) {
+              if (part.key === docId && part !== first && part.event.position > first.event.position) held.push(part)
+            }
+          }
+          for (const { part, reason } of result.poisoned) {
+            if (conflicts.has(part.key) || rejected.has(part.key)) continue
+            blocking.set(part.key, { part, reason })
+            poisonedDocs.add(part.key)
+          }
+          for (const part of result.blocked) if (!conflicts.has(part.key) && !rejected.has(part.key)) held.push(part)
         }
         for (const [docId, fold] of result.documents) {
-          if (conflicts.has(docId)) {
+          if (conflicts.has(docId) || rejected.has(docId)) {
             cache.delete(docId)
             continue
           }
@@ -116,6 +155,19 @@ const projectionBatch = (ctx: Context, projection: Projection<any, any>, waterma
           else remember(docId, fold.next)
         }
         todo = conflicts.size === 0 ? [] : foldable.filter((part) => conflicts.has(part.key))
+      }
+      if (quarantine !== undefined && (blocking.size > 0 || held.length > 0)) {
+        // Durable before the parts count as done: the watermark never passes an event
+        // that is neither applied nor quarantined nor held.
+        yield* durably(
+          quarantine.quarantine(
+            [...blocking.values()].map(({ part, reason }) => ({ ...heldPart(part), reason })),
+            held.map(heldPart)
+          ),
+          "quarantining documents"
+        )
+        ctx.totals.deadLettered += blocking.size
+        yield* Metric.incrementBy(ctx.metrics.deadLettered, blocking.size)
       }
       ctx.totals.processed += applied
       yield* Metric.incrementBy(ctx.metrics.processed, applied)
@@ -133,25 +185,54 @@ const projectionBatch = (ctx: Context, projection: Projection<any, any>, waterma
     }).pipe(Effect.withSpan("Reconciler.batch", { attributes: { ...attributes, events: parts.length } }))
 }
 
-/** A lane's batch of a handler: at-least-once, in order, retried, poison after `handlerAttempts`. */
-const handlerBatch = (ctx: Context, handler: Handler<any, any>): Batch => (parts) =>
+const heldPart = (part: Part): HeldPart => ({ document: part.key, event: fromDelivery(part.tracked.delivery) })
+
+/**
+ * A lane's batch of a handler: each event handled in order, retried on the
+ * engine's schedule (`handlerAttempts` attempts). Catch-up: an event that keeps
+ * failing quarantines its key (the key's later events are held); persistent:
+ * it is parked.
+ */
+const handlerBatch = (ctx: Context, handler: Handler<any, any, any>): Batch => (parts) =>
   Effect.gen(function*() {
+    const { durably, quarantine } = ctx
     const finished: Array<Tracked> = []
+    let todo = parts
+    if (quarantine !== undefined) {
+      const holding = parts.filter((part) => quarantine.documents.has(part.key))
+      if (holding.length > 0) {
+        todo = parts.filter((part) => !quarantine.documents.has(part.key))
+        yield* durably(quarantine.hold(holding.map(heldPart)), "holding events of quarantined keys")
+      }
+    }
+    const toHandle = new Set(todo)
     for (const part of parts) {
-      const poison = yield* handler.handle(part.event as never).pipe(
-        Effect.tapError(() => Metric.increment(ctx.metrics.retries)),
-        Effect.retry({ times: Math.max(0, ctx.options.handlerAttempts - 1) }),
-        Effect.matchCauseEffect({
-          onSuccess: () => {
-            ctx.totals.processed++
-            return Metric.increment(ctx.metrics.processed).pipe(Effect.as(undefined))
-          },
-          onFailure: (cause) =>
-            Cause.isInterruptedOnly(cause)
-              ? Effect.interrupt
-              : Effect.succeed(`handler ${handler.name} failed on ${part.event.type}: ${Cause.pretty(cause)}`)
-        })
-      )
+      let poison: string | undefined
+      if (toHandle.has(part) && quarantine?.documents.has(part.key)) {
+        // Quarantined earlier in this batch: held behind its poison event.
+        yield* durably(quarantine.quarantine([], [heldPart(part)]), "holding events of quarantined keys")
+      } else if (toHandle.has(part)) {
+        poison = yield* handler.handle(part.event as never).pipe(
+          Effect.tapError(() => Metric.increment(ctx.metrics.retries)),
+          Effect.retry(ctx.handlerSchedule),
+          Effect.matchCauseEffect({
+            onSuccess: () => {
+              ctx.totals.processed++
+              return Metric.increment(ctx.metrics.processed).pipe(Effect.as(undefined))
+            },
+            onFailure: (cause) =>
+              Cause.isInterruptedOnly(cause)
+                ? Effect.interrupt
+                : Effect.succeed(`handler ${handler.name} failed on ${part.event.type}: ${Cause.pretty(cause)}`)
+          })
+        )
+        if (poison !== undefined && quarantine !== undefined) {
+          yield* durably(quarantine.quarantine([{ ...heldPart(part), reason: poison }], []), "quarantining a key")
+          ctx.totals.deadLettered++
+          yield* Metric.increment(ctx.metrics.deadLettered)
+          poison = undefined
+        }
+      }
       const done = partDone(part.tracked, poison)
       if (done !== undefined) finished.push(done)
     }

@@ -1,19 +1,14 @@
 /**
  * What the `reconciler` command line needs beyond the library: loading the
- * projections of a module, printing statuses, and retrying dead letters.
+ * projections of a module and printing tables (dead letters: see deadLetters.ts).
  */
 import * as fs from "node:fs"
 import { createRequire } from "node:module"
 import * as path from "node:path"
 import { pathToFileURL } from "node:url"
-import { Data, Effect, Option, Stream } from "effect"
-import type { Delivery } from "../EventSource.js"
-import { EventSource } from "../EventSource.js"
+import { Data, Effect } from "effect"
 import type { Runnable } from "../Projection.js"
-import { checkpointId, decoder } from "../Projection.js"
-import type { DeadLetter } from "../ReadModelStore.js"
-import { ReadModelStore } from "../ReadModelStore.js"
-import * as Reconciler from "../Reconciler.js"
+import { checkpointId } from "../Projection.js"
 
 /** A module could not be loaded, or exports no projections. */
 export class ModuleError extends Data.TaggedError("ModuleError")<{ readonly message: string; readonly cause?: unknown }> {}
@@ -109,99 +104,3 @@ export const table = (header: ReadonlyArray<string>, rows: ReadonlyArray<Readonl
   const line = (cells: ReadonlyArray<string>) => cells.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd()
   return [line(header), ...rows.map(line)].join("\n")
 }
-
-/** What retrying a projection's dead letters did. */
-export interface RetryOutcome {
-  /** Applied now (or found already applied): the letter was removed. */
-  readonly retried: ReadonlyArray<DeadLetter>
-  /** Failed again: the letter stays, with its first reason. */
-  readonly failed: ReadonlyArray<{ readonly letter: DeadLetter; readonly reason: string }>
-  /** A document it touches already holds later events: applying it now would break their order. */
-  readonly superseded: ReadonlyArray<DeadLetter>
-}
-
-/**
- * Feeds a catch-up projection's dead letters back through the engine (decode,
- * key, fold, guarded write) with the projection as it is now — after a fix of
- * its schema or `evolve`. A letter is applied only while no document it touches
- * has moved past its position (per-document order holds); otherwise it is
- * reported as superseded and kept (rebuild the projection to apply it). Letters
- * that apply are removed; letters that fail again stay.
- */
-export const retryDeadLetters = Effect.fn("cli.retryDeadLetters")(function*(runnable: Runnable) {
-  const store = yield* ReadModelStore
-  const id = checkpointId(runnable)
-  const letters = yield* store.deadLetters(id)
-  if (letters.length === 0) return { retried: [], failed: [], superseded: [] } satisfies RetryOutcome
-
-  const superseded: Array<DeadLetter> = []
-  const candidates: Array<DeadLetter> = []
-  if (runnable._tag === "Projection") {
-    const decode = decoder(runnable.events)
-    for (const letter of letters) {
-      const event = decode({ ...letter, id: letter.eventId, type: letter.eventType, created: letter.at })
-      if (event === undefined || typeof event === "string") {
-        candidates.push(letter) // the engine dead-letters it again, with the reason
-        continue
-      }
-      let keys: ReadonlyArray<string>
-      try {
-        const key = runnable.key(event as never)
-        keys = typeof key === "string" ? [key] : key
-      } catch {
-        candidates.push(letter)
-        continue
-      }
-      const stored = yield* store.load(runnable.collection, keys)
-      const ahead = [...stored.values()].some((doc) => doc.meta.position !== undefined && doc.meta.position >= letter.position)
-      if (ahead) superseded.push(letter)
-      else candidates.push(letter)
-    }
-  } else {
-    candidates.push(...letters)
-  }
-
-  // The engine over the letters alone: a finite source, a store that keeps the
-  // real checkpoint untouched and notes what fails again.
-  const failedAgain = new Map<string, string>()
-  const deliveries: Array<Delivery> = [...candidates]
-    .sort((a, b) => (a.position < b.position ? -1 : a.position > b.position ? 1 : 0))
-    .map((letter) => ({
-      id: letter.eventId,
-      type: letter.eventType,
-      streamId: letter.streamId,
-      revision: letter.revision,
-      position: letter.position,
-      data: letter.data,
-      metadata: letter.metadata,
-      isJson: true,
-      created: letter.at,
-      retryCount: 0,
-      settle: () => Effect.void
-    }))
-  const source = EventSource.of({
-    subscribe: () => Stream.fromIterable(deliveries),
-    head: () => Effect.succeed(Option.none())
-  })
-  const replayStore = ReadModelStore.of({
-    ...store,
-    readCheckpoint: () => Effect.succeed(Option.none()),
-    commitCheckpoint: () => Effect.void,
-    write: (batch) => store.write({ ...batch, checkpoint: undefined }),
-    deadLetter: (letter) => Effect.sync(() => void failedAgain.set(letter.eventId, letter.reason))
-  })
-  yield* Reconciler.run(runnable, { mode: "catch-up", lanes: 1 }).pipe(
-    Effect.provideService(EventSource, source),
-    Effect.provideService(ReadModelStore, replayStore)
-  )
-  const retried: Array<DeadLetter> = []
-  const failed: Array<{ letter: DeadLetter; reason: string }> = []
-  for (const letter of candidates) {
-    const reason = failedAgain.get(letter.eventId)
-    if (reason === undefined) {
-      yield* store.removeDeadLetter(letter.id)
-      retried.push(letter)
-    } else failed.push({ letter, reason })
-  }
-  return { retried, failed, superseded } satisfies RetryOutcome
-})

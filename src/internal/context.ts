@@ -3,14 +3,16 @@
  * store, its tagged metrics, its running totals, and the way store calls are
  * retried.
  */
-import { Effect, Metric } from "effect"
+import { Effect, Metric, Schedule } from "effect"
 import { ReconcilerError } from "../Errors.js"
 import type { EventSourceError } from "../EventSource.js"
 import type { Runnable } from "../Projection.js"
 import { checkpointId } from "../Projection.js"
-import type { ReadModelStore, StoreError } from "../ReadModelStore.js"
+import type { DeadLetter, ReadModelStore, StoreError } from "../ReadModelStore.js"
 import { metrics } from "./metrics.js"
 import type { Resolved } from "./options.js"
+import type { EngineQuarantine } from "./quarantine.js"
+import { makeEngineQuarantine } from "./quarantine.js"
 
 /** A store call, retried while its error is transient, failing as a {@link ReconcilerError}. */
 export type Durably = <A>(effect: Effect.Effect<A, StoreError>, what: string) => Effect.Effect<A, ReconcilerError>
@@ -32,6 +34,10 @@ export interface Context {
   readonly durably: Durably
   readonly fail: (message: string) => (cause: StoreError | EventSourceError) => ReconcilerError
   readonly totals: Totals
+  /** Catch-up: the quarantined documents (or handler keys) and how they are held; persistent mode parks instead. */
+  readonly quarantine: EngineQuarantine | undefined
+  /** Handlers: `handlerAttempts` on the retry schedule. */
+  readonly handlerSchedule: Schedule.Schedule<unknown>
   readonly metrics: {
     readonly processed: Metric.Metric.Counter<number>
     readonly skipped: Metric.Metric.Counter<number>
@@ -45,7 +51,13 @@ export interface Context {
   }
 }
 
-export const make = (runnable: Runnable, options: Resolved, store: ReadModelStore["Type"]): Context => {
+/** `letters`: the projection's open dead letters (catch-up), whose documents start quarantined. */
+export const make = (
+  runnable: Runnable,
+  options: Resolved,
+  store: ReadModelStore["Type"],
+  letters?: ReadonlyArray<DeadLetter>
+): Context => {
   const tag = <A extends Metric.Metric<any, any, any>>(metric: A): A => Metric.tagged(metric, "projection", runnable.name) as A
   const tagged = {
     processed: tag(metrics.processed),
@@ -66,9 +78,14 @@ export const make = (runnable: Runnable, options: Resolved, store: ReadModelStor
       Effect.retry({ schedule: options.retrySchedule, while: (error) => error.transient }),
       Effect.mapError(fail(what))
     )
+  const handlerSchedule = Schedule.intersect(options.retrySchedule, Schedule.recurs(Math.max(0, options.handlerAttempts - 1)))
   return {
     runnable,
     id: checkpointId(runnable),
+    quarantine: options.mode === "catch-up" && letters !== undefined
+      ? makeEngineQuarantine(runnable, store, letters, { handlerSchedule })
+      : undefined,
+    handlerSchedule,
     options,
     store,
     durably,

@@ -33,7 +33,12 @@ export const runGroup = (
       const activity = new Activity()
       const pipelines: Array<Pipeline> = []
       for (const runnable of runnables) {
-        const ctx = Context.make(runnable, options, store)
+        const base = Context.make(runnable, options, store)
+        // Catch-up: the documents quarantined so far stay quarantined.
+        const ctx = options.mode === "catch-up"
+          ? Context.make(runnable, options, store, yield* base.durably(store.deadLetters(base.id), "reading the dead letters"))
+          : base
+        if (ctx.quarantine !== undefined) yield* ctx.quarantine.report
         const checkpoint = options.mode === "catch-up"
           ? yield* ctx.durably(store.readCheckpoint(ctx.id), "reading the checkpoint")
           : Option.none()

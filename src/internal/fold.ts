@@ -54,6 +54,8 @@ export interface BatchFold<P> {
   readonly writes: ReadonlyArray<DocumentWrite>
   readonly documents: ReadonlyMap<string, DocumentFold>
   readonly poisoned: ReadonlyArray<{ readonly part: P; readonly reason: string }>
+  /** With `block`: parts not evolved because an earlier part of their document was poison. */
+  readonly blocked: ReadonlyArray<P>
 }
 
 /** A document while its batch folds; it becomes the document's {@link DocumentFold}. */
@@ -80,14 +82,19 @@ interface Working extends DocumentFold {
  * only. Results are encoded once per document at the end; only when that fails
  * is the batch folded again encoding each step, so that the one bad result is
  * found and the events before it still apply.
+ *
+ * With `block` (quarantine), a document stops at its first poison event: its
+ * later parts in the batch are returned as `blocked`, not evolved.
  */
 export const foldBatch = <P extends { readonly event: Event; readonly key: string }>(
   projection: Projection<any, any>,
   codec: DocumentCodec,
   mode: Mode,
   current: Current_,
-  parts: ReadonlyArray<P>
-): BatchFold<P> => fold(projection, codec, mode, current, parts, false) ?? fold(projection, codec, mode, current, parts, true)!
+  parts: ReadonlyArray<P>,
+  block = false
+): BatchFold<P> =>
+  fold(projection, codec, mode, current, parts, false, block) ?? fold(projection, codec, mode, current, parts, true, block)!
 
 /** The documents as they stood before the batch, by id. */
 type Current_ = (id: string) => Current | undefined
@@ -98,10 +105,13 @@ const fold = <P extends { readonly event: Event; readonly key: string }>(
   mode: Mode,
   current: Current_,
   parts: ReadonlyArray<P>,
-  encodeEachStep: boolean
+  encodeEachStep: boolean,
+  block: boolean
 ): BatchFold<P> | undefined => {
   const working = new Map<string, Working>()
   const poisoned: Array<{ part: P; reason: string }> = []
+  const blocked: Array<P> = []
+  const stopped = new Set<string>()
   const workingOf = (id: string): Working => {
     let doc = working.get(id)
     if (doc === undefined) {
@@ -147,6 +157,10 @@ const fold = <P extends { readonly event: Event; readonly key: string }>(
     for (let j = i; j < end; j++) {
       const part = parts[j]!
       const doc = workingOf(part.key)
+      if (stopped.has(part.key)) {
+        blocked.push(part)
+        continue
+      }
       if (mode === "catch-up") {
         if (doc.position !== undefined && event.position <= doc.position) {
           doc.duplicates++
@@ -165,12 +179,14 @@ const fold = <P extends { readonly event: Event; readonly key: string }>(
         next = projection.evolve(snapshot === undefined ? doc.state : snapshot.get(part.key), event as never, context)
       } catch (error) {
         poisoned.push({ part, reason: `evolve threw on ${event.type}: ${describe(error)}` })
+        if (block) stopped.add(part.key)
         continue
       }
       if (encodeEachStep && next !== undefined) {
         const result = codec.encode(next)
         if (Either.isLeft(result)) {
           poisoned.push({ part, reason: `evolve returned a document its schema rejects on ${event.type}: ${result.left.message}` })
+          if (block) stopped.add(part.key)
           continue
         }
         doc.encoded = result.right
@@ -202,7 +218,7 @@ const fold = <P extends { readonly event: Event; readonly key: string }>(
     doc.next = { state: doc.state, meta }
     writes.push(doc.write)
   }
-  return { writes, documents: working, poisoned }
+  return { writes, documents: working, poisoned, blocked }
 }
 
 export const describe = (error: unknown): string =>

@@ -16,7 +16,7 @@ import { Effect, Metric } from "effect"
 import type { ReconcilerError } from "../Errors.js"
 import type { Delivery } from "../EventSource.js"
 import type { Event } from "../Projection.js"
-import { decoder } from "../Projection.js"
+import { decoderOf } from "../Projection.js"
 import * as Batches from "./batches.js"
 import { Committer } from "./committer.js"
 import type { Context } from "./context.js"
@@ -51,7 +51,7 @@ export class Pipeline {
   readonly settlement: Settlement
   readonly committer: Committer
   readonly lanes: ReadonlyArray<Lane<Part>>
-  private readonly decode: ReturnType<typeof decoder>
+  private readonly decode: ReturnType<typeof decoderOf>
   private readonly partition: (event: Event, key: string) => string
   private skips = 0
 
@@ -60,7 +60,7 @@ export class Pipeline {
     this.committer = new Committer(ctx, this.settlement, start)
     this.lanes = Array.from({ length: ctx.options.lanes }, () => new Lane<Part>())
     this.settlement.gate.onBlocked = () => this.flushLanes()
-    this.decode = decoder(ctx.runnable.events)
+    this.decode = decoderOf(ctx.runnable)
     const runnable = ctx.runnable
     this.partition = runnable._tag === "Projection" && runnable.partition !== undefined ? runnable.partition : (_, key) => key
   }

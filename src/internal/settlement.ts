@@ -13,6 +13,7 @@ import type { Delivery } from "../EventSource.js"
 import { ack, nack } from "../EventSource.js"
 import type { Context } from "./context.js"
 import { Gate } from "./lanes.js"
+import { fromDelivery, letterFor } from "./quarantine.js"
 import type { Tracked } from "./tracked.js"
 import { Watermark } from "./watermark.js"
 
@@ -51,24 +52,10 @@ export class Settlement {
     return tracked
   }
 
+  /** An event whose documents cannot be known (it does not decode, `key` fails): a letter of its own, keyed by position. */
   private deadLetter(delivery: Delivery, reason: string) {
     const { durably, id, store } = this.ctx
-    return durably(
-      store.deadLetter({
-        id: `${id}:${delivery.id}`,
-        projection: id,
-        eventId: delivery.id,
-        eventType: delivery.type,
-        streamId: delivery.streamId,
-        revision: delivery.revision,
-        position: delivery.position,
-        data: delivery.data,
-        metadata: delivery.metadata,
-        reason,
-        at: new Date()
-      }),
-      "dead-lettering"
-    )
+    return durably(store.deadLetter(letterFor(id, undefined, fromDelivery(delivery), reason, new Date())), "dead-lettering")
   }
 
   /**

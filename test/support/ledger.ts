@@ -133,3 +133,54 @@ export const propertySeed = (name: string): number => {
   console.log(`[property] ${name}: seed ${seed} (replay with PROPERTY_SEED=${seed})`)
   return seed
 }
+
+/** What each event became under per-document quarantine (catch-up mode, nothing resolved yet). */
+export interface QuarantineFold {
+  /** The read model: every document as it stands, quarantined ones stopped before their poison event. */
+  readonly docs: Map<string, Ledger>
+  /** Per document and event id: applied, blocking (its letter), or held. */
+  readonly outcome: Map<string, Map<string, "applied" | "blocking" | "held">>
+  /** Event ids with a letter: blocking events by document, and events whose documents are unknown. */
+  readonly letters: ReadonlyArray<{ readonly eventId: string; readonly document: string | undefined }>
+}
+
+/** The engine's semantics with quarantine, as a plain fold: a document stops at its first poison event. */
+export const quarantineFold = (history: ReadonlyArray<Step>): QuarantineFold => {
+  const docs = new Map<string, Ledger>()
+  const outcome = new Map<string, Map<string, "applied" | "blocking" | "held">>()
+  const letters: Array<{ eventId: string; document: string | undefined }> = []
+  const blocked = new Set<string>()
+  const mark = (doc: string, id: string, what: "applied" | "blocking" | "held") => {
+    let m = outcome.get(doc)
+    if (m === undefined) outcome.set(doc, m = new Map())
+    m.set(id, what)
+  }
+  history.forEach((step, index) => {
+    const id = `e${index}`
+    if (step.kind === "Invalid") return void letters.push({ eventId: id, document: undefined })
+    if (step.kind === "Foreign") return
+    const keys = step.kind === "Linked" ? [...new Set([docName(step.a), docName(step.b)])] : [docName(step.doc)]
+    for (const doc of keys) {
+      if (blocked.has(doc)) {
+        mark(doc, id, "held")
+        continue
+      }
+      if (step.kind === "Exploded") {
+        blocked.add(doc)
+        letters.push({ eventId: id, document: doc })
+        mark(doc, id, "blocking")
+        continue
+      }
+      mark(doc, id, "applied")
+      if (step.kind === "Closed") docs.delete(doc)
+      else {
+        const current = docs.get(doc)
+        docs.set(doc, {
+          total: (current?.total ?? 0) + (step.kind === "Credited" ? step.amount : 0),
+          applied: [...(current?.applied ?? []), id]
+        })
+      }
+    }
+  })
+  return { docs, outcome, letters }
+}
