@@ -28,7 +28,8 @@ import {
   persistentSubscriptionToStreamSettingsFromDefaults,
   START,
   streamNameFilter,
-  BACKWARDS
+  BACKWARDS,
+  FORWARDS
 } from "@eventstore/db-client"
 import type {
   PersistentSubscriptionToStream,
@@ -422,13 +423,30 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
     )
   }
 
+  // An existing group is used as it is; another strategy than Pinned only costs holds (the engine restores order).
+  const warnStrategy = (stream: string, group: string) =>
+    Effect.tryPromise(() => client.getPersistentSubscriptionToStreamInfo(stream, group)).pipe(
+      Effect.flatMap((info) =>
+        info.settings.consumerStrategyName === PINNED
+          ? Effect.void
+          : Effect.logWarning(
+            `consumer group ${group} on ${stream} exists with strategy ${info.settings.consumerStrategyName}, not Pinned: ` +
+              "it does not keep a stream on one consumer, so the engine holds deliveries that overtake their stream " +
+              "until their predecessors are applied (correct, but slower)"
+          )
+      ),
+      Effect.ignore
+    )
+
   const ensureGroup = (stream: string, group: string) =>
     Effect.tryPromise({
       try: () => client.createPersistentSubscriptionToStream(stream, group, groupSettings),
       catch: (e) => e
     }).pipe(
       Effect.catchAll((e) =>
-        errorType(e) === "persistent-subscription-exists" ? Effect.void : Effect.fail(sourceError(`creating group ${group} on ${stream}`)(e))
+        errorType(e) === "persistent-subscription-exists"
+          ? warnStrategy(stream, group)
+          : Effect.fail(sourceError(`creating group ${group} on ${stream}`)(e))
       ),
       Effect.withSpan("EventStoreDB.ensureGroup", { attributes: { stream, group } })
     )
@@ -534,7 +552,27 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
       return Option.fromNullable(max)
     }).pipe(Effect.withSpan("EventStoreDB.head"))
 
-  return EventSource.of({ subscribe, head })
+  const readStream = (streamId: string, from: bigint, count: number) =>
+    Effect.tryPromise({
+      try: async () => {
+        const out: Array<Delivery> = []
+        try {
+          for await (
+            const resolved of client.readStream(streamId, { direction: FORWARDS, fromRevision: from, maxCount: count })
+          ) {
+            if (resolved.event !== undefined) out.push(toDelivery(resolved, resolved.event.revision))
+          }
+        } catch (e) {
+          const type = errorType(e)
+          if (type === "stream-not-found" || type === "stream-deleted") return out
+          throw e
+        }
+        return out
+      },
+      catch: sourceError(`reading ${streamId} from revision ${from}`)
+    }).pipe(Effect.withSpan("EventStoreDB.readStream", { attributes: { streamId } }))
+
+  return EventSource.of({ subscribe, head, readStream })
 })
 
 /**

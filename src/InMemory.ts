@@ -9,7 +9,7 @@
 import { Chunk, Context, Deferred, Effect, FiberId, Layer, Option, Stream } from "effect"
 import type { Delivery, Settlement, Subscription } from "./EventSource.js"
 import { categoryOf, EventSource, EventSourceError } from "./EventSource.js"
-import type { Checkpoint, DeadLetter, StoredDocument, WriteBatch, WriteResult } from "./ReadModelStore.js"
+import type { Checkpoint, DeadLetter, SkippedGap, StoredDocument, WriteBatch, WriteResult } from "./ReadModelStore.js"
 import { ReadModelStore, StoreError } from "./ReadModelStore.js"
 import { random } from "./internal/random.js"
 
@@ -314,6 +314,15 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
           ? catchUp(categories, Option.getOrUndefined(subscription.after))
           : persistent(categories, `${[...categories].sort().join(",")}::${subscription.group}`)
       },
+      readStream: (streamId, from, count) =>
+        Effect.sync(() => {
+          const found: Array<Delivery> = []
+          for (const event of log) {
+            if (found.length >= count) break
+            if (event.streamId === streamId && event.revision >= from) found.push(deliver(event, 0))
+          }
+          return found
+        }),
       head: (categories) =>
         Effect.sync(() => {
           for (let i = log.length - 1; i >= 0; i--) {
@@ -370,6 +379,8 @@ export interface MemoryStore {
   readonly stored: (collection: string) => ReadonlyMap<string, StoredDocument>
   readonly checkpoint: (projection: string) => bigint | undefined
   readonly letters: () => ReadonlyArray<DeadLetter>
+  /** Persistent mode: the stored per-stream progress of a projection. */
+  readonly progress: (projection: string) => ReadonlyMap<string, bigint>
   /** Makes the next `n` calls fail with a transient error. */
   readonly failNext: (n: number) => void
   /** Calls made after the store's scope closed (each also died loudly). */
@@ -392,6 +403,16 @@ export const makeStore = (options: StoreOptions = {}) =>
       const collections = new Map<string, Map<string, StoredDocument>>()
       const checkpoints = new Map<string, bigint>()
       const deadLetters = new Map<string, DeadLetter>()
+      const progressOf = new Map<string, Map<string, bigint>>()
+      const skipped = new Map<string, SkippedGap>()
+      const projectionProgress = (projection: string) => {
+        let found = progressOf.get(projection)
+        if (found === undefined) {
+          found = new Map()
+          progressOf.set(projection, found)
+        }
+        return found
+      }
       const next = random(options.seed ?? 1)
       let closed = false
       let afterClose = 0
@@ -460,8 +481,29 @@ export const makeStore = (options: StoreOptions = {}) =>
           deadLetter: (letter) => guarded("deadLetter", () => void deadLetters.set(letter.id, letter)),
           deadLetters: (projection) =>
             guarded("deadLetters", () => [...deadLetters.values()].filter((l) => l.projection === projection)),
-          removeDeadLetter: (id) => guarded("removeDeadLetter", () => void deadLetters.delete(id))
+          removeDeadLetter: (id) => guarded("removeDeadLetter", () => void deadLetters.delete(id)),
+          loadProgress: (projection, streams) =>
+            guarded("loadProgress", () => {
+              const stored = projectionProgress(projection)
+              const found = new Map<string, bigint>()
+              for (const stream of streams) {
+                const revision = stored.get(stream)
+                if (revision !== undefined) found.set(stream, revision)
+              }
+              return found
+            }),
+          commitProgress: (projection, progress, gaps = []) =>
+            guarded("commitProgress", () => {
+              for (const gap of gaps) skipped.set(JSON.stringify([projection, gap.stream, String(gap.from)]), gap)
+              const stored = projectionProgress(projection)
+              for (const { revision, stream } of progress) {
+                const current = stored.get(stream)
+                if (current === undefined || revision > current) stored.set(stream, revision)
+              }
+            }),
+          gaps: (projection) => guarded("gaps", () => [...skipped.values()].filter((g) => g.projection === projection))
         },
+        progress: (projection) => new Map(projectionProgress(projection)),
         documents: (name) => {
           const live = new Map<string, StoredDocument>()
           for (const [id, doc] of collection(name)) if (!doc.meta.deleted) live.set(id, doc)

@@ -53,8 +53,10 @@ import {
   type DocumentMeta,
   type DocumentWrite,
   ReadModelStore,
+  type SkippedGap,
   StoreError,
   type StoredDocument,
+  type StreamProgress,
   type WriteBatch,
   type WriteResult
 } from "./ReadModelStore.js"
@@ -65,6 +67,10 @@ export const META_FIELD = "_reconciler"
 export const CHECKPOINTS = "reconciler_checkpoints"
 /** @since 0.1.0 */
 export const DEAD_LETTERS = "reconciler_dead_letters"
+/** Persistent mode: one record per projection and source stream, `{ projection, stream, revision }`. @since 0.1.0 */
+export const STREAM_PROGRESS = "reconciler_stream_progress"
+/** Persistent mode: gaps skipped by decision. @since 0.1.0 */
+export const GAPS = "reconciler_gaps"
 
 /** @since 0.1.0 */
 export interface Options {
@@ -250,6 +256,8 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
   const db: Db = client.db(options.database ?? "read_models", { writeConcern: options.writeConcern ?? { w: "majority" } })
   const checkpoints = db.collection<Document>(CHECKPOINTS)
   const letters = db.collection<Document>(DEAD_LETTERS)
+  const streamProgress = db.collection<Document>(STREAM_PROGRESS)
+  const gapRecords = db.collection<Document>(GAPS)
 
   const call = <A>(operation: string, f: () => Promise<A>): Effect.Effect<A, StoreError> =>
     Effect.suspend(() =>
@@ -267,6 +275,7 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
 
   yield* call("ensureIndexes", async () => {
     await letters.createIndex({ projection: 1, at: 1 }, { name: "projection_at" })
+    await gapRecords.createIndex({ projection: 1, at: 1 }, { name: "projection_at" })
     for (const index of options.indexes ?? []) {
       await db.collection(index.collection).createIndex({ ...index.key }, {
         unique: index.unique === true,
@@ -453,10 +462,76 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
     }),
     removeDeadLetter: Effect.fn("MongoReadModelStore.removeDeadLetter")(function*(id: string) {
       yield* call("removeDeadLetter", () => letters.deleteOne({ _id: id } as Document))
+    }),
+    loadProgress: Effect.fn("MongoReadModelStore.loadProgress")(function*(projection: string, streams: ReadonlyArray<string>) {
+      const found = new Map<string, bigint>()
+      if (streams.length === 0) return found as ReadonlyMap<string, bigint>
+      const ids = [...new Set(streams)].map((stream) => progressId(projection, stream))
+      const docs = yield* call("loadProgress", () =>
+        streamProgress.find({ _id: { $in: ids } } as Document, { batchSize: ids.length + 1 }).toArray())
+      for (const d of docs) {
+        const revision = toBigInt(d.revision)
+        if (typeof d.stream === "string" && revision !== undefined) found.set(d.stream, revision)
+      }
+      return found as ReadonlyMap<string, bigint>
+    }),
+    commitProgress: Effect.fn("MongoReadModelStore.commitProgress")(function*(
+      projection: string,
+      progress: ReadonlyArray<StreamProgress>,
+      gaps: ReadonlyArray<SkippedGap> = []
+    ) {
+      yield* call("commitProgress", async () => {
+        // Gaps first: a progress record past a gap always has the gap's record.
+        if (gaps.length > 0) {
+          await upsertAll(gapRecords, gaps.map((gap) => ({
+            filter: { _id: JSON.stringify([projection, gap.stream, gap.from.toString()]) },
+            update: {
+              $setOnInsert: { ...gap, projection, from: toLong(gap.from), to: toLong(gap.to) }
+            }
+          })))
+        }
+        if (progress.length > 0) {
+          await upsertAll(streamProgress, progress.map(({ revision, stream }) => ({
+            filter: { _id: progressId(projection, stream) },
+            update: { $set: { projection, stream }, $max: { revision: toLong(revision) } }
+          })))
+        }
+      })
+    }),
+    gaps: Effect.fn("MongoReadModelStore.gaps")(function*(projection: string) {
+      const docs = yield* call("gaps", () => gapRecords.find({ projection }).sort({ at: 1, _id: 1 }).toArray())
+      return docs.map((d): SkippedGap => ({
+        projection: String(d.projection),
+        stream: String(d.stream),
+        from: toBigInt(d.from) ?? 0n,
+        to: toBigInt(d.to) ?? 0n,
+        reason: String(d.reason),
+        at: d.at instanceof Date ? d.at : new Date(String(d.at))
+      }))
     })
   }
   return port
 })
+
+const progressId = (projection: string, stream: string) => JSON.stringify([projection, stream])
+
+/**
+ * Upserts in one unordered bulk write; upserts that lost a race to insert the
+ * same `_id` (duplicate key) run again as plain updates.
+ */
+const upsertAll = async (
+  collection: Collection<Document>,
+  ops: ReadonlyArray<{ readonly filter: Document; readonly update: Document }>
+) => {
+  try {
+    await collection.bulkWrite(ops.map((op) => ({ updateOne: { ...op, upsert: true } })), { ordered: false })
+  } catch (e) {
+    if (!(e instanceof MongoBulkWriteError) || e.writeConcernError !== undefined) throw e
+    const errors = writeErrorsOf(e)
+    if (errors.length === 0 || errors.some((w) => w.code !== 11000)) throw e
+    await collection.bulkWrite(errors.map((w) => ({ updateOne: ops[w.index]! })), { ordered: false })
+  }
+}
 
 const bytes = (v: unknown): Uint8Array =>
   v instanceof Binary ? new Uint8Array(v.buffer) : v instanceof Uint8Array ? v : new Uint8Array()

@@ -17,16 +17,18 @@
  *
  * @since 0.1.0
  */
-import { Cause, Clock, Data, Duration, Effect, Either, ExecutionStrategy, Exit, Fiber, Metric, MetricBoundaries, Option, Schedule, Scope, Stream } from "effect"
+import { Cause, Clock, Data, Duration, Effect, Either, ExecutionStrategy, Exit, Fiber, identity, Metric, MetricBoundaries, Option, Schedule, Scope, Stream } from "effect"
 import type { Delivery } from "./EventSource.js"
 import { ack, EventSource, EventSourceError, nack } from "./EventSource.js"
 import type { Event, Handler, Projection, Runnable } from "./Projection.js"
 import { checkpointId, decoder } from "./Projection.js"
 import type { DocumentWrite } from "./ReadModelStore.js"
 import { ReadModelStore, StoreError } from "./ReadModelStore.js"
-import type { Current, Mode } from "./internal/fold.js"
+import type { Current, Durable, Mode } from "./internal/fold.js"
 import { decodeStored, describe, documentCodec, foldBatch } from "./internal/fold.js"
 import { Gate, Lane, laneOf } from "./internal/lanes.js"
+import type { Released } from "./internal/streamProgress.js"
+import { StreamProgress } from "./internal/streamProgress.js"
 import { Watermark } from "./internal/watermark.js"
 
 /**
@@ -61,6 +63,17 @@ export interface RunOptions {
   readonly cacheSize?: number | undefined
   /** Handlers: attempts before an event is dead-lettered or parked. Default 5. */
   readonly handlerAttempts?: number | undefined
+  /**
+   * Persistent mode: how often held deliveries (that overtook their stream)
+   * re-read their streams' progress from the store. Default 100 ms.
+   */
+  readonly holdCheck?: Duration.DurationInput | undefined
+  /**
+   * Persistent mode: how long a delivery may be held before the engine reads
+   * its stream's missing events itself (and skips, recorded, those that are
+   * gone). Default 2 s.
+   */
+  readonly fillAfter?: Duration.DurationInput | undefined
 }
 
 /**
@@ -99,6 +112,15 @@ export const metrics = {
   lag: Metric.gauge("reconciler_lag_ms", { description: "age of the newest applied event" }),
   stalled: Metric.gauge("reconciler_stalled", {
     description: "1 while deliveries are in flight and none has settled for stallAfter"
+  }),
+  held: Metric.gauge("reconciler_held_deliveries", {
+    description: "persistent mode: deliveries held until their stream's earlier events are applied"
+  }),
+  gaps: Metric.counter("reconciler_gaps_skipped", {
+    description: "persistent mode: ranges of a stream's events found gone (deleted, truncated) and skipped by decision"
+  }),
+  streamReads: Metric.counter("reconciler_stream_reads", {
+    description: "persistent mode: events the engine read from their stream because the group had not handed them over in time"
   })
 }
 
@@ -118,6 +140,8 @@ interface Tracked {
   readonly ticket: number
   remaining: number
   poison: string | undefined
+  /** Persistent mode: read from the stream by the engine, not handed over by the group (nothing to settle). */
+  readonly fetched: boolean
 }
 
 interface Part {
@@ -239,34 +263,219 @@ export const run = (
             yield* Metric.increment(deadLettered)
             if (mode === "catch-up") yield* deadLetter(tracked.delivery, tracked.poison)
           }
+          if (progress !== undefined) return yield* settlePersistent(progress, finished)
           // Catch-up deliveries are not settled one by one: the checkpoint is their
           // acknowledgement (settling each cost a third of the engine's time).
-          if (mode === "persistent") {
-            yield* Effect.forEach(
-              finished,
-              (tracked) =>
-                tracked.delivery.settle(tracked.poison !== undefined ? nack("park", tracked.poison) : ack).pipe(
-                  // What the source could not take is redelivered later; the markers make that harmless.
-                  Effect.catchAll((error) => Effect.logWarning("settling a delivery failed", error.message))
-                ),
-              { discard: true }
-            )
-          }
-          for (const tracked of finished) {
-            if (mode === "catch-up") watermark.complete(tracked.ticket)
-            else unsettled.delete(tracked)
-          }
+          for (const tracked of finished) watermark.complete(tracked.ticket)
           gate.leave(finished.length)
           settledCount += finished.length
         })
+
+      // ---- persistent mode: per-stream order and progress ---------------------
+      // Each stream applies in order whatever the group does: a delivery that
+      // overtook its stream is held until its predecessors are applied (here, by
+      // another consumer, or read from the stream); an acknowledgement waits until
+      // the stream's recorded progress covers the delivery, so that what was
+      // acknowledged is never redelivered into a gap.
+      const progress = mode === "persistent" ? new StreamProgress<Tracked>() : undefined
+      const heldGauge = tag(metrics.held)
+      const gapsSkipped = tag(metrics.gaps)
+      const streamReads = tag(metrics.streamReads)
+
+      /** Settles for good: acknowledges (a no-op for what was parked) and frees the slots. */
+      const acknowledge = (items: ReadonlyArray<Tracked>) =>
+        items.length === 0 ? Effect.void : Effect.gen(function*() {
+          yield* Effect.forEach(
+            items,
+            (tracked) =>
+              tracked.delivery.settle(ack).pipe(
+                // What the source could not take is redelivered later, and recognised as applied.
+                Effect.catchAll((error) => Effect.logWarning("settling a delivery failed", error.message))
+              ),
+            { discard: true }
+          )
+          for (const tracked of items) unsettled.delete(tracked)
+          gate.leave(items.length)
+          settledCount += items.length
+        })
+
+      const acknowledgeDuplicates = (items: ReadonlyArray<Tracked>) =>
+        items.length === 0
+          ? Effect.void
+          : Metric.incrementBy(counters.duplicates, items.length).pipe(Effect.zipRight(acknowledge(items)))
+
+      /** Records what the streams owe (gaps first), then acknowledges what that covers. */
+      const commitProgress = (p: StreamProgress<Tracked>) =>
+        Effect.suspend(() => {
+          const due = p.due()
+          if (due.length === 0) return Effect.void
+          const at = new Date()
+          return durably(
+            store.commitProgress(
+              id,
+              due.map(({ revision, stream }) => ({ stream, revision })),
+              due.flatMap(({ gaps, stream }) => gaps.map((gap) => ({ projection: id, stream, ...gap, at })))
+            ),
+            "committing stream progress"
+          ).pipe(Effect.zipRight(Effect.suspend(() => acknowledge(due.flatMap((d) => p.committed(d.stream, d.revision))))))
+        })
+
+      const settlePersistent = (p: StreamProgress<Tracked>, finished: ReadonlyArray<Tracked>) =>
+        Effect.gen(function*() {
+          for (const tracked of finished) {
+            // Poison is set aside before the progress passes it: parked, or (read from
+            // the stream, so nothing to park) dead-lettered.
+            if (tracked.poison !== undefined) {
+              if (tracked.fetched) yield* deadLetter(tracked.delivery, tracked.poison)
+              else {
+                yield* tracked.delivery.settle(nack("park", tracked.poison)).pipe(
+                  Effect.catchAll((error) => Effect.logWarning("parking a delivery failed", error.message))
+                )
+              }
+            }
+          }
+          const streams = new Set<string>()
+          for (const tracked of finished) {
+            p.complete(tracked.delivery.streamId, tracked.delivery.revision, tracked)
+            streams.add(tracked.delivery.streamId)
+          }
+          // Copies of deliveries the progress already covered go at once.
+          yield* acknowledge([...streams].flatMap((stream) => p.settleableOf(stream)))
+          yield* commitProgress(p)
+        })
+
+      /** Dispatches released deliveries and acknowledges released duplicates. */
+      const applyReleased = (released: Released<Tracked>): Effect.Effect<void, ReconcilerError> =>
+        Effect.suspend(() => {
+          if (released.dispatch.length === 0 && released.duplicates.length === 0) return Effect.void
+          const done: Array<Tracked> = []
+          for (const tracked of released.dispatch) {
+            const finished = dispatch(tracked)
+            if (finished !== undefined) done.push(finished)
+          }
+          return acknowledgeDuplicates(released.duplicates).pipe(Effect.zipRight(settle(done)))
+        })
+
+      /** Learns the recorded progress of streams from the store. */
+      const learnProgress = (p: StreamProgress<Tracked>, streams: ReadonlyArray<string>) =>
+        streams.length === 0 ? Effect.void : Effect.gen(function*() {
+          const stored = yield* durably(store.loadProgress(id, streams), "loading stream progress")
+          for (const stream of streams) yield* applyReleased(p.learn(stream, stored.get(stream)))
+        })
+
+      /** Offers deliveries in order: dispatched, acknowledged as duplicates, or held (then progress re-read). */
+      const offerAll = (p: StreamProgress<Tracked>, deliveries: Iterable<Delivery>, fetched: boolean) =>
+        Effect.gen(function*() {
+          const unknown = new Set<string>()
+          for (const delivery of deliveries) if (!p.knows(delivery.streamId)) unknown.add(delivery.streamId)
+          yield* learnProgress(p, [...unknown])
+          const done: Array<Tracked> = []
+          const duplicates: Array<Tracked> = []
+          const held = new Set<string>()
+          const now = Date.now()
+          for (const delivery of deliveries) {
+            const tracked = admit(delivery, fetched)
+            if (!p.knows(delivery.streamId)) p.learn(delivery.streamId, undefined)
+            const outcome = p.offer(delivery.streamId, delivery.revision, tracked, now)
+            if (outcome === "duplicate") duplicates.push(tracked)
+            else if (outcome === "held") held.add(delivery.streamId)
+            else {
+              const finished = dispatch(tracked)
+              if (finished !== undefined) done.push(finished)
+              const released = p.released(delivery.streamId)
+              duplicates.push(...released.duplicates)
+              for (const next of released.dispatch) {
+                const f = dispatch(next)
+                if (f !== undefined) done.push(f)
+              }
+            }
+          }
+          if (skips > 0) {
+            yield* Metric.incrementBy(skipped, skips)
+            skips = 0
+          }
+          yield* acknowledgeDuplicates(duplicates)
+          yield* settle(done)
+          // Another consumer may have applied the missing events: look before waiting.
+          yield* learnProgress(p, [...held])
+          yield* Metric.set(heldGauge, p.held)
+        })
+
+      /**
+       * Held too long: read the missing events from the stream and apply them; those
+       * gone for good (deleted, truncated) are skipped and recorded. Without a source
+       * that reads streams, the held deliveries are handed back for redelivery.
+       */
+      const fill = (p: StreamProgress<Tracked>, stream: string, expected: bigint, before: bigint) =>
+        Effect.gen(function*() {
+          const read = source.readStream
+          if (read === undefined) {
+            const back = p.takeHeld(stream)
+            yield* Effect.forEach(back, (tracked) =>
+              tracked.delivery.settle(nack("retry", `held: waiting for revision ${expected} of ${stream}`)).pipe(Effect.ignore), {
+              discard: true
+            })
+            for (const tracked of back) unsettled.delete(tracked)
+            gate.leave(back.length)
+            return
+          }
+          const count = Number(before - expected < 256n ? before - expected : 256n)
+          const found = yield* read(stream, expected, count).pipe(
+            Effect.tapError((error) => Effect.logWarning(`reading ${stream} for its missing events failed`, error.message)),
+            Effect.option
+          )
+          if (Option.isNone(found)) return
+          const events = found.value.filter((d) => d.revision < before)
+          const first = events[0]?.revision ?? before
+          if (first > expected) {
+            const reason = `revisions ${expected}…${first - 1n} of ${stream} are gone (deleted or truncated): skipped`
+            yield* Effect.logWarning(`${runnable.name}: ${reason}`)
+            yield* Metric.increment(gapsSkipped)
+            yield* applyReleased(p.skip(stream, { from: expected, to: first - 1n, reason }))
+            yield* commitProgress(p)
+          }
+          if (events.length > 0) {
+            yield* Metric.incrementBy(streamReads, events.length)
+            yield* offerAll(p, events, true)
+          }
+        })
+
+      const holdCheck = Duration.decode(options.holdCheck ?? "100 millis")
+      const fillAfter = Duration.toMillis(options.fillAfter ?? "2 seconds")
+      /** Persistent mode: re-reads held streams' progress, fills what waited too long. */
+      const mender = (p: StreamProgress<Tracked>) =>
+        Effect.gen(function*() {
+          const waiting = p.waiting()
+          if (waiting.length === 0) {
+            p.forget()
+            return
+          }
+          yield* learnProgress(p, waiting.map((w) => w.stream))
+          const now = Date.now()
+          for (const w of p.waiting()) {
+            if (now - w.since >= fillAfter) yield* fill(p, w.stream, w.expected, w.before)
+          }
+          yield* Metric.set(heldGauge, p.held)
+        }).pipe(Effect.zipRight(Effect.sleep(holdCheck)), Effect.forever)
 
       // ---- lanes ------------------------------------------------------------
       const lanes = Array.from({ length: laneCount }, () => new Lane<Part>())
 
       const makeBatch = (): Batch =>
         runnable._tag === "Projection"
-          ? projectionBatch(runnable, mode, store, durably, counters, cacheSize, () =>
-            mode === "catch-up" && watermark.current !== undefined ? { projection: id, position: watermark.current } : undefined)
+          ? projectionBatch(
+            runnable,
+            mode,
+            store,
+            durably,
+            counters,
+            cacheSize,
+            () => mode === "catch-up" && watermark.current !== undefined ? { projection: id, position: watermark.current } : undefined,
+            progress === undefined ? undefined : {
+              durable: (stream) => progress.durable(stream),
+              refresh: (streams) => learnProgress(progress, streams)
+            }
+          )
           : handlerBatch(runnable, options.handlerAttempts ?? 5, counters)
 
       const laneLoop = (lane: Lane<Part>) =>
@@ -285,16 +494,24 @@ export const run = (
       const partition: (event: Event, key: string) => string =
         runnable._tag === "Projection" && runnable.partition !== undefined ? runnable.partition : (_, key) => key
       let skips = 0
-      /** Takes a delivery in and routes it; returns it when it is already done (skipped or poison). */
-      const route = (delivery: Delivery): Tracked | undefined => {
+      /** Takes a delivery in. */
+      const admit = (delivery: Delivery, fetched: boolean): Tracked => {
         gate.enter()
         const tracked: Tracked = {
           delivery,
           ticket: mode === "catch-up" ? watermark.track(delivery.position) : 0,
           remaining: 1,
-          poison: undefined
+          poison: undefined,
+          fetched
         }
         if (mode === "persistent") unsettled.add(tracked)
+        return tracked
+      }
+      /** Takes a delivery in and routes it; returns it when it is already done (skipped or poison). */
+      const route = (delivery: Delivery): Tracked | undefined => dispatch(admit(delivery, false))
+      /** Routes a delivery to its lanes; returns it when it is already done (skipped or poison). */
+      const dispatch = (tracked: Tracked): Tracked | undefined => {
+        const delivery = tracked.delivery
         lastDispatched = delivery.position
         const event = decode(delivery)
         if (event === undefined) {
@@ -347,6 +564,10 @@ export const run = (
             )
           )
           if (chunk === undefined) return
+          if (progress !== undefined) {
+            yield* offerAll(progress, chunk, false)
+            continue
+          }
           const done: Array<Tracked> = []
           for (const delivery of chunk) {
             const tracked = route(delivery)
@@ -400,6 +621,7 @@ export const run = (
         Effect.zipRight(watchdog),
         Effect.zipRight(Effect.sleep(commitInterval)),
         Effect.forever,
+        progress === undefined ? identity : Effect.zipLeft(mender(progress), { concurrent: true }),
         Effect.forkScoped
       )
 
@@ -432,7 +654,13 @@ export const run = (
             "the final checkpoint commit"
           )
           // Received but not applied: hand back for redelivery (catch-up resumes from the checkpoint).
-          if (mode === "persistent") {
+          if (progress !== undefined) {
+            yield* withDeadline(
+              commitProgress(progress).pipe(Effect.catchAll((error) => Effect.logError("final progress commit failed", error))),
+              "the final progress commit"
+            )
+            progress.takeHeld()
+            yield* Metric.set(heldGauge, 0)
             yield* withDeadline(
               Effect.forEach(
                 [...unsettled],
@@ -486,7 +714,12 @@ const projectionBatch = (
   durably: Durably,
   counters: Counters,
   cacheSize: number,
-  checkpoint: () => { readonly projection: string; readonly position: bigint } | undefined
+  checkpoint: () => { readonly projection: string; readonly position: bigint } | undefined,
+  /** Persistent mode: the streams' recorded progress, and how to re-read it from the store. */
+  streams?: {
+    readonly durable: Durable
+    readonly refresh: (streams: ReadonlyArray<string>) => Effect.Effect<void, ReconcilerError>
+  }
 ): Batch => {
   const codec = documentCodec(projection)
   const cache = new Map<string, Current | undefined>()
@@ -514,6 +747,8 @@ const projectionBatch = (
             if (Either.isRight(decoded)) remember(docId, decoded.right)
             else unreadable.set(docId, decoded.left)
           }
+          // After a load: a marker pruned from these documents is known from the progress.
+          if (streams !== undefined) yield* streams.refresh([...new Set(todo.map((part) => part.event.streamId))])
         }
         const foldable: Array<Part> = []
         for (const part of todo) {
@@ -521,7 +756,7 @@ const projectionBatch = (
           if (reason === undefined) foldable.push(part)
           else poison.set(part, reason)
         }
-        const result = foldBatch(projection, codec, mode, (docId) => cache.get(docId), foldable)
+        const result = foldBatch(projection, codec, mode, (docId) => cache.get(docId), foldable, streams?.durable)
         const outcome = result.writes.length === 0
           ? { conflicts: [] as ReadonlyArray<string> }
           : yield* durably(

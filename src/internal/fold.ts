@@ -86,8 +86,41 @@ export const foldBatch = <P extends { readonly event: Event; readonly key: strin
   codec: DocumentCodec,
   mode: Mode,
   current: Current_,
-  parts: ReadonlyArray<P>
-): BatchFold<P> => fold(projection, codec, mode, current, parts, false) ?? fold(projection, codec, mode, current, parts, true)!
+  parts: ReadonlyArray<P>,
+  durable: Durable = noProgress
+): BatchFold<P> =>
+  fold(projection, codec, mode, current, parts, false, durable) ?? fold(projection, codec, mode, current, parts, true, durable)!
+
+/**
+ * Persistent mode: the recorded progress of a source stream (every revision up
+ * to it is applied), `undefined` when unknown. An event at or below it is a
+ * duplicate whatever the document's markers say; a document keeps a marker
+ * only for streams whose progress has not reached it (see {@link pruneMarkers}).
+ */
+export type Durable = (stream: string) => bigint | undefined
+
+const noProgress: Durable = () => undefined
+
+/**
+ * The markers a document keeps: those its streams' recorded progress has not
+ * reached. Sound because the engine learns a stream's progress from the store
+ * after loading a document, so what a pruned marker said is known from the
+ * progress by whoever folds onto that document next.
+ */
+export const pruneMarkers = (
+  streams: Readonly<Record<string, bigint>>,
+  durable: Durable
+): Readonly<Record<string, bigint>> => {
+  let pruned: Record<string, bigint> | undefined
+  for (const stream in streams) {
+    const progress = durable(stream)
+    if (progress !== undefined && streams[stream]! <= progress) {
+      pruned ??= { ...streams }
+      delete pruned[stream]
+    }
+  }
+  return pruned ?? streams
+}
 
 /** The documents as they stood before the batch, by id. */
 type Current_ = (id: string) => Current | undefined
@@ -98,7 +131,8 @@ const fold = <P extends { readonly event: Event; readonly key: string }>(
   mode: Mode,
   current: Current_,
   parts: ReadonlyArray<P>,
-  encodeEachStep: boolean
+  encodeEachStep: boolean,
+  durable: Durable
 ): BatchFold<P> | undefined => {
   const working = new Map<string, Working>()
   const poisoned: Array<{ part: P; reason: string }> = []
@@ -154,7 +188,8 @@ const fold = <P extends { readonly event: Event; readonly key: string }>(
         }
       } else {
         const revision = (doc.streams ?? doc.before.streams)[event.streamId]
-        if (revision !== undefined && event.revision <= revision) {
+        const progress = durable(event.streamId)
+        if ((revision !== undefined && event.revision <= revision) || (progress !== undefined && event.revision <= progress)) {
           doc.duplicates++
           continue
         }
@@ -195,7 +230,7 @@ const fold = <P extends { readonly event: Event; readonly key: string }>(
     const meta: DocumentMeta = {
       version: doc.before.version + 1,
       position: doc.position,
-      streams: doc.streams ?? doc.before.streams,
+      streams: mode === "catch-up" ? doc.before.streams : pruneMarkers(doc.streams ?? doc.before.streams, durable),
       deleted: doc.deleted
     }
     doc.write = { id, expectedVersion: doc.before.version, body: doc.state === undefined ? undefined : doc.encoded, meta }
