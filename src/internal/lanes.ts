@@ -46,37 +46,63 @@ export class Lane<A> {
     this.signal.wake()
   }
 
-  /** No more items will come; `take` returns `undefined` once the lane is empty. */
+  /** No more items will come; {@link takeNow} returns `undefined` once the lane is empty. */
   end(): void {
     this.ended = true
     this.signal.wake()
   }
 
+  /** Items waiting. */
+  get size(): number {
+    return this.items.length - this.head
+  }
+
+  get isEnded(): boolean {
+    return this.ended
+  }
+
+  /** Waits until the lane holds an item or has ended. */
+  readonly ready: Effect.Effect<void> = Effect.suspend(() =>
+    this.size > 0 || this.ended ? Effect.void : Effect.zipRight(this.signal.wait(), this.ready)
+  )
+
   /**
-   * Up to `max` items in order, waiting for at least one; `undefined` when ended
-   * and empty. Items `together` with the last one taken come along past `max`.
+   * Up to `max` items in order, without waiting; `undefined` when ended and
+   * empty. Items `together` with the last one taken come along past `max`.
    */
+  takeNow(max: number, together?: (a: A, b: A) => boolean): Array<A> | undefined {
+    const available = this.size
+    if (available === 0) return this.ended ? undefined : []
+    let end = this.head + Math.min(max, available)
+    if (together !== undefined) {
+      while (end < this.items.length && together(this.items[end - 1]!, this.items[end]!)) end++
+    }
+    const batch = this.items.slice(this.head, end)
+    this.head = end
+    if (this.head === this.items.length) {
+      this.items = []
+      this.head = 0
+    } else if (this.head > 4096 && this.head * 2 > this.items.length) {
+      this.items = this.items.slice(this.head)
+      this.head = 0
+    }
+    return batch
+  }
+
+  /** Up to `max` items in order, waiting for at least one; `undefined` when ended and empty. */
   take(max: number, together?: (a: A, b: A) => boolean): Effect.Effect<Array<A> | undefined> {
-    return Effect.suspend(() => {
-      const available = this.items.length - this.head
-      if (available > 0) {
-        let end = this.head + Math.min(max, available)
-        if (together !== undefined) {
-          while (end < this.items.length && together(this.items[end - 1]!, this.items[end]!)) end++
-        }
-        const batch = this.items.slice(this.head, end)
-        this.head = end
-        if (this.head === this.items.length) {
-          this.items = []
-          this.head = 0
-        }
-        return Effect.succeed(batch)
-      }
-      if (this.ended) return Effect.succeed(undefined)
-      return Effect.zipRight(this.signal.wait(), this.take(max, together))
-    })
+    return Effect.map(this.ready, () => this.takeNow(max, together))
   }
 }
+
+/**
+ * One turn of the event loop: I/O that is ready gets handled before this
+ * resumes, and nothing else waits on it (a timer would add a millisecond).
+ */
+export const nextTurn: Effect.Effect<void> = Effect.async<void>((resume) => {
+  const handle = setImmediate(() => resume(Effect.void))
+  return Effect.sync(() => clearImmediate(handle))
+})
 
 /** Counts deliveries in flight and holds the source back at the bound. */
 export class Gate {
