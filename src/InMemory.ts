@@ -9,7 +9,7 @@
 import { Chunk, Context, Deferred, Effect, FiberId, Layer, Option, Stream } from "effect"
 import type { Delivery, Settlement, Subscription } from "./EventSource.js"
 import { categoryOf, EventSource, EventSourceError } from "./EventSource.js"
-import type { Checkpoint, DeadLetter, SkippedGap, StoredDocument, WriteBatch, WriteResult } from "./ReadModelStore.js"
+import type { Checkpoint, DeadLetter, SkippedGap, StoredDocument, StreamProgress, WriteBatch, WriteResult } from "./ReadModelStore.js"
 import { ReadModelStore, StoreError } from "./ReadModelStore.js"
 import { random } from "./internal/random.js"
 
@@ -380,7 +380,9 @@ export interface MemoryStore {
   readonly checkpoint: (projection: string) => bigint | undefined
   readonly letters: () => ReadonlyArray<DeadLetter>
   /** Persistent mode: the stored per-stream progress of a projection. */
-  readonly progress: (projection: string) => ReadonlyMap<string, bigint>
+  readonly progress: (projection: string) => ReadonlyMap<string, StreamProgress>
+  /** Persistent mode: the gaps a projection skipped. */
+  readonly gaps: (projection: string) => ReadonlyArray<SkippedGap>
   /** Makes the next `n` calls fail with a transient error. */
   readonly failNext: (n: number) => void
   /** Calls made after the store's scope closed (each also died loudly). */
@@ -403,7 +405,7 @@ export const makeStore = (options: StoreOptions = {}) =>
       const collections = new Map<string, Map<string, StoredDocument>>()
       const checkpoints = new Map<string, bigint>()
       const deadLetters = new Map<string, DeadLetter>()
-      const progressOf = new Map<string, Map<string, bigint>>()
+      const progressOf = new Map<string, Map<string, StreamProgress>>()
       const skipped = new Map<string, SkippedGap>()
       const projectionProgress = (projection: string) => {
         let found = progressOf.get(projection)
@@ -485,10 +487,10 @@ export const makeStore = (options: StoreOptions = {}) =>
           loadProgress: (projection, streams) =>
             guarded("loadProgress", () => {
               const stored = projectionProgress(projection)
-              const found = new Map<string, bigint>()
+              const found = new Map<string, StreamProgress>()
               for (const stream of streams) {
-                const revision = stored.get(stream)
-                if (revision !== undefined) found.set(stream, revision)
+                const record = stored.get(stream)
+                if (record !== undefined) found.set(stream, record)
               }
               return found
             }),
@@ -496,14 +498,20 @@ export const makeStore = (options: StoreOptions = {}) =>
             guarded("commitProgress", () => {
               for (const gap of gaps) skipped.set(JSON.stringify([projection, gap.stream, String(gap.from)]), gap)
               const stored = projectionProgress(projection)
-              for (const { revision, stream } of progress) {
+              for (const { parked = [], revision, stream } of progress) {
                 const current = stored.get(stream)
-                if (current === undefined || revision > current) stored.set(stream, revision)
+                const all = [...new Set([...(current?.parked ?? []), ...parked])].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
+                stored.set(stream, {
+                  stream,
+                  revision: current === undefined || revision > current.revision ? revision : current.revision,
+                  parked: all
+                })
               }
             }),
           gaps: (projection) => guarded("gaps", () => [...skipped.values()].filter((g) => g.projection === projection))
         },
         progress: (projection) => new Map(projectionProgress(projection)),
+        gaps: (projection) => [...skipped.values()].filter((g) => g.projection === projection),
         documents: (name) => {
           const live = new Map<string, StoredDocument>()
           for (const [id, doc] of collection(name)) if (!doc.meta.deleted) live.set(id, doc)

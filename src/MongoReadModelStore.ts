@@ -464,16 +464,17 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
       yield* call("removeDeadLetter", () => letters.deleteOne({ _id: id } as Document))
     }),
     loadProgress: Effect.fn("MongoReadModelStore.loadProgress")(function*(projection: string, streams: ReadonlyArray<string>) {
-      const found = new Map<string, bigint>()
-      if (streams.length === 0) return found as ReadonlyMap<string, bigint>
+      const found = new Map<string, StreamProgress>()
+      if (streams.length === 0) return found as ReadonlyMap<string, StreamProgress>
       const ids = [...new Set(streams)].map((stream) => progressId(projection, stream))
       const docs = yield* call("loadProgress", () =>
         streamProgress.find({ _id: { $in: ids } } as Document, { batchSize: ids.length + 1 }).toArray())
       for (const d of docs) {
         const revision = toBigInt(d.revision)
-        if (typeof d.stream === "string" && revision !== undefined) found.set(d.stream, revision)
+        const parked = Array.isArray(d.parked) ? d.parked.map(toBigInt).filter((r): r is bigint => r !== undefined) : []
+        if (typeof d.stream === "string" && revision !== undefined) found.set(d.stream, { stream: d.stream, revision, parked })
       }
-      return found as ReadonlyMap<string, bigint>
+      return found as ReadonlyMap<string, StreamProgress>
     }),
     commitProgress: Effect.fn("MongoReadModelStore.commitProgress")(function*(
       projection: string,
@@ -491,9 +492,13 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
           })))
         }
         if (progress.length > 0) {
-          await upsertAll(streamProgress, progress.map(({ revision, stream }) => ({
+          await upsertAll(streamProgress, progress.map(({ parked = [], revision, stream }) => ({
             filter: { _id: progressId(projection, stream) },
-            update: { $set: { projection, stream }, $max: { revision: toLong(revision) } }
+            update: {
+              $set: { projection, stream },
+              $max: { revision: toLong(revision) },
+              $addToSet: { parked: { $each: parked.map(toLong) } }
+            }
           })))
         }
       })

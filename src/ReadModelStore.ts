@@ -94,6 +94,11 @@ export interface Checkpoint {
 export interface StreamProgress {
   readonly stream: string
   readonly revision: bigint
+  /**
+   * Revisions of the stream parked as poison (added to those stored): a replay
+   * of one is parked again rather than taken as a duplicate.
+   */
+  readonly parked?: ReadonlyArray<bigint> | undefined
 }
 
 /**
@@ -170,11 +175,12 @@ export class ReadModelStore extends Context.Tag("effect-reconciler/ReadModelStor
     readonly loadProgress: (
       projection: string,
       streams: ReadonlyArray<string>
-    ) => Effect.Effect<ReadonlyMap<string, bigint>, StoreError>
+    ) => Effect.Effect<ReadonlyMap<string, StreamProgress>, StoreError>
     /**
      * Persistent mode: records `gaps` (idempotent), then moves each stream's
-     * progress up to its revision; a lower revision than the stored one is
-     * ignored, so concurrent engines can only move it forward.
+     * progress up to its revision and adds its parked revisions, in one write
+     * per stream; a lower revision than the stored one is ignored, so
+     * concurrent engines can only move it forward.
      */
     readonly commitProgress: (
       projection: string,

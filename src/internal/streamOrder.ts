@@ -32,17 +32,11 @@ import type { Tracked } from "./tracked.js"
 
 /** Most events read from a stream at once to fill a gap. */
 const FILL_COUNT = 256n
-/** Parked revisions remembered, so that a replay of one is parked again rather than taken as a duplicate. */
-const PARKED_MEMORY = 10_000
-
-const parkedKey = (delivery: Delivery) => `${delivery.revision}@${delivery.streamId}`
 
 export class StreamOrder {
   readonly progress = new StreamProgress<Tracked>()
   /** Deliveries read from their stream by the engine: nothing to settle with the group. */
   private readonly fetched = new WeakSet<Tracked>()
-  /** Revisions this engine parked (bounded, oldest forgotten first). */
-  private readonly parked = new Set<string>()
   private readonly held: Metric.Metric.Gauge<number>
   private readonly gaps: Metric.Metric.Counter<number>
   private readonly reads: Metric.Metric.Counter<number>
@@ -68,7 +62,10 @@ export class StreamOrder {
   readonly refresh = (streams: ReadonlyArray<string>): Effect.Effect<void, ReconcilerError> =>
     streams.length === 0 ? Effect.void : Effect.gen(this, function*() {
       const stored = yield* this.ctx.durably(this.ctx.store.loadProgress(this.ctx.id, streams), "loading stream progress")
-      for (const stream of streams) yield* this.apply(this.progress.learn(stream, stored.get(stream)))
+      for (const stream of streams) {
+        const record = stored.get(stream)
+        yield* this.apply(this.progress.learn(stream, record?.revision, record?.parked))
+      }
     })
 
   /** Offers deliveries in order: dispatched, acknowledged as duplicates, or held. */
@@ -88,10 +85,9 @@ export class StreamOrder {
         if (fetched) this.fetched.add(tracked)
         if (!p.knows(delivery.streamId)) p.learn(delivery.streamId, undefined)
         const outcome = p.offer(delivery.streamId, delivery.revision, tracked, now)
-        if (outcome === "duplicate") {
-          if (this.parked.has(parkedKey(delivery))) replayed.push(tracked)
-          else duplicates.push(tracked)
-        } else if (outcome === "held") held.add(delivery.streamId)
+        if (outcome === "duplicate") duplicates.push(tracked)
+        else if (outcome === "replayed") replayed.push(tracked)
+        else if (outcome === "held") held.add(delivery.streamId)
         else {
           const finished = this.dispatch(tracked)
           if (finished !== undefined) done.push(finished)
@@ -117,13 +113,11 @@ export class StreamOrder {
           yield* tracked.delivery.settle(nack("park", tracked.poison)).pipe(
             Effect.catchAll((error) => Effect.logWarning("parking a delivery failed", error.message))
           )
-          this.parked.add(parkedKey(tracked.delivery))
-          if (this.parked.size > PARKED_MEMORY) this.parked.delete(this.parked.values().next().value!)
         }
       }
       const streams = new Set<string>()
       for (const tracked of finished) {
-        this.progress.complete(tracked.delivery.streamId, tracked.delivery.revision, tracked)
+        this.progress.complete(tracked.delivery.streamId, tracked.delivery.revision, tracked, tracked.poison !== undefined)
         streams.add(tracked.delivery.streamId)
       }
       // Copies of deliveries the progress already covered go at once.
@@ -141,12 +135,12 @@ export class StreamOrder {
     return durably(
       store.commitProgress(
         id,
-        due.map(({ revision, stream }) => ({ stream, revision })),
+        due.map(({ parked, revision, stream }) => ({ stream, revision, parked })),
         due.flatMap(({ gaps, stream }) => gaps.map((gap) => ({ projection: id, stream, ...gap, at })))
       ),
       "committing stream progress"
     ).pipe(
-      Effect.zipRight(Effect.suspend(() => this.acknowledge(due.flatMap((d) => this.progress.committed(d.stream, d.revision)))))
+      Effect.zipRight(Effect.suspend(() => this.acknowledge(due.flatMap((d) => this.progress.committed(d)))))
     )
   })
 

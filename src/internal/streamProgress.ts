@@ -15,7 +15,7 @@
  */
 
 /** What to do with an offered delivery. */
-export type Offer = "duplicate" | "dispatch" | "held"
+export type Offer = "duplicate" | "dispatch" | "held" | "replayed"
 
 /** A revision range skipped by decision, not yet recorded. */
 export interface Gap {
@@ -29,6 +29,8 @@ export interface Due {
   readonly stream: string
   readonly revision: bigint
   readonly gaps: ReadonlyArray<Gap>
+  /** Revisions parked as poison, to record. */
+  readonly parked: ReadonlyArray<bigint>
 }
 
 /** A stream whose held deliveries have waited since `since` for `expected`…`before - 1`. */
@@ -51,6 +53,9 @@ interface State<T> {
   readonly skipped: Map<bigint, Gap>
   /** Skipped ranges to record with the next progress commit. */
   unrecorded: Array<Gap>
+  /** Revisions parked as poison (recorded or not). */
+  readonly parked: Set<bigint>
+  unrecordedParked: Array<bigint>
   readonly held: Map<bigint, Array<T>>
   heldSince: number | undefined
   /** Completed deliveries waiting for the durable revision to cover them. */
@@ -94,7 +99,7 @@ export class StreamProgress<T> {
    * Learns the stored progress of a stream (`undefined`: no record). Never moves
    * backwards. Revisions another consumer applied count as dispatched and done.
    */
-  learn(stream: string, revision: bigint | undefined): Released<T> {
+  learn(stream: string, revision: bigint | undefined, parked: ReadonlyArray<bigint> = []): Released<T> {
     let state = this.streams.get(stream)
     const r = revision ?? -1n
     if (state === undefined) {
@@ -105,6 +110,8 @@ export class StreamProgress<T> {
         done: new Set(),
         skipped: new Map(),
         unrecorded: [],
+        parked: new Set(parked),
+        unrecordedParked: [],
         held: new Map(),
         heldSince: undefined,
         waiting: [],
@@ -113,6 +120,7 @@ export class StreamProgress<T> {
       this.streams.set(stream, state)
       return none
     }
+    for (const p of parked) state.parked.add(p)
     if (r > state.durable) this.advanceDurable(state, r)
     return this.release(state)
   }
@@ -120,7 +128,8 @@ export class StreamProgress<T> {
   /** Offers a delivery of a known stream. `dispatch` also covers a copy of one in flight here (the fold skips it). */
   offer(stream: string, revision: bigint, item: T, now: number): Offer {
     const state = this.state(stream)
-    if (revision <= state.durable) return "duplicate"
+    // A replay of a parked event is parked again, not acknowledged as applied.
+    if (revision <= state.durable) return state.parked.has(revision) ? "replayed" : "duplicate"
     if (revision <= state.dispatched + 1n) {
       if (revision === state.dispatched + 1n) state.dispatched = revision
       state.inFlight++
@@ -140,9 +149,13 @@ export class StreamProgress<T> {
     return state === undefined ? none : this.release(state)
   }
 
-  /** A dispatched delivery is done (applied, parked or skipped). */
-  complete(stream: string, revision: bigint, item: T): void {
+  /** A dispatched delivery is done (applied, skipped, or `parked` as poison). */
+  complete(stream: string, revision: bigint, item: T, parked = false): void {
     const state = this.state(stream)
+    if (parked && !state.parked.has(revision)) {
+      state.parked.add(revision)
+      state.unrecordedParked.push(revision)
+    }
     state.inFlight--
     state.waiting.push({ revision, item })
     if (revision > state.completed) state.done.add(revision)
@@ -166,21 +179,24 @@ export class StreamProgress<T> {
   due(): ReadonlyArray<Due> {
     const out: Array<Due> = []
     for (const [stream, state] of this.streams) {
-      if (state.completed > state.durable) out.push({ stream, revision: state.completed, gaps: state.unrecorded })
+      if (state.completed > state.durable || state.unrecordedParked.length > 0) {
+        out.push({ stream, revision: state.completed, gaps: state.unrecorded, parked: state.unrecordedParked })
+      }
     }
     return out
   }
 
   /** Some stream has something to commit. */
   get hasDue(): boolean {
-    for (const state of this.streams.values()) if (state.completed > state.durable) return true
+    for (const state of this.streams.values()) if (state.completed > state.durable || state.unrecordedParked.length > 0) return true
     return false
   }
 
-  /** The store recorded `revision` for a stream: returns its deliveries that may now be acknowledged. */
-  committed(stream: string, revision: bigint): ReadonlyArray<T> {
+  /** The store recorded a {@link Due}: returns the stream's deliveries that may now be acknowledged. */
+  committed({ parked, revision, stream }: Due): ReadonlyArray<T> {
     const state = this.streams.get(stream)
     if (state === undefined) return []
+    if (parked.length > 0) state.unrecordedParked = state.unrecordedParked.filter((r) => !parked.includes(r))
     if (revision > state.durable) this.advanceDurable(state, revision)
     return this.settleable(state)
   }
@@ -291,7 +307,7 @@ export class StreamProgress<T> {
     if (this.streams.size < this.capacity) return
     for (const [stream, state] of this.streams) {
       if (
-        state.inFlight === 0 && state.held.size === 0 && state.waiting.length === 0 &&
+        state.inFlight === 0 && state.held.size === 0 && state.waiting.length === 0 && state.unrecordedParked.length === 0 &&
         state.completed === state.durable && state.dispatched === state.durable
       ) this.streams.delete(stream)
       if (this.streams.size < this.capacity / 2) return
