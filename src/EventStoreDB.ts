@@ -424,8 +424,10 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
   }
 
   // An existing group is used as it is; another strategy than Pinned only costs holds (the engine restores order).
+  const warned = new Set<string>()
   const warnStrategy = (stream: string, group: string) =>
-    Effect.tryPromise(() => client.getPersistentSubscriptionToStreamInfo(stream, group)).pipe(
+    warned.has(`${group}::${stream}`) ? Effect.void : Effect.tryPromise(() => client.getPersistentSubscriptionToStreamInfo(stream, group)).pipe(
+      Effect.tap(() => Effect.sync(() => warned.add(`${group}::${stream}`))),
       Effect.flatMap((info) =>
         info.settings.consumerStrategyName === PINNED
           ? Effect.void

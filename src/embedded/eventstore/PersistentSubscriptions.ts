@@ -48,15 +48,21 @@ export class MaxSubscribersReached extends Error {
 }
 
 /**
- * Test knob: faults a group injects, decided by a seeded generator. A real
- * server redelivers a message whose acknowledgement came too late (its timeout
- * fired) or got lost, after later messages of its stream went out — possibly to
- * another consumer. `redeliverRate` does that on purpose: an acknowledged
- * message is, with this probability, delivered once more (retry count + 1)
- * after `1…overtakeBy` further messages were sent, so it arrives overtaken.
+ * Test knob: faults a group injects, decided by a seeded generator, as a real
+ * server produces them when a consumer is slow, dies or loses an answer: a
+ * message whose first delivery went unanswered is redelivered (retry count + 1)
+ * after later messages of its stream went out to other consumers, and a message
+ * whose acknowledgement came too late is delivered once more.
+ *
+ * - `overtakeRate`: a message about to be sent the first time is, with this
+ *   probability, sent only after `1…overtakeBy` further messages (as if it had
+ *   gone to a consumer that never answered, and timed out).
+ * - `redeliverRate`: an acknowledged message is, with this probability,
+ *   delivered again after `1…overtakeBy` further messages.
  */
 export interface GroupFaults {
   readonly seed?: number | undefined
+  readonly overtakeRate?: number | undefined
   readonly redeliverRate?: number | undefined
   /** Default 16. */
   readonly overtakeBy?: number | undefined
@@ -301,12 +307,18 @@ export class Group {
   }
 
   private maybeRedeliver(message: Message): void {
+    this.maybeOvertake(message, this.faults?.redeliverRate)
+  }
+
+  /** Sets a message aside to be sent after later ones (see {@link GroupFaults}); whether it did. */
+  private maybeOvertake(message: Message, rate: number | undefined): boolean {
     const faults = this.faults
-    if (faults?.redeliverRate === undefined || faults.redeliverRate <= 0) return
+    if (faults === undefined || rate === undefined || rate <= 0) return false
     this.random ??= seeded(faults.seed ?? 1)
-    if (this.random() >= faults.redeliverRate) return
+    if (this.random() >= rate) return false
     const after = this.totalItems + 1 + Math.floor(this.random() * (faults.overtakeBy ?? 16))
     this.overtaken.push({ message: { ...message, retryCount: message.retryCount + 1 }, after })
+    return true
   }
 
   /** Overtaken copies whose turn came (or all of them, when nothing else is left to send) join the retries. */
@@ -511,6 +523,7 @@ export class Group {
         continue
       }
       queue.splice(i, 1)
+      if (message.retryCount === 0 && this.maybeOvertake(message, this.faults?.overtakeRate)) continue
       this.send(sub, message)
       sent = true
     }
