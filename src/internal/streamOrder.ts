@@ -33,10 +33,18 @@ import type { Tracked } from "./tracked.js"
 /** Most events read from a stream at once to fill a gap. */
 const FILL_COUNT = 256n
 
+/** A record of a system stream (`$…`): a link handed over as itself because its event is gone. */
+const isSystem = (delivery: Delivery) => delivery.streamId.startsWith("$")
+
 export class StreamOrder {
   readonly progress = new StreamProgress<Tracked>()
   /** Deliveries read from their stream by the engine: nothing to settle with the group. */
   private readonly fetched = new WeakSet<Tracked>()
+  /**
+   * Deliveries outside any stream's order: a link whose event is gone comes as
+   * the link itself (a system stream's record, skipped by decision).
+   */
+  private readonly unordered = new WeakSet<Tracked>()
   private readonly held: Metric.Metric.Gauge<number>
   private readonly gaps: Metric.Metric.Counter<number>
   private readonly reads: Metric.Metric.Counter<number>
@@ -73,7 +81,9 @@ export class StreamOrder {
     return Effect.gen(this, function*() {
       const p = this.progress
       const unknown = new Set<string>()
-      for (const delivery of deliveries) if (!p.knows(delivery.streamId)) unknown.add(delivery.streamId)
+      for (const delivery of deliveries) {
+        if (!p.knows(delivery.streamId) && !isSystem(delivery)) unknown.add(delivery.streamId)
+      }
       yield* this.refresh([...unknown])
       const done: Array<Tracked> = []
       const duplicates: Array<Tracked> = []
@@ -83,6 +93,12 @@ export class StreamOrder {
       for (const delivery of deliveries) {
         const tracked = this.settlement.track(delivery)
         if (fetched) this.fetched.add(tracked)
+        if (isSystem(delivery)) {
+          this.unordered.add(tracked)
+          const finished = this.dispatch(tracked)
+          if (finished !== undefined) done.push(finished)
+          continue
+        }
         if (!p.knows(delivery.streamId)) p.learn(delivery.streamId, undefined)
         const outcome = p.offer(delivery.streamId, delivery.revision, tracked, now)
         if (outcome === "duplicate") duplicates.push(tracked)
@@ -116,12 +132,17 @@ export class StreamOrder {
         }
       }
       const streams = new Set<string>()
+      const unordered: Array<Tracked> = []
       for (const tracked of finished) {
+        if (this.unordered.has(tracked)) {
+          unordered.push(tracked)
+          continue
+        }
         this.progress.complete(tracked.delivery.streamId, tracked.delivery.revision, tracked, tracked.poison !== undefined)
         streams.add(tracked.delivery.streamId)
       }
-      // Copies of deliveries the progress already covered go at once.
-      yield* this.acknowledge([...streams].flatMap((stream) => this.progress.settleableOf(stream)))
+      // Copies of deliveries the progress already covered go at once, and what no stream orders.
+      yield* this.acknowledge([...unordered, ...[...streams].flatMap((stream) => this.progress.settleableOf(stream))])
       yield* this.commit
     })
   }
