@@ -6,7 +6,9 @@
  * `_reconciler`: `{ version, position, streams: [{ s, r }], deleted, token }`.
  * Positions and revisions are stored as BSON `Long` (read back as `bigint`);
  * stream ids are values, not field names, so any stream id is safe. A tombstone
- * keeps only `_id` and `_reconciler`.
+ * keeps only `_id` and `_reconciler`. Persistent mode keeps one record per
+ * projection and source stream in `reconciler_stream_progress` (`$max` on the
+ * revision, so it only moves forward) and skipped gaps in `reconciler_gaps`.
  *
  * Guarantees:
  * - `load` is one `find({ _id: { $in } })`.

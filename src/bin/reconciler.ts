@@ -100,12 +100,12 @@ const status = Command.make(
       const show = (o: Option.Option<bigint>) => Option.match(o, { onNone: () => "-", onSome: String })
       yield* Console.log(App.describeEndpoints(endpoints))
       yield* Console.log(Cli.table(
-        ["projection", "checkpoint", "head", "lag", "dead letters"],
-        statuses.map((s) => [s.projection, show(s.checkpoint), show(s.head), String(s.lag), String(s.deadLetters)])
+        ["projection", "checkpoint", "head", "lag", "dead letters", "gaps skipped"],
+        statuses.map((s) => [s.projection, show(s.checkpoint), show(s.head), String(s.lag), String(s.deadLetters), String(s.gaps)])
       ))
     }).pipe(Effect.provide(appLayer(args.embedded)))
 ).pipe(Command.withDescription(
-  "Per projection: committed checkpoint, head position of its categories, lag (in positions) and dead-letter count."
+  "Per projection: committed checkpoint, head position of its categories, lag (in positions), dead-letter count and (persistent mode) gaps skipped."
 ))
 
 // ---- dead letters -----------------------------------------------------------------

@@ -40,10 +40,16 @@ const projectionBatch = (
   const { durably, options, store } = ctx
   const codec = documentCodec(projection)
   const cache = new Map<string, Current | undefined>()
+  /** Persistent mode: when each cached document was loaded (see {@link StreamOrder.loaded}). */
+  const loadedAt = new Map<string, number>()
   const remember = (id: string, current: Current | undefined) => {
     cache.delete(id)
     cache.set(id, current)
-    if (cache.size > options.cacheSize) cache.delete(cache.keys().next().value!)
+    if (cache.size > options.cacheSize) {
+      const oldest = cache.keys().next().value!
+      cache.delete(oldest)
+      loadedAt.delete(oldest)
+    }
   }
   const checkpoint = () =>
     options.transactional && options.mode === "catch-up" && watermark.current !== undefined
@@ -90,10 +96,14 @@ const projectionBatch = (
             if (Either.isRight(decoded)) remember(docId, decoded.right)
             else unreadable.set(docId, decoded.left)
           }
-          // Persistent mode: re-read the streams' progress after the load, so that a
-          // marker another consumer pruned from these documents is known from it.
-          if (order !== undefined) yield* order.refresh([...new Set(todo.map((part) => part.event.streamId))])
+          if (order !== undefined) {
+            const epoch = order.loaded()
+            for (const docId of missing) loadedAt.set(docId, epoch)
+          }
         }
+        // Persistent mode: a document is folded onto only with its streams' progress read
+        // after it was loaded, so that a marker another consumer pruned is known from it.
+        if (order !== undefined) yield* order.refreshSince(todo, (key) => loadedAt.get(key) ?? 0)
         const foldable: Array<Part> = []
         for (const part of todo) {
           const reason = unreadable.get(part.key)

@@ -66,11 +66,40 @@ export class StreamOrder {
   /** The recorded progress of a stream as known here, for the fold. */
   readonly durable = (stream: string): bigint | undefined => this.progress.durable(stream)
 
-  /** Re-reads streams' progress from the store (after loading documents, and for held streams). */
+  /** Counts document loads: a stream's progress read at or after a load is known to whoever folds onto that document. */
+  private epoch = 0
+  /** Per stream, the load count when its progress was last read. */
+  private readonly learnedAt = new Map<string, number>()
+
+  /** Documents were loaded: returns the load's mark, to compare with {@link refreshSince}. */
+  loaded(): number {
+    return ++this.epoch
+  }
+
+  /**
+   * Re-reads the progress of the parts' streams not read since their documents
+   * were loaded: a document keeps a marker only for streams whose progress had
+   * not reached it, so the progress must be at least as recent as the document.
+   */
+  refreshSince(
+    parts: ReadonlyArray<{ readonly event: { readonly streamId: string }; readonly key: string }>,
+    loadedAt: (key: string) => number
+  ): Effect.Effect<void, ReconcilerError> {
+    const stale = new Set<string>()
+    for (const part of parts) {
+      if ((this.learnedAt.get(part.event.streamId) ?? -1) < loadedAt(part.key)) stale.add(part.event.streamId)
+    }
+    return this.refresh([...stale])
+  }
+
+  /** Re-reads streams' progress from the store (before folding, and for held streams). */
   readonly refresh = (streams: ReadonlyArray<string>): Effect.Effect<void, ReconcilerError> =>
     streams.length === 0 ? Effect.void : Effect.gen(this, function*() {
+      const at = this.epoch
       const stored = yield* this.ctx.durably(this.ctx.store.loadProgress(this.ctx.id, streams), "loading stream progress")
+      if (this.learnedAt.size > 100_000) this.learnedAt.clear()
       for (const stream of streams) {
+        if ((this.learnedAt.get(stream) ?? -1) < at) this.learnedAt.set(stream, at)
         const record = stored.get(stream)
         yield* this.apply(this.progress.learn(stream, record?.revision, record?.parked))
       }
