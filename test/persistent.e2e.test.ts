@@ -107,11 +107,18 @@ describe("persistent mode, three instances over a RoundRobin group", () => {
       }
       const parts = [...expected.values()].reduce((sum, doc) => sum + doc.applied.length, 0)
       const readModel = Effect.promise(() => db.collection("ledger").find({}).toArray())
+      const started = Date.now()
+      let polls = 0
       yield* until(
         "the read model to hold every event",
-        Effect.map(readModel, (docs) => docs.reduce((sum, d) => sum + (d.applied as Array<string>).length, 0) >= parts),
-        { attempts: 1200, interval: "100 millis" }
+        Effect.map(readModel, (docs) => {
+          const applied = docs.reduce((sum, d) => sum + (d.applied as Array<string>).length, 0)
+          if (++polls % 50 === 0) console.log(`[e2e] ${applied} of ${parts} document parts after ${Date.now() - started} ms`)
+          return applied >= parts
+        }),
+        { attempts: 1800, interval: "100 millis" }
       )
+      console.log(`[e2e] converged ${Date.now() - started} ms after the last append`)
       for (const instance of instances) yield* instance.kill("SIGTERM")
       for (const instance of instances) expect(yield* instance.exit()).toEqual({ code: 0, signal: null })
 
@@ -130,5 +137,5 @@ describe("persistent mode, three instances over a RoundRobin group", () => {
         }
       }
       console.log(`[e2e] ${appended.length} events, ${parts} document parts: converged after ${outages.length} outages`)
-    }), { timeout: 240_000 })
+    }), { timeout: 480_000 })
 })

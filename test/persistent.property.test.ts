@@ -64,6 +64,7 @@ const paramsArbitrary = fc.record({
   messageTimeoutMs: fc.constantFrom(300, 800, 2_000, 30_000),
   overtakeRate: fc.constantFrom(0, 0.1, 0.3),
   redeliverRate: fc.constantFrom(0, 0.05, 0.2),
+  duplicateRate: fc.constantFrom(0, 0.1, 0.3),
   fillAfterMs: fc.constantFrom(150, 400, 1_000),
   stops: fc.array(stopArbitrary, { maxLength: 3 }),
   replays: fc.integer({ min: 0, max: 2 }),
@@ -109,7 +110,7 @@ describe("persistent mode over a RoundRobin group (real client, embedded server)
 const scenario = (history: ReadonlyArray<Step>, params: Params) =>
   Effect.gen(function*() {
     const server = yield* Effect.acquireRelease(Effect.promise(() => startServer({})), (s) => Effect.promise(() => s.close()))
-    server.groups.faults = { seed: params.seed, overtakeRate: params.overtakeRate, redeliverRate: params.redeliverRate }
+    server.groups.faults = { seed: params.seed, overtakeRate: params.overtakeRate, redeliverRate: params.redeliverRate, duplicateRate: params.duplicateRate }
     const connectionString = `esdb://${server.host}:${server.port}?tls=false`
     const client = yield* Effect.acquireRelease(
       Effect.sync(() => EventStoreDBClient.connectionString(connectionString)),

@@ -59,11 +59,15 @@ export class MaxSubscribersReached extends Error {
  *   gone to a consumer that never answered, and timed out).
  * - `redeliverRate`: an acknowledged message is, with this probability,
  *   delivered again after `1…overtakeBy` further messages.
+ * - `duplicateRate`: a message just sent is, with this probability, sent again
+ *   after `1…overtakeBy` further messages, whatever becomes of the first copy
+ *   (as when its timeout fires while the first consumer still works on it).
  */
 export interface GroupFaults {
   readonly seed?: number | undefined
   readonly overtakeRate?: number | undefined
   readonly redeliverRate?: number | undefined
+  readonly duplicateRate?: number | undefined
   /** Default 16. */
   readonly overtakeBy?: number | undefined
 }
@@ -329,6 +333,8 @@ export class Group {
       const o = this.overtaken[i]!
       if (idle || o.after <= this.totalItems) {
         this.overtaken.splice(i, 1)
+        // A copy of a message still out: its timeout fired (the first consumer's answer no longer counts).
+        this.take(o.message.id)
         this.retry.push(o.message)
       } else i++
     }
@@ -525,6 +531,7 @@ export class Group {
       queue.splice(i, 1)
       if (message.retryCount === 0 && this.maybeOvertake(message, this.faults?.overtakeRate)) continue
       this.send(sub, message)
+      this.maybeOvertake(message, this.faults?.duplicateRate)
       sent = true
     }
     return sent
