@@ -21,8 +21,9 @@
  */
 import * as path from "node:path"
 import { Config, ConfigError, Context, Data, Duration, Effect, Fiber, Layer, Option, Redacted, Schedule } from "effect"
-import * as EventStoreServer from "./embedded/EventStoreServer.js"
-import * as MongoServer from "./embedded/MongoServer.js"
+import type * as EventStoreServer from "./embedded/EventStoreServer.js"
+import type * as MongoServer from "./embedded/MongoServer.js"
+import * as EmbeddedProcess from "./internal/embeddedProcess.js"
 import { EventSource as EventSourceTag } from "./EventSource.js"
 import type { EventSource, EventSourceError } from "./EventSource.js"
 import * as EventStoreDB from "./EventStoreDB.js"
@@ -63,14 +64,19 @@ export const endpointsConfig = Config.all({
   dataDir: Config.option(Config.string("RECONCILER_DATA_DIR"))
 })
 
-/** An embedded server could not start. @since 0.1.0 */
-export type EmbeddedServerError = EventStoreServer.EventStoreServerError | MongoServer.MongoServerError
+/** An embedded server could not start (or its child process could not). @since 0.1.0 */
+export type EmbeddedServerError =
+  | EventStoreServer.EventStoreServerError
+  | MongoServer.MongoServerError
+  | EmbeddedProcess.EmbeddedProcessError
 
 /**
  * The endpoints from {@link endpointsConfig}. A connection string that is set is
  * always used; one that is missing is replaced by an embedded server started in
  * this layer's scope when embedded servers are allowed (`RECONCILER_EMBEDDED`,
- * or `embedded: true` here), and is a configuration error otherwise.
+ * or `embedded: true` here), and is a configuration error otherwise. The
+ * embedded servers run in a child process (off the engine's thread) that stops
+ * with this layer's scope, or with this process.
  *
  * @since 0.1.0
  */
@@ -85,22 +91,26 @@ export const endpointsLayer = (
       const dataDir = (name: string) => Option.getOrUndefined(Option.map(config.dataDir, (dir) => path.join(dir, name)))
       const missing = (name: string) =>
         ConfigError.MissingData([name], `Expected ${name} to be set (or RECONCILER_EMBEDDED=true to run the embedded servers)`)
+      const wanted = {
+        eventStore: Option.isNone(config.eventStore) && embedded,
+        mongo: Option.isNone(config.mongo) && embedded
+      }
+      // The embedded servers run in a child process, off the engine's thread.
+      const servers = wanted.eventStore || wanted.mongo
+        ? yield* EmbeddedProcess.make({
+          eventStore: wanted.eventStore ? { dataDir: dataDir("eventstore") } : undefined,
+          mongo: wanted.mongo ? { dataDir: dataDir("mongo") } : undefined
+        })
+        : undefined
       const eventStore = Option.isSome(config.eventStore)
         ? { connectionString: config.eventStore.value, embedded: false }
-        : embedded
-        ? {
-          connectionString: Redacted.make((yield* EventStoreServer.make({ dataDir: dataDir("eventstore") })).connectionString),
-          embedded: true
-        }
+        : servers?.eventStore !== undefined
+        ? { connectionString: Redacted.make(servers.eventStore), embedded: true }
         : yield* Effect.fail(missing("EVENTSTORE_CONNECTION_STRING"))
       const mongo = Option.isSome(config.mongo)
         ? { uri: config.mongo.value, database: config.database, embedded: false }
-        : embedded
-        ? {
-          uri: Redacted.make((yield* MongoServer.make({ dataDir: dataDir("mongo") })).uri),
-          database: config.database,
-          embedded: true
-        }
+        : servers?.mongo !== undefined
+        ? { uri: Redacted.make(servers.mongo), database: config.database, embedded: true }
         : yield* Effect.fail(missing("MONGODB_URI"))
       return { eventStore, mongo }
     })

@@ -4,10 +4,13 @@
  * the watermark only passes settled deliveries), watches for "running but not
  * moving", and reports progress.
  */
-import { Clock, Effect, Metric } from "effect"
+import { Clock, Duration, Effect, Metric } from "effect"
 import type { ReconcilerError } from "../Errors.js"
 import type { Context } from "./context.js"
 import type { Settlement } from "./settlement.js"
+
+/** The least time between two commits triggered by the pipeline going idle. */
+const IDLE_COMMIT_SPACING = Duration.millis(100)
 
 export class Committer {
   /** The checkpoint as last committed (or read at start). */
@@ -81,8 +84,26 @@ export class Committer {
     )
   })
 
-  /** Ticks every `commitInterval` until interrupted. */
-  readonly loop: Effect.Effect<never, ReconcilerError> = Effect.suspend(() =>
-    this.tick.pipe(Effect.zipRight(Effect.sleep(this.ctx.options.commitInterval)), Effect.forever)
-  )
+  /** Resumes when the pipeline has nothing in flight any more. */
+  private readonly idle: Effect.Effect<void> = Effect.async<void>((resume) => {
+    this.settlement.onIdle = () => {
+      this.settlement.onIdle = undefined
+      resume(Effect.void)
+    }
+    return Effect.sync(() => {
+      this.settlement.onIdle = undefined
+    })
+  })
+
+  /**
+   * Ticks every `commitInterval` until interrupted, and also soon after the
+   * pipeline goes idle (caught up: the checkpoint follows at once rather than a
+   * tick later), at most every {@link IDLE_COMMIT_SPACING}.
+   */
+  readonly loop: Effect.Effect<never, ReconcilerError> = Effect.suspend(() => {
+    const interval = this.ctx.options.commitInterval
+    const spacing = Duration.min(interval, IDLE_COMMIT_SPACING)
+    const wait = Effect.raceFirst(Effect.sleep(interval), Effect.zipRight(this.idle, Effect.sleep(spacing)))
+    return this.tick.pipe(Effect.zipRight(wait), Effect.forever)
+  })
 }

@@ -50,6 +50,7 @@ export const runGroup = (
         running.push({ pipeline, lanes, committer })
       }
       yield* Effect.addFinalizer(() => drain(running, options))
+      if (options.mode === "catch-up") yield* Effect.forkScoped(Intake.watchHead(source, runnables[0]!.categories, activity, "250 millis"))
 
       // The source runs until it ends (finite sources) or fails; a failing lane or
       // committer stops it.

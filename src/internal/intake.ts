@@ -10,12 +10,32 @@
  * A dropped subscription resumes after the last delivery taken in (catch-up) or
  * from the group (persistent); what is in flight stays tracked.
  */
+import type { Duration } from "effect"
 import { Effect, ExecutionStrategy, Exit, Metric, Option, Scope, Stream } from "effect"
 import type { ReconcilerError } from "../Errors.js"
 import type { EventSource, EventSourceError, Subscription } from "../EventSource.js"
 import type { Resolved } from "./options.js"
 import type { Activity, Pipeline } from "./pipeline.js"
 import type { Tracked } from "./tracked.js"
+
+/**
+ * Reads the source's head now and then (catch-up), so that lanes know whether
+ * there is a backlog. A failed read keeps the last head: it is only a hint.
+ */
+export const watchHead = (
+  source: EventSource["Type"],
+  categories: ReadonlyArray<string>,
+  activity: Activity,
+  every: Duration.DurationInput
+): Effect.Effect<never> => {
+  const read = source.head(categories).pipe(
+    Effect.tap((head) => Effect.sync(() => {
+      if (Option.isSome(head)) activity.head = head.value
+    })),
+    Effect.ignore
+  )
+  return read.pipe(Effect.zipRight(Effect.sleep(every)), Effect.forever)
+}
 
 export const run = (
   source: EventSource["Type"],
@@ -58,6 +78,7 @@ export const run = (
         )
       )
       if (chunk === undefined) return
+      const behind = activity.backlog
       activity.received += chunk.length
       if (options.mode === "persistent") {
         // Each stream's order is restored before routing (one pipeline per group).
@@ -65,12 +86,15 @@ export const run = (
         continue
       }
       for (const delivery of chunk) {
+        activity.position = delivery.position
         lastDispatched = delivery.position
         for (let i = 0; i < pipelines.length; i++) {
           const tracked = pipelines[i]!.route(delivery)
           if (tracked !== undefined) done[i]!.push(tracked)
         }
       }
+      // Reached the head: nothing more is coming at once, the lanes write what they hold.
+      if (behind && !activity.backlog) for (const p of pipelines) p.flushLanes()
       for (let i = 0; i < pipelines.length; i++) {
         const finished = done[i]!
         done[i] = []

@@ -3,11 +3,13 @@
  * delivery to the lanes of its documents, the lanes' batch loops, settlement and
  * the committer. A pipeline owns its state; the intake only hands it deliveries.
  *
- * Batching: a lane takes a full batch when one is queued. With less queued it
- * waits while the intake keeps taking deliveries in (a backlog streaming in),
- * and takes what it has as soon as one turn of the event loop passes with
- * nothing new (caught up, or the intake held back): batches fill under a
- * backlog and flush at once when there is none.
+ * Batching: a lane takes a full batch when one is queued. While the intake is
+ * behind the source's head (a backlog, catch-up mode) a lane waits for its
+ * batch to fill; the intake flushes the lanes when it reaches the head or when
+ * it is held back by the in-flight bound, and a lane never waits more than
+ * 250 ms. Caught up (or in persistent mode, with no head to compare with) a
+ * lane takes what it has after one turn of the event loop. Batches fill under
+ * a backlog and flush at once when there is none.
  */
 import { Effect, Metric } from "effect"
 import type { ReconcilerError } from "../Errors.js"
@@ -24,14 +26,26 @@ import { StreamOrder } from "./streamOrder.js"
 import type { Part, Tracked } from "./tracked.js"
 import { partDone, samePart } from "./tracked.js"
 
-/** How far the intake got: lanes wait for a batch to fill only while this moves. */
+/**
+ * How far the intake got, and whether it is behind the source's head: lanes
+ * fill their batches only while there is a backlog.
+ */
 export class Activity {
   /** Deliveries taken in so far. */
   received = 0
+  /** The position of the newest delivery taken in. */
+  position: bigint | undefined
+  /** The source's head as last read (catch-up), if known. */
+  head: bigint | undefined
+
+  /** Behind the head as last read: more is ready at the source than the intake took in. */
+  get backlog(): boolean {
+    return this.head !== undefined && (this.position === undefined || this.position < this.head)
+  }
 }
 
-/** The longest a lane waits for its batch to fill while deliveries keep coming, in ms. */
-const LINGER_MS = 25
+/** The longest a lane waits for its batch to fill under a backlog, in ms (a safety net: see nextBatch). */
+const LINGER_MS = 250
 
 export class Pipeline {
   readonly settlement: Settlement
@@ -56,6 +70,7 @@ export class Pipeline {
     this.settlement.order = this.order
     this.committer = new Committer(ctx, this.settlement, start)
     this.lanes = Array.from({ length: ctx.options.lanes }, () => new Lane<Part>())
+    this.settlement.gate.onBlocked = () => this.flushLanes()
     this.decode = decoder(ctx.runnable.events)
     const runnable = ctx.runnable
     this.partition = runnable._tag === "Projection" && runnable.partition !== undefined ? runnable.partition : (_, key) => key
@@ -118,16 +133,23 @@ export class Pipeline {
   private nextBatch(lane: Lane<Part>): Effect.Effect<Array<Part> | undefined> {
     const { batchSize } = this.ctx.options
     const activity = this.activity
+    const gate = this.settlement.gate
     return Effect.gen(function*() {
       yield* lane.ready
-      const started = performance.now()
-      while (lane.size < batchSize && !lane.isEnded && performance.now() - started < LINGER_MS) {
-        const seen = activity.received
-        yield* nextTurn
-        if (activity.received === seen) break
+      if (lane.size < batchSize && !lane.isEnded && gate.inFlight < gate.bound) {
+        // Behind the head: the batch fills as the intake brings more (the intake
+        // flushes the lanes when it reaches the head or is held back).
+        if (activity.backlog) yield* lane.fill(batchSize, LINGER_MS)
+        // Caught up: what arrives in the same burst of I/O comes along.
+        else yield* nextTurn
       }
       return lane.takeNow(batchSize, samePart)
     })
+  }
+
+  /** Every lane takes what it holds now. */
+  flushLanes(): void {
+    for (const lane of this.lanes) lane.flush()
   }
 
   /** A lane's loop: batches until the lane ends and is empty. */

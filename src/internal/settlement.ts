@@ -31,6 +31,8 @@ export class Settlement {
   received: bigint | undefined
   /** Persistent mode: per-stream order and progress; it settles what completes. */
   order: StreamOrder | undefined
+  /** Called when nothing is in flight any more (the committer commits then, not a tick later). */
+  onIdle: (() => void) | undefined
 
   constructor(private readonly ctx: Context, start: bigint | undefined) {
     this.watermark = new Watermark(start)
@@ -110,6 +112,7 @@ export class Settlement {
         else self.unsettled.delete(tracked)
       }
       self.gate.leave(finished.length)
+      if (self.gate.inFlight === 0) self.onIdle?.()
       self.settled += finished.length
       self.lastSettledAt = yield* Clock.currentTimeMillis
     })

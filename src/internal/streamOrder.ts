@@ -327,6 +327,7 @@ export class StreamOrder {
   private release(items: ReadonlyArray<Tracked>): void {
     for (const tracked of items) this.settlement.unsettled.delete(tracked)
     this.settlement.gate.leave(items.length)
+    if (this.settlement.gate.inFlight === 0) this.settlement.onIdle?.()
     this.settlement.settled += items.length
   }
 }
