@@ -33,6 +33,10 @@ import type { Tracked } from "./tracked.js"
 /** Most events read from a stream at once to fill a gap. */
 const FILL_COUNT = 256n
 
+const replayReason = (delivery: Delivery) =>
+  `replayed after the progress of ${delivery.streamId} passed it: applying it now could break ` +
+  "the stream's order (rebuild the projection to include it)"
+
 /** A record of a system stream (`$…`): a link handed over as itself because its event is gone. */
 const isSystem = (delivery: Delivery) => delivery.streamId.startsWith("$")
 
@@ -118,6 +122,7 @@ export class StreamOrder {
       const duplicates: Array<Tracked> = []
       const held = new Set<string>()
       const replayed: Array<Tracked> = []
+      const candidates: Array<Tracked> = []
       const now = yield* Clock.currentTimeMillis
       for (const delivery of deliveries) {
         const tracked = this.settlement.track(delivery)
@@ -130,7 +135,7 @@ export class StreamOrder {
         }
         if (!p.knows(delivery.streamId)) p.learn(delivery.streamId, undefined)
         const outcome = p.offer(delivery.streamId, delivery.revision, tracked, now)
-        if (outcome === "duplicate") duplicates.push(tracked)
+        if (outcome === "duplicate") candidates.push(tracked)
         else if (outcome === "replayed") replayed.push(tracked)
         else if (outcome === "held") held.add(delivery.streamId)
         else {
@@ -139,7 +144,10 @@ export class StreamOrder {
           this.collect(p.released(delivery.streamId), done, duplicates)
         }
       }
-      yield* this.acknowledgeDuplicates(duplicates)
+      // Before a duplicate is acknowledged, its stream's progress is read again: it may be a
+      // replay of an event another consumer parked (acknowledging it would drop it).
+      yield* this.refresh([...new Set(candidates.map((t) => t.delivery.streamId))])
+      yield* this.acknowledgeDuplicates([...duplicates, ...candidates])
       yield* this.parkReplayed(replayed)
       yield* this.settlement.settle(done)
       // Another consumer may have applied the missing events: look before waiting.
@@ -152,6 +160,12 @@ export class StreamOrder {
   settle(finished: ReadonlyArray<Tracked>): Effect.Effect<void, ReconcilerError> {
     return Effect.gen(this, function*() {
       for (const tracked of finished) {
+        // A copy of a parked event the fold found covered by the progress: it was never applied, so
+        // it is parked again rather than acknowledged (which, for a replay, would drop it).
+        if (
+          tracked.poison === undefined && !this.fetched.has(tracked) && !this.unordered.has(tracked) &&
+          this.progress.isParked(tracked.delivery.streamId, tracked.delivery.revision)
+        ) tracked.poison = replayReason(tracked.delivery)
         if (tracked.poison === undefined) continue
         if (this.fetched.has(tracked)) yield* this.settlement.deadLetter(tracked.delivery, tracked.poison)
         else {
@@ -270,11 +284,7 @@ export class StreamOrder {
     return Effect.forEach(
       items,
       (tracked) =>
-        tracked.delivery.settle(nack(
-          "park",
-          `replayed after the progress of ${tracked.delivery.streamId} passed it: applying it now could break ` +
-            "the stream's order (rebuild the projection to include it)"
-        )).pipe(Effect.catchAll((error) => Effect.logWarning("parking a delivery failed", error.message))),
+        tracked.delivery.settle(nack("park", replayReason(tracked.delivery))).pipe(Effect.catchAll((error) => Effect.logWarning("parking a delivery failed", error.message))),
       { discard: true }
     ).pipe(
       Effect.zipRight(Metric.incrementBy(this.ctx.metrics.deadLettered, items.length)),
@@ -299,10 +309,20 @@ export class StreamOrder {
     return this.acknowledgeDuplicates(duplicates).pipe(Effect.zipRight(this.settlement.settle(done)))
   }
 
+  /** Acknowledges duplicates; those of parked events (replays, or copies of them) are parked again instead. */
   private acknowledgeDuplicates(items: ReadonlyArray<Tracked>): Effect.Effect<void> {
     if (items.length === 0) return Effect.void
-    this.ctx.totals.duplicates += items.length
-    return Metric.incrementBy(this.ctx.metrics.duplicates, items.length).pipe(Effect.zipRight(this.acknowledge(items)))
+    const parked: Array<Tracked> = []
+    const applied: Array<Tracked> = []
+    for (const tracked of items) {
+      if (this.progress.isParked(tracked.delivery.streamId, tracked.delivery.revision)) parked.push(tracked)
+      else applied.push(tracked)
+    }
+    this.ctx.totals.duplicates += applied.length
+    return this.parkReplayed(parked).pipe(
+      Effect.zipRight(applied.length === 0 ? Effect.void : Metric.incrementBy(this.ctx.metrics.duplicates, applied.length)),
+      Effect.zipRight(this.acknowledge(applied))
+    )
   }
 
   /** Settles for good: acknowledges (a no-op for what was parked) and frees the slots. */

@@ -125,6 +125,11 @@ export class StreamProgress<T> {
     return this.release(state)
   }
 
+  /** Whether a revision of a known stream was parked as poison (as far as learned). */
+  isParked(stream: string, revision: bigint): boolean {
+    return this.streams.get(stream)?.parked.has(revision) === true
+  }
+
   /** Offers a delivery of a known stream. `dispatch` also covers a copy of one in flight here (the fold skips it). */
   offer(stream: string, revision: bigint, item: T, now: number): Offer {
     const state = this.state(stream)
