@@ -89,7 +89,7 @@ const keysOf = (step: Step): ReadonlyArray<string> => {
   }
 }
 
-const numRuns = Number(process.env.PERSISTENT_PROPERTY_RUNS ?? 8)
+const numRuns = Number(process.env.PERSISTENT_PROPERTY_RUNS ?? 16)
 
 describe("persistent mode over a RoundRobin group (real client, embedded server)", () => {
   const seed = propertySeed("persistent RoundRobin")
