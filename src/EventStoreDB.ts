@@ -5,7 +5,9 @@
  *   engine's checkpoint (the link's revision); several categories: `$all`
  *   filtered by a stream-name regex, positioned by commit position.
  * - **persistent**: one consumer group per `$ce-<category>` stream (created if
- *   missing, Pinned by default), settled with ack / nack.
+ *   missing, Pinned by default; an existing group with another strategy is
+ *   used as it is, with a warning), settled with ack / nack. `readStream` reads
+ *   a stream's events for the engine when the group has not handed them over.
  *
  * Deliveries are pulled from the client's subscription (a bounded object-mode
  * readable) only as the engine asks for them, so the engine's backpressure
