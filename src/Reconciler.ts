@@ -3,10 +3,15 @@
  * keeps its read model reconciled.
  *
  * ```
- * source ─▶ decode ─▶ route by key ─▶ lane 0..N-1 ─▶ batch ─▶ fold ─▶ guarded write
- *                                                                          │
- *               settle / checkpoint ◀── watermark (contiguous completions) ◀┘
+ * intake ─▶ decode ─▶ fan out ─▶ route by partition ─▶ lane 0..N-1 ─▶ batch ─▶ fold ─▶ guarded write
+ *                                                                                         │
+ *                   settlement / committer (checkpoint) ◀── watermark (contiguous completions) ◀┘
  * ```
+ *
+ * The pieces live in `src/internal/`: `intake` (the subscription, shared by
+ * projections over the same categories), `pipeline` (routing and the lanes'
+ * batch loops), `batches` (fold and guarded write), `settlement`, `committer`
+ * (the only writer of the checkpoint), `drain`, assembled by `engine`.
  *
  * Guarantees: nothing is dropped silently (unknown types are skipped and counted,
  * poison events are dead-lettered or parked with their reason and raw bytes); a

@@ -7,9 +7,10 @@
  * behind the source's head (a backlog, catch-up mode) a lane waits for its
  * batch to fill; the intake flushes the lanes when it reaches the head or when
  * it is held back by the in-flight bound, and a lane never waits more than
- * 250 ms. Caught up (or in persistent mode, with no head to compare with) a
- * lane takes what it has after one turn of the event loop. Batches fill under
- * a backlog and flush at once when there is none.
+ * 1 s (a safety net; under a backlog latency is not the concern). Caught up
+ * (or in persistent mode, with no head to compare with) a lane takes what it
+ * has after one turn of the event loop. Batches fill under a backlog and flush
+ * at once when there is none.
  */
 import { Effect, Metric } from "effect"
 import type { ReconcilerError } from "../Errors.js"
@@ -45,7 +46,7 @@ export class Activity {
 }
 
 /** The longest a lane waits for its batch to fill under a backlog, in ms (a safety net: see nextBatch). */
-const LINGER_MS = 250
+const LINGER_MS = 1000
 
 export class Pipeline {
   readonly settlement: Settlement
