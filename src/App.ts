@@ -28,11 +28,15 @@ import { EventSource as EventSourceTag } from "./EventSource.js"
 import type { EventSource, EventSourceError } from "./EventSource.js"
 import * as EventStoreDB from "./EventStoreDB.js"
 import * as MongoReadModelStore from "./MongoReadModelStore.js"
-import { checkpointId } from "./Projection.js"
-import type { Runnable } from "./Projection.js"
+import { checkpointId, decoder } from "./Projection.js"
+import type { Projection, Runnable } from "./Projection.js"
 import { ReadModelStore as ReadModelStoreTag } from "./ReadModelStore.js"
 import type { ReadModelStore, StoreError } from "./ReadModelStore.js"
+import * as ReadModels from "./ReadModels.js"
+import * as Verify from "./Verify.js"
+import * as Stream from "effect/Stream"
 import * as Reconciler from "./Reconciler.js"
+import * as ConnectionString from "./internal/connectionString.js"
 
 // ---- endpoints ----------------------------------------------------------------
 
@@ -52,13 +56,16 @@ export class Endpoints extends Context.Tag("effect-reconciler/App/Endpoints")<En
  * `EVENTSTORE_CONNECTION_STRING`, `MONGODB_URI` (both redacted, optional when
  * `RECONCILER_EMBEDDED` is true), `MONGODB_DATABASE` (default `read_models`),
  * `RECONCILER_EMBEDDED` (default false), `RECONCILER_DATA_DIR` (journal of the
- * embedded servers; in memory when absent).
+ * embedded servers; in memory when absent). A connection string that is set is
+ * parsed with its client's parser: a malformed one is `InvalidData` naming the
+ * variable (never quoting the value).
  *
  * @since 0.1.0
  */
 export const endpointsConfig = Config.all({
-  eventStore: Config.option(Config.redacted("EVENTSTORE_CONNECTION_STRING")),
-  mongo: Config.option(Config.redacted("MONGODB_URI")),
+  // Parsed (not connected) here, so that a malformed one fails before anything starts.
+  eventStore: Config.option(ConnectionString.checked("EVENTSTORE_CONNECTION_STRING", ConnectionString.eventStoreProblem)),
+  mongo: Config.option(ConnectionString.checked("MONGODB_URI", ConnectionString.mongoProblem)),
   database: Config.string("MONGODB_DATABASE").pipe(Config.withDefault("read_models")),
   embedded: Config.boolean("RECONCILER_EMBEDDED").pipe(Config.withDefault(false)),
   dataDir: Config.option(Config.string("RECONCILER_DATA_DIR"))
@@ -132,7 +139,9 @@ export const portsLayer: Layer.Layer<EventSource | ReadModelStore, EventSourceEr
 
 /**
  * Everything a projection needs to run, from configuration: the endpoints and
- * the ports over them.
+ * the ports over them. Every setting ({@link endpointsConfig}, {@link settings})
+ * is read and checked first: a bad one fails the layer before any server
+ * starts or any client connects.
  *
  * @since 0.1.0
  */
@@ -141,7 +150,10 @@ export const layer = (
 ): Layer.Layer<
   EventSource | ReadModelStore | Endpoints,
   ConfigError.ConfigError | EmbeddedServerError | EventSourceError | StoreError
-> => portsLayer.pipe(Layer.provideMerge(endpointsLayer(options)))
+> =>
+  Layer.unwrapEffect(
+    Effect.as(checkConfig, portsLayer.pipe(Layer.provideMerge(endpointsLayer(options))))
+  )
 
 // ---- engine settings ---------------------------------------------------------
 
@@ -170,6 +182,16 @@ export const settings: Config.Config<Reconciler.RunOptions> = Config.all({
   group: Config.option(Config.string("RECONCILER_GROUP")).pipe(Config.map(Option.getOrUndefined))
 })
 
+/**
+ * Reads and checks every setting of the service without starting or connecting
+ * anything: fails with the `ConfigError` naming the first bad variable.
+ *
+ * @since 0.1.0
+ */
+export const checkConfig: Effect.Effect<void, ConfigError.ConfigError> = Effect.asVoid(
+  Effect.all([endpointsConfig, settings])
+)
+
 /** A description of where the service runs, safe to log (no connection strings). @since 0.1.0 */
 export const describeEndpoints = (endpoints: Endpoints["Type"]): string =>
   `EventStoreDB ${endpoints.eventStore.embedded ? "embedded" : "from EVENTSTORE_CONNECTION_STRING"}, ` +
@@ -192,7 +214,14 @@ export const run = Effect.fn("App.run")(function*(
     `reconciling ${runnables.map((r) => r.name).join(", ")} (${options.mode}, ${options.lanes} lanes, batch ${options.batchSize})` +
       Option.match(endpoints, { onNone: () => "", onSome: (e) => `; ${describeEndpoints(e)}` })
   )
-  yield* Reconciler.runAll(runnables, options).pipe(
+  // Each version writes its own collection; a version that would write another's is refused.
+  const resolved = yield* ReadModels.resolve(runnables)
+  const sampling = yield* Verify.sampleConfig
+  const engine = Reconciler.runAll(resolved, options)
+  const projections = runnables.filter((r): r is Projection<any, any> => r._tag === "Projection")
+  yield* (sampling.size > 0 && projections.length > 0
+    ? Effect.scoped(Effect.forkScoped(Verify.sample(projections, sampling)).pipe(Effect.zipRight(engine)))
+    : engine).pipe(
     Effect.onInterrupt(() => Effect.logInfo("stopped; checkpoints committed"))
   )
 })
@@ -321,5 +350,166 @@ export const runUntilCaughtUp = Effect.fn("App.runUntilCaughtUp")(function*(
     const engine = yield* Effect.forkScoped(run(runnables, overrides))
     yield* awaitCaughtUpWhile(engine, runnables)
     yield* Fiber.interrupt(engine)
+  }))
+})
+
+// ---- read your writes -----------------------------------------------------------
+
+/**
+ * An appended event as an append reports it: the stream, the event's revision
+ * in it (`nextExpectedRevision` of the append), and its `$all` position when
+ * the client gives it (`position` of the append).
+ *
+ * @since 0.1.0
+ */
+export interface Appended {
+  readonly streamId: string
+  readonly revision: bigint
+  readonly position?: { readonly commit: bigint; readonly prepare: bigint } | undefined
+}
+
+/** How {@link awaitPosition} and {@link awaitDocument} wait. @since 0.1.0 */
+export interface AwaitOptions {
+  /** The mode the projection runs in. Default `catch-up`. */
+  readonly mode?: Reconciler.RunOptions["mode"]
+  /** Default 30 seconds. */
+  readonly timeout?: Duration.DurationInput | undefined
+  /** How often the store is asked. Default 20 ms. */
+  readonly interval?: Duration.DurationInput | undefined
+}
+
+/**
+ * The projection did not apply the event within the timeout.
+ *
+ * @since 0.1.0
+ */
+export class AwaitTimeout extends Data.TaggedError("AwaitTimeout")<{
+  readonly projection: string
+  readonly awaited: string
+  readonly timeout: Duration.Duration
+}> {
+  override get message() {
+    return `${this.projection} did not apply ${this.awaited} within ${Duration.format(this.timeout)}`
+  }
+}
+
+/** Events before the checkpoint searched for the appended one (a caller that waited before asking). */
+const LOOKBACK = 100n
+
+/**
+ * The delivery of an appended event in the projection's subscription, found
+ * from a little before the checkpoint (or the head). When only a later event
+ * of the same stream is found first, it is the answer: its position bounds the
+ * appended one's from above.
+ */
+const subscriptionPosition = (runnable: Runnable, appended: Appended, mode: "catch-up" | "persistent") =>
+  Effect.gen(function*() {
+    const source = yield* EventSourceTag
+    const store = yield* ReadModelStoreTag
+    const from = mode === "catch-up" ? yield* store.readCheckpoint(checkpointId(runnable)) : yield* source.head(runnable.categories)
+    const after = Option.flatMap(from, (p) => (p >= LOOKBACK ? Option.some(p - LOOKBACK) : Option.none()))
+    const found = yield* source.subscribe({ mode: "catch-up", categories: runnable.categories, after }).pipe(
+      Stream.filter((d) => d.streamId === appended.streamId && d.revision >= appended.revision),
+      Stream.runHead
+    )
+    return yield* Option.match(found, {
+      onNone: () => Effect.dieMessage(`the subscription of ${runnable.name} ended before ${appended.streamId}@${appended.revision}`),
+      onSome: (d) => Effect.succeed(d)
+    })
+  })
+
+const waitFor = <E, R>(
+  runnable: Runnable,
+  awaited: string,
+  options: AwaitOptions,
+  body: Effect.Effect<void, E, R>
+): Effect.Effect<void, E | AwaitTimeout, R> => {
+  const timeout = Duration.decode(options.timeout ?? "30 seconds")
+  return body.pipe(
+    Effect.timeoutFail({ duration: timeout, onTimeout: () => new AwaitTimeout({ projection: runnable.name, awaited, timeout }) })
+  )
+}
+
+/** Repeats `check` every `interval` until it holds. */
+const until = <E, R>(check: Effect.Effect<boolean, E, R>, options: AwaitOptions) =>
+  check.pipe(Effect.repeat({ schedule: Schedule.spaced(options.interval ?? "20 millis"), until: (held) => held }), Effect.asVoid)
+
+/**
+ * Waits until the projection has applied the appended event (and, in catch-up
+ * mode, everything before it): its committed checkpoint reached the event's
+ * position. In persistent mode, until every document the event touches has
+ * applied it. Fails with {@link AwaitTimeout} after the timeout.
+ *
+ * @since 0.1.0
+ */
+export const awaitPosition = Effect.fn("App.awaitPosition")(function*(
+  runnable: Runnable,
+  appended: Appended,
+  options: AwaitOptions = {}
+) {
+  const store = yield* ReadModelStoreTag
+  const mode = options.mode ?? "catch-up"
+  const awaited = `${appended.streamId}@${appended.revision}`
+  yield* waitFor(runnable, awaited, options, Effect.gen(function*() {
+    if (mode === "catch-up") {
+      const target = runnable.categories.length > 1 && appended.position !== undefined
+        ? EventStoreDB.allPosition(appended.position)
+        : (yield* subscriptionPosition(runnable, appended, mode)).position
+      const id = checkpointId(runnable)
+      return yield* until(Effect.map(store.readCheckpoint(id), Option.exists((c) => c >= target)), options)
+    }
+    // Persistent: no single position; every document the event touches tells.
+    if (runnable._tag !== "Projection") return yield* Effect.dieMessage("awaitPosition in persistent mode needs a projection")
+    const delivery = yield* subscriptionPosition(runnable, appended, "persistent")
+    const event = decoder(runnable.events)(delivery)
+    if (event === undefined || typeof event === "string") return // not applied to any document, by design
+    const key = runnable.key(event as never)
+    const ids = typeof key === "string" ? [key] : [...key]
+    const collection = yield* ReadModels.collectionOf(runnable)
+    yield* until(
+      Effect.map(store.load(collection, ids), (docs) =>
+        ids.every((docId) => (docs.get(docId)?.meta.streams[appended.streamId] ?? -1n) >= appended.revision)),
+      options
+    )
+  }))
+})
+
+/**
+ * Waits until document `id` of the projection has applied the appended event
+ * (or the projection has moved past it without touching the document),
+ * without waiting for the rest of the projection. Fails with
+ * {@link AwaitTimeout} after the timeout.
+ *
+ * @since 0.1.0
+ */
+export const awaitDocument = Effect.fn("App.awaitDocument")(function*(
+  projection: Projection<any, any>,
+  id: string,
+  appended: Appended,
+  options: AwaitOptions = {}
+) {
+  const store = yield* ReadModelStoreTag
+  const mode = options.mode ?? "catch-up"
+  yield* waitFor(projection, `${appended.streamId}@${appended.revision} on ${id}`, options, Effect.gen(function*() {
+    const collection = yield* ReadModels.collectionOf(projection)
+    if (mode === "persistent") {
+      return yield* until(
+        Effect.map(store.load(collection, [id]), (docs) => (docs.get(id)?.meta.streams[appended.streamId] ?? -1n) >= appended.revision),
+        options
+      )
+    }
+    const target = projection.categories.length > 1 && appended.position !== undefined
+      ? EventStoreDB.allPosition(appended.position)
+      : (yield* subscriptionPosition(projection, appended, mode)).position
+    const checkpoint = checkpointId(projection)
+    yield* until(
+      Effect.zipWith(
+        store.load(collection, [id]),
+        store.readCheckpoint(checkpoint),
+        (docs, committed) =>
+          (docs.get(id)?.meta.position ?? -1n) >= target || Option.exists(committed, (c) => c >= target)
+      ),
+      options
+    )
   }))
 })

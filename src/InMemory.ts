@@ -10,6 +10,7 @@ import { Chunk, Context, Deferred, Effect, FiberId, Layer, Option, Stream } from
 import type { Delivery, Settlement, Subscription } from "./EventSource.js"
 import { categoryOf, EventSource, EventSourceError } from "./EventSource.js"
 import type { Checkpoint, DeadLetter, SkippedGap, StoredDocument, StreamProgress, WriteBatch, WriteResult } from "./ReadModelStore.js"
+import type { Registration } from "./ReadModelStore.js"
 import { ReadModelStore, StoreError } from "./ReadModelStore.js"
 import { random } from "./internal/random.js"
 
@@ -403,6 +404,7 @@ export const makeStore = (options: StoreOptions = {}) =>
   Effect.acquireRelease(
     Effect.sync((): { store: MemoryStore; close: () => void } => {
       const collections = new Map<string, Map<string, StoredDocument>>()
+      const registrations = new Map<string, Registration>()
       const checkpoints = new Map<string, bigint>()
       const deadLetters = new Map<string, DeadLetter>()
       const progressOf = new Map<string, Map<string, StreamProgress>>()
@@ -467,6 +469,17 @@ export const makeStore = (options: StoreOptions = {}) =>
       }
       const store: MemoryStore = {
         port: {
+          registration: (readModel) => guarded("registration", () => Option.fromNullable(registrations.get(readModel))),
+          register: (registration, expectedRevision) =>
+            guarded("register", () => {
+              if ((registrations.get(registration.readModel)?.revision ?? 0) !== expectedRevision) return false
+              registrations.set(registration.readModel, registration)
+              return true
+            }),
+          scan: (name) =>
+            Stream.unwrap(guarded("scan", () => Stream.fromIterable([...collection(name).values()]))),
+          dropCollection: (name) => guarded("dropCollection", () => void collections.delete(name)),
+          removeCheckpoint: (projection) => guarded("removeCheckpoint", () => void checkpoints.delete(projection)),
           load: (name, ids) =>
             guarded("load", () => {
               const documents = collection(name)

@@ -29,6 +29,7 @@
  */
 import { randomUUID } from "node:crypto"
 import { Config, ConfigError, Effect, Layer, Option, Redacted } from "effect"
+import { Chunk, Stream } from "effect"
 import {
   type AnyBulkWriteOperation,
   Binary,
@@ -62,9 +63,24 @@ import {
   type WriteBatch,
   type WriteResult
 } from "./ReadModelStore.js"
+import type { Registration } from "./ReadModelStore.js"
 
 /** The reserved field holding the engine's bookkeeping. @since 0.1.0 */
 export const META_FIELD = "_reconciler"
+/**
+ * The read-model registry: one document per read model,
+ * `{ _id: <read model>, projection, live, collection, versions: { "<version>": <collection> }, revision }`.
+ * `collection` is the collection of the live version (`null` until one is live):
+ * readers in any language find the live version of read model X with
+ * `findOne({ _id: X })` here and query `collection`. Cut-over changes it in one
+ * single-document update, so a reader sees either the old or the new version.
+ *
+ * @since 0.1.0
+ */
+export const READ_MODELS = "reconciler_read_models"
+
+/** Documents per page when scanning a collection. */
+const SCAN_PAGE = 1000
 /** @since 0.1.0 */
 export const CHECKPOINTS = "reconciler_checkpoints"
 /** @since 0.1.0 */
@@ -256,6 +272,7 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
       )
   )
   const db: Db = client.db(options.database ?? "read_models", { writeConcern: options.writeConcern ?? { w: "majority" } })
+  const readModels = db.collection<Document>(READ_MODELS)
   const checkpoints = db.collection<Document>(CHECKPOINTS)
   const letters = db.collection<Document>(DEAD_LETTERS)
   const streamProgress = db.collection<Document>(STREAM_PROGRESS)
@@ -403,6 +420,50 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
   }
 
   const port: ReadModelStore["Type"] = {
+    registration: Effect.fn("MongoReadModelStore.registration")(function*(readModel: string) {
+      const doc = yield* call("registration", () => readModels.findOne({ _id: readModel } as Document))
+      return Option.fromNullable(doc === null ? undefined : decodeRegistration(doc))
+    }),
+    register: Effect.fn("MongoReadModelStore.register")(function*(next: Registration, expectedRevision: number) {
+      const doc = encodeRegistration(next)
+      return yield* call("register", async () => {
+        if (expectedRevision === 0) {
+          try {
+            await readModels.insertOne(doc)
+            return true
+          } catch (e) {
+            if (e instanceof MongoError && e.code === 11000) return false
+            throw e
+          }
+        }
+        const result = await readModels.replaceOne({ _id: next.readModel, revision: expectedRevision } as Document, doc)
+        return result.matchedCount === 1
+      })
+    }),
+    // Pages by `_id` so that no cursor stays open between pulls (a long scan outlives cursor timeouts).
+    scan: (collection: string) =>
+      Stream.paginateChunkEffect(undefined as unknown, (after) =>
+        call("scan", () =>
+          db.collection<Document>(collection)
+            .find(after === undefined ? {} : { _id: { $gt: after } } as Document, { sort: { _id: 1 }, limit: SCAN_PAGE, batchSize: SCAN_PAGE })
+            .toArray()
+        ).pipe(Effect.map((docs) => [
+          Chunk.fromIterable(docs.map(decodeDocument)),
+          docs.length < SCAN_PAGE ? Option.none() : Option.some(docs[docs.length - 1]!._id as unknown)
+        ] as const))
+      ),
+    dropCollection: Effect.fn("MongoReadModelStore.dropCollection")(function*(collection: string) {
+      yield* call("dropCollection", async () => {
+        try {
+          await db.collection(collection).drop()
+        } catch (e) {
+          if (!(e instanceof MongoError && e.code === 26)) throw e // NamespaceNotFound: already gone
+        }
+      })
+    }),
+    removeCheckpoint: Effect.fn("MongoReadModelStore.removeCheckpoint")(function*(projection: string) {
+      yield* call("removeCheckpoint", () => checkpoints.deleteOne({ _id: projection } as Document))
+    }),
     load: Effect.fn("MongoReadModelStore.load")(function*(collection: string, ids: ReadonlyArray<string>) {
       if (ids.length === 0) return new Map<string, StoredDocument>()
       const docs = yield* call("load", () =>
@@ -539,6 +600,23 @@ const upsertAll = async (
     await collection.bulkWrite(errors.map((w) => ({ updateOne: ops[w.index]! })), { ordered: false })
   }
 }
+
+const encodeRegistration = (r: Registration): Document => ({
+  _id: r.readModel,
+  projection: r.projection,
+  live: r.live ?? null,
+  collection: r.live === undefined ? null : r.versions[String(r.live)] ?? null,
+  versions: { ...r.versions },
+  revision: r.revision
+})
+
+const decodeRegistration = (d: Document): Registration => ({
+  readModel: String(d._id),
+  projection: String(d.projection),
+  live: typeof d.live === "number" || typeof d.live === "bigint" ? Number(d.live) : undefined,
+  versions: Object.fromEntries(Object.entries((d.versions ?? {}) as Document).map(([v, c]) => [v, String(c)])),
+  revision: Number(d.revision ?? 0)
+})
 
 const bytes = (v: unknown): Uint8Array =>
   v instanceof Binary ? new Uint8Array(v.buffer) : v instanceof Uint8Array ? v : new Uint8Array()

@@ -9,6 +9,7 @@
  * @since 0.1.0
  */
 import { Context, Data, Effect, Option } from "effect"
+import type { Stream } from "effect"
 
 /**
  * What the engine keeps beside each document.
@@ -138,6 +139,27 @@ export interface DeadLetter {
 }
 
 /**
+ * Which versions of a projection write which collections, and which version
+ * readers see: one record per read model (the projection's `collection`).
+ * Changed only by compare-and-set on `revision`, so that two processes never
+ * both claim a collection or both cut over.
+ *
+ * @since 0.1.0
+ */
+export interface Registration {
+  /** The read model's name: the projection's `collection`. */
+  readonly readModel: string
+  /** The one projection allowed to write this read model. */
+  readonly projection: string
+  /** The version readers see; `undefined` until one is live. */
+  readonly live: number | undefined
+  /** Per version (as a decimal string), the collection that version writes. */
+  readonly versions: Readonly<Record<string, string>>
+  /** Bumped by every change (1 for a new record). */
+  readonly revision: number
+}
+
+/**
  * A store failure. `transient` failures (network, failover, write conflicts a
  * transaction may retry) are retried by the engine while it holds back the source.
  *
@@ -157,6 +179,19 @@ export class StoreError extends Data.TaggedError("StoreError")<{
 export class ReadModelStore extends Context.Tag("effect-reconciler/ReadModelStore")<
   ReadModelStore,
   {
+    /** The registration of a read model (see {@link Registration}). */
+    readonly registration: (readModel: string) => Effect.Effect<Option.Option<Registration>, StoreError>
+    /**
+     * Stores `next` if the stored record's revision is still `expectedRevision`
+     * (`0`: there must be none); `false` when another writer changed it first.
+     */
+    readonly register: (next: Registration, expectedRevision: number) => Effect.Effect<boolean, StoreError>
+    /** Every stored document of a collection (tombstones included), in pages; order unspecified. */
+    readonly scan: (collection: string) => Stream.Stream<StoredDocument, StoreError>
+    /** Drops a collection with its documents; a missing collection is not an error. */
+    readonly dropCollection: (collection: string) => Effect.Effect<void, StoreError>
+    /** Removes a checkpoint (a projection version that is gone). */
+    readonly removeCheckpoint: (projection: string) => Effect.Effect<void, StoreError>
     /** The stored documents (tombstones included) among `ids`, in one round trip. */
     readonly load: (
       collection: string,

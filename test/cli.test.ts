@@ -13,19 +13,27 @@ import * as EventStoreServer from "../src/embedded/EventStoreServer.js"
 import * as MongoServer from "../src/embedded/MongoServer.js"
 import * as EventStoreDB from "../src/EventStoreDB.js"
 import * as MongoReadModelStore from "../src/MongoReadModelStore.js"
+import * as ConnectionString from "../src/internal/connectionString.js"
 import * as Progress from "../src/internal/progress.js"
-import { spawn } from "./support/child.js"
+import * as Usage from "../src/internal/usage.js"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { BIN, root, spawn } from "./support/child.js"
 import { ledger } from "./support/ledger.js"
 
-const BIN = "src/bin/reconciler.ts"
 /** No endpoints from the developer's environment leak into these runs. */
 const clean = { EVENTSTORE_CONNECTION_STRING: undefined, MONGODB_URI: undefined, MONGODB_DATABASE: undefined, RECONCILER_EMBEDDED: undefined }
 
+/** Endpoints nothing listens on: a command that tried to connect would hang until the drivers give up. */
+const unreachable = { EVENTSTORE_CONNECTION_STRING: "esdb://127.0.0.1:1?tls=false", MONGODB_URI: "mongodb://127.0.0.1:1/" }
+const secret = "hunter2-do-not-print"
+
 const runCli = (args: ReadonlyArray<string>, env: Record<string, string | undefined> = {}) =>
   Effect.gen(function*() {
+    const started = Date.now()
     const child = yield* spawn(BIN, args, { ...clean, ...env })
     const exit = yield* child.exit("50 seconds")
-    return { code: exit.code, output: child.output() }
+    return { code: exit.code, output: child.output(), took: Date.now() - started }
   })
 
 describe("reconciler command line", () => {
@@ -59,13 +67,87 @@ describe("reconciler command line", () => {
         [["embedded", "--eventstore-port", "70000", "--mongo-port", "0"], {}, /--eventstore-port must be a port/],
         [["frobnicate"], {}, /Invalid subcommand for reconciler - use one of 'run'/],
         [["status", ...module], {}, /EVENTSTORE_CONNECTION_STRING to be set/],
-        [["run", ...module], { RECONCILER_EMBEDDED: "true", RECONCILER_LANES: "many" }, /RECONCILER_LANES/]
+        [["run", ...module], { RECONCILER_EMBEDDED: "true", RECONCILER_LANES: "many" }, /RECONCILER_LANES/],
+        // Checked before anything connects: nothing listens on these ports, and no connection is tried.
+        [["run", ...module], { ...unreachable, RECONCILER_LANES: "many" }, /RECONCILER_LANES: "Expected an integer value/],
+        [["run", ...module], { ...unreachable, RECONCILER_DRAIN_TIMEOUT: "soon" }, /RECONCILER_DRAIN_TIMEOUT/],
+        [
+          ["run", ...module],
+          { ...unreachable, EVENTSTORE_CONNECTION_STRING: `esdb://admin:${secret}@db:port?tls=false` },
+          /EVENTSTORE_CONNECTION_STRING: "not a valid connection string: at character \d+, expected port number"/
+        ],
+        [
+          ["status", ...module],
+          { ...unreachable, EVENTSTORE_CONNECTION_STRING: `esdb://admin:${secret}@db:2113?tls=false&tsl=true` },
+          /EVENTSTORE_CONNECTION_STRING: "unknown option "tsl" in the connection string"/
+        ],
+        [
+          ["dead-letters", "list", ...module],
+          { ...unreachable, MONGODB_URI: `mongodb://app:${secret}@db/?directConnection=maybe` },
+          /MONGODB_URI: "not a valid connection string: directConnection must be either "true" or "false""/
+        ]
       ]
       const results = yield* Effect.forEach(cases, ([args, env]) => runCli(args, env), { concurrency: 4 })
       results.forEach((result, i) => {
         expect(result.code, `${cases[i]![0].join(" ")}: ${result.output}`).toBe(2)
         expect(result.output).toMatch(cases[i]![2])
+        expect(result.output).not.toContain(secret)
+        // Against `unreachable`, the MongoDB driver would try for 30 s before giving up.
+        expect(result.took).toBeLessThan(25_000)
       })
+    }), { timeout: 90_000 })
+
+  it.scopedLive("help and messages are plain text when stdout is not a terminal, colours or not asked", () =>
+    Effect.gen(function*() {
+      const child = yield* spawn(BIN, ["run", "--help"], clean, { color: true }) // no NO_COLOR: stdout is a pipe
+      expect(yield* child.exit()).toEqual({ code: 0, signal: null })
+      expect(child.output()).toContain("ENVIRONMENT")
+      expect(child.output()).not.toMatch(/\x1b\[/)
+    }))
+
+  it.scopedLive("--help lists every variable the service reads, with its default", () =>
+    Effect.gen(function*() {
+      // The names App's configuration asks for, recorded as it reads them (nothing set: defaults everywhere).
+      const read = new Set<string>()
+      const recording = ConfigProvider.fromMap(new Map()).pipe(ConfigProvider.mapInputPath((name) => (read.add(name), name)))
+      yield* App.checkConfig.pipe(Effect.withConfigProvider(recording))
+      const documented = [...Usage.endpointVariables, ...Usage.engineVariables]
+      expect(new Set(documented.map((v) => v.name))).toEqual(read)
+
+      const help = yield* runCli(["run", "--help"])
+      const top = yield* runCli(["--help"])
+      for (const variable of [...documented, Usage.noColor]) {
+        expect(help.output).toContain(variable.name)
+        expect(help.output).toContain(`(default: ${variable.default})`)
+        expect(top.output).toContain(variable.name)
+      }
+      const status = yield* runCli(["status", "--help"])
+      for (const variable of Usage.endpointVariables) expect(status.output).toContain(variable.name)
+    }))
+
+  it.scopedLive("run --embedded prints the servers' addresses; a second signal during the drain stops at once", () =>
+    Effect.gen(function*() {
+      const service = yield* spawn(BIN, ["run", "--embedded", "--module", "test/support/stuck.ts"], {
+        ...clean,
+        RECONCILER_DRAIN_TIMEOUT: "60 seconds"
+      })
+      const eventStoreUri = (yield* service.line(/^embedded EventStoreDB listening on (esdb:\/\/\S+)$/))[1]!
+      yield* service.line(/^embedded MongoDB listening on mongodb:\/\/127\.0\.0\.1:\d+\//)
+      // The printed address is the server's: a user can append to it.
+      const client = yield* Effect.acquireRelease(
+        Effect.sync(() => EventStoreDBClient.connectionString(eventStoreUri)),
+        (client) => Effect.promise(() => client.dispose())
+      )
+      yield* Effect.promise(() => client.appendToStream("stuck-1", jsonEvent({ type: "Stuck", data: { n: 1 } })))
+      yield* service.line(/handling .*, forever/)
+
+      yield* service.kill("SIGTERM")
+      yield* service.line(/^reconciler: SIGTERM: stopping — draining/)
+      const signalled = Date.now()
+      yield* service.kill("SIGINT")
+      expect(yield* service.exit("20 seconds")).toEqual({ code: 130, signal: null })
+      expect(Date.now() - signalled).toBeLessThan(10_000) // not the 60 s drain timeout
+      expect(service.output()).toMatch(/^reconciler: SIGINT during the drain: stopping at once/m)
     }), { timeout: 90_000 })
 
   it.scopedLive("status and dead-letters: figures per projection, retry after a fix, secrets never printed", () =>
@@ -231,6 +313,46 @@ describe("App configuration", () => {
       expect(Redacted.value(embedded.mongo.uri)).toMatch(/^mongodb:\/\/127\.0\.0\.1:\d+\//)
       expect(embedded.mongo.database).toBe("elsewhere")
     }))
+})
+
+describe("connection strings", () => {
+  it("the clients' parsers decide; messages name the problem, never the value", () => {
+    const secret = "hunter2-do-not-print"
+    for (const good of [
+      "esdb://127.0.0.1:2113?tls=false",
+      `esdb+discover://admin:${secret}@a:2113,b:2113?nodePreference=leader`
+    ]) expect(ConnectionString.eventStoreProblem(good), good).toBeUndefined()
+    // KurrentDB's schemes are its client's to parse (the package is an optional peer dependency).
+    const kurrent = fs.existsSync(path.join(root, "node_modules", "@kurrent", "kurrentdb-client"))
+    for (const good of [`kurrentdb://admin:${secret}@db:2113?tls=true&tlsVerifyCert=false`, "kurrent+discover://cluster.example.com:2113"]) {
+      const found = ConnectionString.eventStoreProblem(good)
+      if (kurrent) expect(found, good).toBeUndefined()
+      else expect(found, good).toBe("this connection string needs the @kurrent/kurrentdb-client package: npm install @kurrent/kurrentdb-client")
+    }
+    const bad: ReadonlyArray<readonly [string, RegExp]> = [
+      [`http://admin:${secret}@db:2113`, /expected esdb:\/\/ or esdb\+discover:\/\//],
+      [`esdb://admin:${secret}@db:x2113`, /expected port number/],
+      [`esdb://admin:${secret}@db:2113?tls=maybe`, /expected true or false/],
+      [`esdb://admin:${secret}@db:2113?bogus=1`, /unknown option "bogus"/]
+    ]
+    for (const [value, problem] of bad) {
+      const found = ConnectionString.eventStoreProblem(value)
+      expect(found, value).toMatch(problem)
+      expect(found).not.toContain(secret)
+    }
+    expect(ConnectionString.mongoProblem(`mongodb://app:${secret}@db:27017/?replicaSet=rs0`)).toBeUndefined()
+    expect(ConnectionString.mongoProblem("mongodb+srv://cluster.example.com/")).toBeUndefined()
+    for (const [value, problem] of [
+      [`mongo://app:${secret}@db`, /Invalid scheme/],
+      [`mongodb://app:${secret}@db/?directConnection=maybe`, /directConnection/],
+      [`mongodb://app:${secret}@db/?bogusOption=1`, /bogusoption is not supported/],
+      [`mongodb://app:${secret}@db:notaport`, /not a valid connection string/]
+    ] as const) {
+      const found = ConnectionString.mongoProblem(value)
+      expect(found, value).toMatch(problem)
+      expect(found).not.toContain(secret)
+    }
+  })
 })
 
 describe("App.behind", () => {

@@ -1,61 +1,21 @@
 /**
- * Graceful shutdown, proven end to end: the service (`reconciler run`) runs as a
- * child process against the embedded servers running in another child process
- * (`reconciler embedded`), through the real clients, while events keep coming.
+ * Graceful shutdown, proven end to end: the service runs as the README tells
+ * operators to run it — the compiled `reconciler` bin itself (`reconciler run`),
+ * signalled directly, no wrapper — against the embedded servers running in
+ * another child process (`reconciler embedded`), through the real clients,
+ * while events keep coming.
  *
  * The projection is the test ledger (test/support/ledger.ts): every document
  * lists the ids of the events applied to it, in order, so a lost, doubled or
  * reordered event shows in the read model.
  */
-import { EventStoreDBClient, jsonEvent } from "@eventstore/db-client"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Fiber } from "effect"
-import { MongoClient } from "mongodb"
 import type { Child } from "./support/child.js"
-import { spawn, until } from "./support/child.js"
+import { alive, BIN, descendants, spawn, until } from "./support/child.js"
+import { ledgerViews, referenceFold } from "./support/e2e.js"
 
-const DOCS = 40
-const STREAMS = 12
 const DRAIN_TIMEOUT_MS = 10_000
-
-interface Recorded {
-  readonly position: bigint
-  readonly id: string
-  readonly type: string
-  readonly data: { readonly doc?: string; readonly amount?: number; readonly a?: string; readonly b?: string }
-}
-
-/** The ledger's read model after `events` in order: per document, its total and the ids applied. */
-const referenceFold = (events: ReadonlyArray<Recorded>) => {
-  const docs = new Map<string, { total: number; applied: Array<string> }>()
-  const credit = (doc: string, id: string, amount: number) => {
-    const current = docs.get(doc) ?? { total: 0, applied: [] }
-    docs.set(doc, { total: current.total + amount, applied: [...current.applied, id] })
-  }
-  for (const event of events) {
-    if (event.type === "Credited") credit(event.data.doc!, event.id, event.data.amount!)
-    if (event.type === "Linked") {
-      credit(event.data.a!, event.id, 0)
-      if (event.data.b !== event.data.a) credit(event.data.b!, event.id, 0)
-    }
-  }
-  return Object.fromEntries([...docs].sort(([a], [b]) => a.localeCompare(b)))
-}
-
-/** `count` events in appends of `perAppend` to one stream each, credits and links mixed. */
-const batches = (count: number, perAppend: number, seed: number) => {
-  let n = seed
-  const next = (max: number) => (n = (n * 1103515245 + 12345) % 2147483648) % max
-  const out: Array<{ stream: string; events: Array<ReturnType<typeof jsonEvent>> }> = []
-  for (let i = 0; i < count; i += perAppend) {
-    const events = Array.from({ length: Math.min(perAppend, count - i) }, () =>
-      next(5) === 0
-        ? jsonEvent({ type: "Linked", data: { a: `doc-${next(DOCS)}`, b: `doc-${next(DOCS)}` } })
-        : jsonEvent({ type: "Credited", data: { doc: `doc-${next(DOCS)}`, amount: 1 + next(100) } }))
-    out.push({ stream: `ledger-${next(STREAMS)}`, events })
-  }
-  return out
-}
 
 /**
  * The embedded servers in their own process, the service's command and
@@ -65,7 +25,7 @@ const harness = (mode: "catch-up" | "persistent") =>
   Effect.gen(function*() {
     // ---- the servers, in their own process ---------------------------------
     // A crashed service's open transaction is aborted after 3 s instead of MongoDB's 60.
-    const servers = yield* spawn("src/bin/reconciler.ts", [
+    const servers = yield* spawn(BIN, [
       "embedded",
       "--eventstore-port",
       "0",
@@ -89,48 +49,12 @@ const harness = (mode: "catch-up" | "persistent") =>
     }
     /** The service, once it runs (its signal handlers are installed before it logs). */
     const service = () =>
-      spawn("src/bin/reconciler.ts", ["run", "--module", "test/support/ledger.ts"], env).pipe(
+      spawn(BIN, ["run", "--module", "test/support/ledger.ts"], env).pipe(
         Effect.tap((child) => child.line(/reconciling ledger/))
       )
 
     // ---- the test's own clients --------------------------------------------
-    const client = yield* Effect.acquireRelease(
-      Effect.sync(() => EventStoreDBClient.connectionString(eventStoreUri)),
-      (client) => Effect.promise(() => client.dispose())
-    )
-    const mongo = yield* Effect.acquireRelease(
-      Effect.promise(() => new MongoClient(mongoUri, { useBigInt64: true }).connect()),
-      (mongo) => Effect.promise(() => mongo.close())
-    )
-    const db = mongo.db("shutdown_e2e")
-    const checkpoint = Effect.promise(() => db.collection("reconciler_checkpoints").findOne({ _id: "ledger@1" as never })).pipe(
-      Effect.map((doc) => (doc?.position as bigint | undefined) ?? -1n)
-    )
-    const append = (count: number, seed: number) =>
-      Effect.forEach(batches(count, 10, seed), ({ stream, events }) => Effect.promise(() => client.appendToStream(stream, events)), {
-        discard: true
-      })
-    /** The category's events as recorded, with their `$ce-ledger` positions. */
-    const recorded = Effect.promise(async () => {
-      const events: Array<Recorded> = []
-      for await (const resolved of client.readStream("$ce-ledger", { resolveLinkTos: true })) {
-        events.push({
-          position: resolved.link!.revision,
-          id: resolved.event!.id,
-          type: resolved.event!.type,
-          data: resolved.event!.data as Recorded["data"]
-        })
-      }
-      return events
-    })
-    const readModel = Effect.promise(() => db.collection("ledger").find({}).toArray()).pipe(
-      Effect.map((docs): Record<string, { total: number; applied: Array<string> }> =>
-        Object.fromEntries(
-          docs.map(({ _id, total, applied }) => [String(_id), { total, applied }]).sort(([a], [b]) => String(a).localeCompare(String(b)))
-        )
-      )
-    )
-    const head = recorded.pipe(Effect.map((events) => events.at(-1)?.position ?? -1n))
+    const { checkpoint, append, recorded, readModel, head } = yield* ledgerViews(eventStoreUri, mongoUri, "shutdown_e2e")
     return { servers, service, checkpoint, append, recorded, readModel, head }
   })
 
@@ -165,6 +89,7 @@ describe("graceful shutdown, end to end", () => {
       yield* until("the service to be under way", Effect.map(checkpoint, (c) => c >= 200n))
       const before = yield* checkpoint
       const stillBehind = (yield* head) > before
+      const tree = descendants(first.process.pid!)
       const stopping = Date.now()
       yield* first.kill("SIGTERM")
       const exit = yield* first.exit(`${DRAIN_TIMEOUT_MS * 2} millis`)
@@ -172,6 +97,8 @@ describe("graceful shutdown, end to end", () => {
       expect(stillBehind).toBe(true)
       expect(exit).toEqual({ code: 0, signal: null })
       expect(took).toBeLessThan(DRAIN_TIMEOUT_MS)
+      expect(first.output()).toMatch(/reconciler: SIGTERM: stopping — draining/)
+      expect(tree.filter(alive)).toEqual([]) // nothing it started outlives it
       // The checkpoint was committed, and the read model holds exactly the events up to it.
       const committed = yield* checkpoint
       expect(committed).toBeGreaterThanOrEqual(before)

@@ -1,37 +1,78 @@
-#!/usr/bin/env -S npx tsx
+#!/usr/bin/env node
 /**
- * The `reconciler` command line.
+ * The `reconciler` command line, a plain node program (compiled to
+ * `dist/bin/reconciler.js`, the package's bin).
  *
  * ```sh
- * reconciler run --module examples/openbank.ts [--mode catch-up|persistent] [--lanes N] [--batch-size N]
- * reconciler status --module examples/openbank.ts
- * reconciler dead-letters list  --module examples/openbank.ts [--projection NAME]
- * reconciler dead-letters retry --module examples/openbank.ts [--projection NAME]
+ * reconciler run --module dist/projections.js [--mode catch-up|persistent] [--lanes N] [--batch-size N]
+ * reconciler status --module dist/projections.js
+ * reconciler dead-letters list  --module dist/projections.js [--projection NAME]
+ * reconciler dead-letters retry --module dist/projections.js [--projection NAME]
+ * reconciler rebuild --module M --projection P [--cutover [--require-identical] [--cleanup]]
+ * reconciler diff    --module M --projection P [--sample N]
+ * reconciler cutover --module M --projection P [--require-identical] [--cleanup]
+ * reconciler verify  --module M [--projection P] [--repair]
  * reconciler embedded --eventstore-port P --mongo-port Q [--data-dir D] [--transaction-lifetime-limit-seconds S]
  * ```
  *
- * Endpoints and engine settings come from the environment (see docs/service.md);
- * flags override the engine settings. Connection strings are never printed.
- * `--help` on every command; an unknown flag or a bad value exits with code 2.
+ * Endpoints and engine settings come from the environment (listed by `--help`);
+ * flags override the engine settings. Every setting is checked before anything
+ * starts or connects. Connection strings are never printed. `--help` on every
+ * command; an unknown flag or a bad value or setting exits with code 2.
+ *
+ * Only the command line itself is loaded up front: the clients, the drivers and
+ * the embedded servers are imported by the commands that use them.
  *
  * @since 0.1.0
  */
-import { Command, Options, ValidationError } from "@effect/cli"
-import { NodeContext, NodeRuntime } from "@effect/platform-node"
-import { Cause, ConfigError, Console, Effect, Exit, Option, Schema } from "effect"
+import { Command, HelpDoc, Options, ValidationError } from "@effect/cli"
+import * as Span from "@effect/cli/HelpDoc/Span"
+import * as NodeContext from "@effect/platform-node/NodeContext"
+// Single modules of effect, not its index: `--help` must not load all of effect.
+import * as Arr from "effect/Array"
+import * as Cause from "effect/Cause"
+import * as ConfigError from "effect/ConfigError"
+import * as Console from "effect/Console"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as Schema from "effect/Schema"
 import * as path from "node:path"
-import * as App from "../App.js"
-import * as EventStoreServer from "../embedded/EventStoreServer.js"
-import * as MongoServer from "../embedded/MongoServer.js"
-import { checkpointId } from "../Projection.js"
-import { ReadModelStore } from "../ReadModelStore.js"
-import * as Cli from "../internal/cli.js"
+import type * as AppModule from "../App.js"
+import type { Runnable } from "../Projection.js"
+import * as Signals from "../internal/signals.js"
+import * as Usage from "../internal/usage.js"
+
+/** The service (clients, drivers, embedded servers): loaded by the commands that connect. */
+const loadApp = Effect.promise(() => import("../App.js"))
+/** Loading modules of projections, the engine, the store's port: loaded by the commands that use them. */
+const loadCli = Effect.promise(() => import("../internal/cli.js"))
+const loadLibrary = Effect.promise(() => Promise.all([import("../Projection.js"), import("../ReadModelStore.js")]))
+
+// ---- help --------------------------------------------------------------------------
+
+/** A command's description, then the environment variables it reads, each with its default. */
+const described = (text: string, ...groups: ReadonlyArray<ReadonlyArray<Usage.Variable>>) =>
+  HelpDoc.blocks([
+    HelpDoc.p(text),
+    HelpDoc.h2("ENVIRONMENT"),
+    HelpDoc.descriptionList(
+      Arr.map(
+        Arr.append(groups.flat(), Usage.noColor),
+        (v): [Span.Span, HelpDoc.HelpDoc] => [Span.text(v.name), HelpDoc.p(`${v.meaning} (default: ${v.default})`)]
+      )
+    )
+  ])
 
 // ---- shared options ------------------------------------------------------------
 
 const modulePath = Options.file("module", { exists: "yes" }).pipe(
   Options.withAlias("m"),
-  Options.withDescription("a module exporting projections (an array named `projections`, or each as an export)")
+  Options.withDescription(
+    "a compiled module (.js, .mjs) exporting projections (an array named `projections`, or each as an export); " +
+      "a .ts module is loaded through tsx when tsx is installed"
+  )
 )
 
 const embedded = Options.boolean("embedded").pipe(
@@ -53,11 +94,39 @@ const positive = (name: string, description: string) =>
     Options.withDescription(description)
   )
 
-/** The app's layer: endpoints (and embedded servers when asked), the ports over them. */
-const appLayer = (useEmbedded: boolean) => App.layer(useEmbedded ? { embedded: true } : {})
+/**
+ * Checks every setting (nothing started, nothing connected), loads the module,
+ * then provides the app's layer (endpoints, embedded servers when asked, the
+ * ports) to `use`. The addresses of embedded servers are printed once they listen.
+ */
+const withApp = <A, E, R>(
+  args: { readonly module: string; readonly projection: ReadonlyArray<string>; readonly embedded: boolean },
+  use: (app: typeof AppModule, runnables: ReadonlyArray<Runnable>) => Effect.Effect<A, E, R>
+) =>
+  Effect.gen(function*() {
+    const [app, Cli] = yield* Effect.all([loadApp, loadCli])
+    yield* app.checkConfig
+    const runnables = yield* Cli.loadRunnables(args.module).pipe(Effect.flatMap((all) => Cli.select(all, args.projection)))
+    return yield* Effect.gen(function*() {
+      const endpoints = yield* app.Endpoints
+      if (endpoints.eventStore.embedded) {
+        yield* Console.log(`embedded EventStoreDB listening on ${Redacted.value(endpoints.eventStore.connectionString)}`)
+      }
+      if (endpoints.mongo.embedded) yield* Console.log(`embedded MongoDB listening on ${Redacted.value(endpoints.mongo.uri)}`)
+      return yield* use(app, runnables)
+    }).pipe(Effect.provide(app.layer(args.embedded ? { embedded: true } : {})))
+  })
 
-const projectionsOf = (module: string, names: ReadonlyArray<string>) =>
-  Cli.loadRunnables(module).pipe(Effect.flatMap((runnables) => Cli.select(runnables, names)))
+/**
+ * Checks every setting, then provides the app's layer to `use`, for commands
+ * that load their module themselves (the versions commands).
+ */
+const withAppLayer = <A, E, R>(embedded: boolean, use: (app: typeof AppModule) => Effect.Effect<A, E, R>) =>
+  Effect.gen(function*() {
+    const app = yield* loadApp
+    yield* app.checkConfig
+    return yield* use(app).pipe(Effect.provide(app.layer(embedded ? { embedded: true } : {})))
+  })
 
 // ---- run -----------------------------------------------------------------------
 
@@ -75,17 +144,18 @@ const run = Command.make(
     embedded
   },
   (args) =>
-    Effect.gen(function*() {
-      const runnables = yield* projectionsOf(args.module, args.projection)
-      yield* App.run(runnables, {
+    withApp(args, (app, runnables) =>
+      app.run(runnables, {
         mode: Option.getOrUndefined(args.mode),
         lanes: Option.getOrUndefined(args.lanes),
         batchSize: Option.getOrUndefined(args.batchSize)
-      }).pipe(Effect.provide(appLayer(args.embedded)))
-    })
-).pipe(Command.withDescription(
-  "Run the projections of a module until SIGINT/SIGTERM; then drain, commit the checkpoints and exit 0."
-))
+      }))
+).pipe(Command.withDescription(described(
+  "Run the projections of a module until SIGINT/SIGTERM; then drain, commit the checkpoints and exit 0. " +
+    "A second signal during the drain stops at once.",
+  Usage.endpointVariables,
+  Usage.engineVariables
+)))
 
 // ---- status --------------------------------------------------------------------
 
@@ -93,20 +163,22 @@ const status = Command.make(
   "status",
   { module: modulePath, projection: projectionNames, embedded },
   (args) =>
-    Effect.gen(function*() {
-      const runnables = yield* projectionsOf(args.module, args.projection)
-      const endpoints = yield* App.Endpoints
-      const statuses = yield* App.status(runnables)
-      const show = (o: Option.Option<bigint>) => Option.match(o, { onNone: () => "-", onSome: String })
-      yield* Console.log(App.describeEndpoints(endpoints))
-      yield* Console.log(Cli.table(
-        ["projection", "checkpoint", "head", "lag", "dead letters", "gaps skipped"],
-        statuses.map((s) => [s.projection, show(s.checkpoint), show(s.head), String(s.lag), String(s.deadLetters), String(s.gaps)])
-      ))
-    }).pipe(Effect.provide(appLayer(args.embedded)))
-).pipe(Command.withDescription(
-  "Per projection: committed checkpoint, head position of its categories, lag (in positions), dead-letter count and (persistent mode) gaps skipped."
-))
+    withApp(args, (app, runnables) =>
+      Effect.gen(function*() {
+        const Cli = yield* loadCli
+        const endpoints = yield* app.Endpoints
+        const statuses = yield* app.status(runnables)
+        const show = (o: Option.Option<bigint>) => Option.match(o, { onNone: () => "-", onSome: String })
+        yield* Console.log(app.describeEndpoints(endpoints))
+        yield* Console.log(Cli.table(
+          ["projection", "checkpoint", "head", "lag", "dead letters", "gaps skipped"],
+          statuses.map((s) => [s.projection, show(s.checkpoint), show(s.head), String(s.lag), String(s.deadLetters), String(s.gaps)])
+        ))
+      }))
+).pipe(Command.withDescription(described(
+  "Per projection: committed checkpoint, head position of its categories, lag (in positions), dead-letter count and (persistent mode) gaps skipped.",
+  Usage.endpointVariables
+)))
 
 // ---- dead letters -----------------------------------------------------------------
 
@@ -114,56 +186,133 @@ const list = Command.make(
   "list",
   { module: modulePath, projection: projectionNames, embedded },
   (args) =>
-    Effect.gen(function*() {
-      const runnables = yield* projectionsOf(args.module, args.projection)
-      const store = yield* ReadModelStore
-      const rows: Array<Array<string>> = []
-      for (const runnable of runnables) {
-        for (const letter of yield* store.deadLetters(checkpointId(runnable))) {
-          rows.push([
-            letter.projection,
-            letter.eventId,
-            letter.eventType,
-            `${letter.streamId}@${letter.revision}`,
-            String(letter.position),
-            letter.at.toISOString(),
-            letter.reason.split("\n")[0]!
-          ])
+    withApp(args, (_, runnables) =>
+      Effect.gen(function*() {
+        const [Cli, [{ checkpointId }, { ReadModelStore }]] = yield* Effect.all([loadCli, loadLibrary])
+        const store = yield* ReadModelStore
+        const rows: Array<Array<string>> = []
+        for (const runnable of runnables) {
+          for (const letter of yield* store.deadLetters(checkpointId(runnable))) {
+            rows.push([
+              letter.projection,
+              letter.eventId,
+              letter.eventType,
+              `${letter.streamId}@${letter.revision}`,
+              String(letter.position),
+              letter.at.toISOString(),
+              letter.reason.split("\n")[0]!
+            ])
+          }
         }
-      }
-      yield* Console.log(Cli.table(["projection", "event", "type", "stream@revision", "position", "at", "reason"], rows))
-      yield* Console.log(`${rows.length} dead letter${rows.length === 1 ? "" : "s"}`)
-    }).pipe(Effect.provide(appLayer(args.embedded)))
-).pipe(Command.withDescription("List the dead-lettered events of the module's projections, with their reasons."))
+        yield* Console.log(Cli.table(["projection", "event", "type", "stream@revision", "position", "at", "reason"], rows))
+        yield* Console.log(`${rows.length} dead letter${rows.length === 1 ? "" : "s"}`)
+      }))
+).pipe(Command.withDescription(described(
+  "List the dead-lettered events of the module's projections, with their reasons.",
+  Usage.endpointVariables
+)))
 
 const retry = Command.make(
   "retry",
   { module: modulePath, projection: projectionNames, embedded },
   (args) =>
-    Effect.gen(function*() {
-      const runnables = yield* projectionsOf(args.module, args.projection)
-      let failures = 0
-      for (const runnable of runnables) {
-        const outcome = yield* Cli.retryDeadLetters(runnable)
-        failures += outcome.failed.length + outcome.superseded.length
-        yield* Console.log(
-          `${runnable.name}: ${outcome.retried.length} retried, ${outcome.failed.length} failed again, ` +
-            `${outcome.superseded.length} superseded (a later event already applied; rebuild to apply)`
-        )
-        for (const { letter, reason } of outcome.failed) {
-          yield* Console.log(`  ${letter.eventId} (${letter.eventType}): ${reason.split("\n")[0]}`)
+    withApp(args, (_, runnables) =>
+      Effect.gen(function*() {
+        // Into the collection each version writes (refused for a version that has none).
+        const [Cli, { ReadModels }] = yield* Effect.all([loadCli, loadVersions])
+        const resolved = yield* ReadModels.resolve(runnables)
+        let failures = 0
+        for (const runnable of resolved) {
+          const outcome = yield* Cli.retryDeadLetters(runnable)
+          failures += outcome.failed.length + outcome.superseded.length
+          yield* Console.log(
+            `${runnable.name}: ${outcome.retried.length} retried, ${outcome.failed.length} failed again, ` +
+              `${outcome.superseded.length} superseded (a later event already applied; rebuild to apply)`
+          )
+          for (const { letter, reason } of outcome.failed) {
+            yield* Console.log(`  ${letter.eventId} (${letter.eventType}): ${reason.split("\n")[0]}`)
+          }
         }
-      }
-      if (failures > 0) yield* Effect.sync(() => (process.exitCode = 1))
-    }).pipe(Effect.provide(appLayer(args.embedded)))
-).pipe(Command.withDescription(
-  "Apply the dead letters again with the projections as they are now (after a fix); remove those that apply."
-))
+        if (failures > 0) yield* Effect.sync(() => (process.exitCode = 1))
+      }))
+).pipe(Command.withDescription(described(
+  "Apply the dead letters again with the projections as they are now (after a fix); remove those that apply.",
+  Usage.endpointVariables
+)))
 
 const deadLetters = Command.make("dead-letters").pipe(
   Command.withDescription("Inspect and retry dead-lettered events."),
   Command.withSubcommands([list, retry])
 )
+
+// ---- versions: rebuild, diff, cutover, verify (logic in internal/versionsCli) -------
+
+/** The versions commands' logic, loaded by the commands that use it. */
+const loadVersions = Effect.promise(() => import("../internal/versionsCli.js"))
+
+const oneProjection = Options.text("projection").pipe(Options.withAlias("p"), Options.withDescription("the projection"))
+const flag = (name: string, description: string) => Options.boolean(name).pipe(Options.withDescription(description))
+const requireIdentical = flag("require-identical", "refuse to cut over when the new version differs from the live one")
+const cleanup = flag("cleanup", "after cutting over, remove the old version's collection, checkpoint and dead letters")
+
+const rebuild = Command.make(
+  "rebuild",
+  {
+    module: modulePath,
+    projection: oneProjection,
+    cutover: flag("cutover", "cut over once caught up"),
+    requireIdentical,
+    cleanup,
+    lanes: positive("lanes", "parallel lanes (default RECONCILER_LANES or 4)"),
+    batchSize: positive("batch-size", "most events folded into one write per lane (default RECONCILER_BATCH_SIZE or 100)"),
+    embedded
+  },
+  (args) =>
+    withAppLayer(args.embedded, (app) =>
+      Effect.flatMap(Effect.zip(app.settings, loadVersions), ([settings, Versions]) =>
+        Versions.rebuild({
+          ...args,
+          run: {
+            ...settings,
+            lanes: Option.getOrElse(args.lanes, () => settings.lanes),
+            batchSize: Option.getOrElse(args.batchSize, () => settings.batchSize)
+          }
+        })))
+).pipe(Command.withDescription(
+  "Build the projection's current version from the start into its own collection while the live version keeps serving; resumable."
+))
+
+const cutover = Command.make(
+  "cutover",
+  { module: modulePath, projection: oneProjection, requireIdentical, cleanup, embedded },
+  (args) => withAppLayer(args.embedded, () => Effect.flatMap(loadVersions, (Versions) => Versions.cutover(args)))
+).pipe(Command.withDescription("Switch readers to the projection's rebuilt version in one step."))
+
+const diff = Command.make(
+  "diff",
+  {
+    module: modulePath,
+    projection: oneProjection,
+    sample: Options.integer("sample").pipe(Options.withDefault(10), Options.withDescription("differences to show")),
+    embedded
+  },
+  (args) => withAppLayer(args.embedded, () => Effect.flatMap(loadVersions, (Versions) => Versions.diff(args)))
+).pipe(Command.withDescription("Compare the live version with the rebuilt one, document by document; exit 1 when they differ."))
+
+const verify = Command.make(
+  "verify",
+  {
+    module: modulePath,
+    projection: projectionNames,
+    repair: flag("repair", "rewrite the documents that differ from their events (guarded writes)"),
+    embedded
+  },
+  (args) =>
+    withAppLayer(args.embedded, () =>
+      Effect.flatMap(loadVersions, (Versions) => Versions.verify({ ...args, projections: args.projection })))
+).pipe(Command.withDescription(
+  "Fold the projections again from their events and compare every stored document; exit 1 on a mismatch."
+))
 
 // ---- embedded ----------------------------------------------------------------------
 
@@ -192,6 +341,9 @@ const embeddedServers = Command.make(
   },
   (args) =>
     Effect.gen(function*() {
+      const [EventStoreServer, MongoServer] = yield* Effect.promise(() =>
+        Promise.all([import("../embedded/EventStoreServer.js"), import("../embedded/MongoServer.js")])
+      )
       const dataDir = (name: string) => Option.getOrUndefined(Option.map(args.dataDir, (dir) => path.join(dir, name)))
       const eventStore = yield* EventStoreServer.make({ port: args.eventstorePort, dataDir: dataDir("eventstore") })
       const mongo = yield* MongoServer.make({
@@ -206,15 +358,19 @@ const embeddedServers = Command.make(
       )
       return yield* Effect.never
     }).pipe(Effect.scoped)
-).pipe(Command.withDescription(
+).pipe(Command.withDescription(described(
   "Run the embedded EventStoreDB and MongoDB servers in the foreground until SIGINT/SIGTERM (development and tests only)."
-))
+)))
 
 // ---- the command line ----------------------------------------------------------------
 
 const reconciler = Command.make("reconciler").pipe(
-  Command.withDescription("Keeps MongoDB read models reconciled with EventStoreDB events."),
-  Command.withSubcommands([run, status, deadLetters, embeddedServers])
+  Command.withDescription(described(
+    "Keeps MongoDB read models reconciled with EventStoreDB events.",
+    Usage.endpointVariables,
+    Usage.engineVariables
+  )),
+  Command.withSubcommands([run, status, deadLetters, rebuild, diff, cutover, verify, embeddedServers])
 )
 
 const cli = Command.run(reconciler, { name: "reconciler", version: "0.1.0" })
@@ -235,18 +391,16 @@ const main = cli(process.argv).pipe(
   // A missing or malformed setting in the environment is bad usage too.
   Effect.catchIf(ConfigError.isConfigError, (error) =>
     Console.error(`reconciler: configuration: ${String(error)}`).pipe(Effect.zipRight(Effect.sync(() => (process.exitCode = USAGE))))),
-  Effect.tapErrorCause((cause) => Cause.isInterruptedOnly(cause) ? Effect.void : Console.error(`reconciler: ${message(cause)}`))
+  Effect.tapErrorCause((cause) => Cause.isInterruptedOnly(cause) ? Effect.void : Console.error(`reconciler: ${message(cause)}`)),
+  (program) => (Usage.plainOutput() ? Usage.withPlainConsole(program) : program)
 )
 
-NodeRuntime.runMain(main, {
-  disableErrorReporting: true,
-  teardown: (exit, onExit) => {
-    const code = Exit.isSuccess(exit)
+Signals.runMain(main, {
+  name: "reconciler",
+  exitCode: (exit, stopped) =>
+    Exit.isSuccess(exit)
       ? Number(process.exitCode ?? 0)
-      : Cause.isInterruptedOnly(exit.cause)
+      : Cause.isInterruptedOnly(exit.cause) && stopped
       ? 0
       : 1
-    onExit(code)
-    process.exit(code)
-  }
 })

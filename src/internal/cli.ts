@@ -2,6 +2,8 @@
  * What the `reconciler` command line needs beyond the library: loading the
  * projections of a module, printing statuses, and retrying dead letters.
  */
+import * as fs from "node:fs"
+import { createRequire } from "node:module"
 import * as path from "node:path"
 import { pathToFileURL } from "node:url"
 import { Data, Effect, Option, Stream } from "effect"
@@ -20,15 +22,68 @@ const isRunnable = (value: unknown): value is Runnable =>
   typeof value === "object" && value !== null && "_tag" in value &&
   (value._tag === "Projection" || value._tag === "Handler") && "name" in value && "categories" in value
 
+const TYPESCRIPT = /\.[cm]?tsx?$/i
+
+/**
+ * The file of tsx's in-process ESM loader API (`tsx/esm/api`, import condition),
+ * from beside the module or the working directory, when tsx is installed there.
+ */
+const findTsx = (modulePath: string): string | undefined => {
+  for (const from of [path.resolve(modulePath), path.join(process.cwd(), "package.json")]) {
+    try {
+      const manifest = createRequire(from).resolve("tsx/package.json")
+      const api = JSON.parse(fs.readFileSync(manifest, "utf8"))?.exports?.["./esm/api"]?.import
+      const entry = typeof api === "string" ? api : api?.default
+      if (typeof entry === "string") return path.join(path.dirname(manifest), entry)
+    } catch {
+      // not installed there
+    }
+  }
+  return undefined
+}
+
+const reason = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
+
+/** True when this Node strips TypeScript types by itself (22.18+, 23.6+). */
+const nativeTypeScript = (): boolean => Boolean((process.features as { typescript?: unknown }).typescript)
+
+/**
+ * Imports a module of projections. Compiled JavaScript (`.js`, `.mjs`) is what
+ * the service runs. A TypeScript module is imported as it is when this Node
+ * strips types itself; otherwise through tsx when tsx is installed beside the
+ * module (or in the working directory) — its loader is registered in this
+ * process, no launcher in between; without tsx the failure says what to do.
+ */
+export const importModule = Effect.fn("cli.importModule")(function*(modulePath: string) {
+  if (TYPESCRIPT.test(modulePath) && !nativeTypeScript()) {
+    const tsx = findTsx(modulePath)
+    if (tsx !== undefined) {
+      yield* Effect.tryPromise({
+        try: async () => void ((await import(pathToFileURL(tsx).href)) as { register: () => unknown }).register(),
+        catch: (cause) => new ModuleError({ message: `cannot load tsx (${tsx}) for ${modulePath}: ${reason(cause)}`, cause })
+      })
+    }
+  }
+  return yield* Effect.tryPromise({
+    try: () => import(pathToFileURL(path.resolve(modulePath)).href) as Promise<Record<string, unknown>>,
+    catch: (cause) =>
+      new ModuleError({
+        message: TYPESCRIPT.test(modulePath) && (cause as { code?: unknown } | null)?.code === "ERR_UNKNOWN_FILE_EXTENSION"
+          ? `${modulePath} is TypeScript, which Node ${process.version} does not load by itself: compile it ` +
+            `(tsc) and pass the .js file, as a service should run, or install tsx beside it ` +
+            `(npm install --save-dev tsx) and reconciler loads it through tsx`
+          : `cannot load ${modulePath}: ${reason(cause)}`,
+        cause
+      })
+  })
+})
+
 /**
  * The projections and handlers a module exports: its `projections` export when
  * it is an array, otherwise every exported projection or handler.
  */
 export const loadRunnables = (modulePath: string) =>
-  Effect.tryPromise({
-    try: () => import(pathToFileURL(path.resolve(modulePath)).href) as Promise<Record<string, unknown>>,
-    catch: (cause) => new ModuleError({ message: `cannot load ${modulePath}: ${cause instanceof Error ? cause.message : String(cause)}`, cause })
-  }).pipe(
+  importModule(modulePath).pipe(
     Effect.flatMap((module) => {
       const listed = Array.isArray(module.projections) ? module.projections.filter(isRunnable) : []
       const found = listed.length > 0 ? listed : Object.values(module).filter(isRunnable)

@@ -1,13 +1,19 @@
 /**
- * Child processes for end-to-end tests: spawned with tsx, their output collected
+ * Child processes for end-to-end tests: the compiled `reconciler` bin run as an
+ * operator runs it (the executable itself, its `#!/usr/bin/env node` line, no
+ * wrapper), TypeScript scripts with `node --import tsx`; their output collected
  * line by line, waited on by what they print (never by sleeping), and killed in
  * the scope's finalizer whatever happens.
  */
 import { type ChildProcess, spawn as spawnProcess } from "node:child_process"
+import * as fs from "node:fs"
 import * as path from "node:path"
 import { Data, Deferred, Duration, Effect, Schedule } from "effect"
 
 export const root = path.resolve(import.meta.dirname, "../..")
+
+/** The package's bin as `npm run build` leaves it (test/support/build.ts builds it before the tests). */
+export const BIN = path.join(root, "dist", "bin", "reconciler.js")
 
 export class ChildError extends Data.TaggedError("ChildError")<{ readonly message: string }> {}
 
@@ -20,7 +26,7 @@ export interface Child {
   readonly process: ChildProcess
   /** Everything printed so far, stdout and stderr interleaved by line. */
   readonly output: () => string
-  /** The first line (past or future) matching `pattern`; fails if the child exits first or after `timeout`. */
+  /** The first line (past or future) matching `pattern`; fails if the output ends first or after `timeout`. */
   readonly line: (pattern: RegExp, timeout?: Duration.DurationInput) => Effect.Effect<RegExpMatchArray, ChildError>
   /** The child's exit; fails after `timeout`. */
   readonly exit: (timeout?: Duration.DurationInput) => Effect.Effect<Exit, ChildError>
@@ -28,15 +34,25 @@ export interface Child {
 }
 
 /**
- * Spawns `node --import tsx <script> ...args` in the repository root. The
- * finalizer SIGKILLs the child if it is still running and waits for its exit.
+ * Spawns `script ...args` in `options.cwd` (default: the repository root): a
+ * `.ts` script as `node --import tsx <script>`, anything else (the compiled bin)
+ * as an executable. The finalizer SIGKILLs the child if it is still running and
+ * waits for its exit.
  */
-export const spawn = (script: string, args: ReadonlyArray<string>, env: Record<string, string | undefined> = {}) =>
+export const spawn = (
+  script: string,
+  args: ReadonlyArray<string>,
+  env: Record<string, string | undefined> = {},
+  options: { readonly cwd?: string; readonly color?: boolean } = {}
+) =>
   Effect.acquireRelease(
     Effect.sync(() => {
-      const child = spawnProcess(process.execPath, ["--import", "tsx", script, ...args], {
-        cwd: root,
-        env: { ...process.env, NO_COLOR: "1", ...env },
+      const [command, commandArgs] = script.endsWith(".ts")
+        ? [process.execPath, ["--import", "tsx", script, ...args]]
+        : [script, [...args]]
+      const child = spawnProcess(command, commandArgs, {
+        cwd: options.cwd ?? root,
+        env: { ...process.env, ...(options.color ? {} : { NO_COLOR: "1" }), ...env },
         stdio: ["ignore", "pipe", "pipe"]
       })
       const lines: Array<string> = []
@@ -56,9 +72,14 @@ export const spawn = (script: string, args: ReadonlyArray<string>, env: Record<s
       }
       collect(child.stdout!)
       collect(child.stderr!)
+      // Output may go on after the exit: a grandchild (what npm or npx started) keeps the pipes open.
+      let closed = false
       child.on("exit", (code, signal) => {
         exitValue = { code, signal }
         Deferred.unsafeDone(exited, Effect.succeed(exitValue))
+      })
+      child.on("close", () => {
+        closed = true
         for (const wake of waiters) wake()
       })
       const output = () => lines.join("\n")
@@ -72,7 +93,7 @@ export const spawn = (script: string, args: ReadonlyArray<string>, env: Record<s
               const match = lines[from]!.match(pattern)
               if (match) return done(Effect.succeed(match))
             }
-            if (exitValue !== undefined) {
+            if (closed) {
               done(Effect.fail(new ChildError({ message: `exited (${JSON.stringify(exitValue)}) before printing ${pattern}: ${describe()}` })))
             }
           }
@@ -122,3 +143,38 @@ export const until = <E, R>(
     }),
     Effect.asVoid
   )
+
+/** The pids of `pid`'s descendants, from /proc (Linux). */
+export const descendants = (pid: number): ReadonlyArray<number> => {
+  const children = new Map<number, Array<number>>()
+  for (const entry of fs.readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue
+    try {
+      // pid (comm) state ppid ...: comm may hold spaces and parentheses, so read after the last ")".
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, "utf8")
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1])
+      children.set(ppid, [...(children.get(ppid) ?? []), Number(entry)])
+    } catch {
+      // gone meanwhile
+    }
+  }
+  const out: Array<number> = []
+  const visit = (p: number) => {
+    for (const child of children.get(p) ?? []) {
+      out.push(child)
+      visit(child)
+    }
+  }
+  visit(pid)
+  return out
+}
+
+/** True while a process with this pid exists (and is not a zombie). */
+export const alive = (pid: number): boolean => {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8")
+    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z"
+  } catch {
+    return false
+  }
+}
