@@ -248,6 +248,8 @@ export interface ProjectionStatus {
   readonly head: Option.Option<bigint>
   readonly lag: bigint
   readonly deadLetters: number
+  /** Persistent mode: ranges of streams' events found gone and skipped by decision. */
+  readonly gaps: number
 }
 
 /**
@@ -264,11 +266,12 @@ export const status = Effect.fn("App.status")(function*(runnables: ReadonlyArray
       const checkpoint = yield* store.readCheckpoint(id)
       const head = yield* source.head(runnable.categories)
       const deadLetters = (yield* store.deadLetters(id)).length
+      const gaps = (yield* store.gaps(id)).length
       const lag = Option.match(head, {
         onNone: () => 0n,
         onSome: (h) => Option.match(checkpoint, { onNone: () => h + 1n, onSome: (c) => behind(c, h) })
       })
-      return { projection: id, checkpoint, head, lag, deadLetters } satisfies ProjectionStatus
+      return { projection: id, checkpoint, head, lag, deadLetters, gaps } satisfies ProjectionStatus
     }))
 })
 

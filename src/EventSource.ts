@@ -121,6 +121,20 @@ export class EventSource extends Context.Tag("effect-reconciler/EventSource")<
      * head a catch-up subscription's checkpoint is compared with to tell lag.
      */
     readonly head: (categories: ReadonlyArray<string>) => Effect.Effect<Option.Option<bigint>, EventSourceError>
+    /**
+     * Persistent mode: up to `count` events of one stream from revision `from`
+     * on, in order, as deliveries that need no settling — the engine reads the
+     * events a consumer group has not handed it yet. The first one is the
+     * stream's first available event at or after `from`: a higher revision
+     * means the events before it are gone (deleted, or truncated by
+     * `$maxCount`/`$maxAge`). A missing or deleted stream gives none. Without
+     * it, the engine waits for the group to redeliver.
+     */
+    readonly readStream?: (
+      streamId: string,
+      from: bigint,
+      count: number
+    ) => Effect.Effect<ReadonlyArray<Delivery>, EventSourceError>
   }
 >() {}
 

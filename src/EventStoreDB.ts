@@ -10,7 +10,9 @@
  *   `$idx-ce-<category>`, positioned like `$all`; several categories: `$all`
  *   filtered by a stream-name regex, positioned by prepare position.
  * - **persistent**: one consumer group per `$ce-<category>` stream (created if
- *   missing, Pinned by default), settled with ack / nack.
+ *   missing, Pinned by default; an existing group with another strategy is
+ *   used as it is, with a warning), settled with ack / nack. `readStream` reads
+ *   a stream's events for the engine when the group has not handed them over.
  *
  * Deliveries are pulled from the client's subscription (a bounded object-mode
  * readable) only as the engine asks for them, so the engine's backpressure
@@ -551,13 +553,32 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
     )
   }
 
+  // An existing group is used as it is; another strategy than Pinned only costs holds (the engine restores order).
+  const warned = new Set<string>()
+  const warnStrategy = (stream: string, group: string) =>
+    warned.has(`${group}::${stream}`) ? Effect.void : Effect.tryPromise(() => client.groupInfo(stream, group)).pipe(
+      Effect.tap(() => Effect.sync(() => warned.add(`${group}::${stream}`))),
+      Effect.flatMap((info) =>
+        info.settings.consumerStrategyName === PINNED
+          ? Effect.void
+          : Effect.logWarning(
+            `consumer group ${group} on ${stream} exists with strategy ${info.settings.consumerStrategyName}, not Pinned: ` +
+              "it does not keep a stream on one consumer, so the engine holds deliveries that overtake their stream " +
+              "until their predecessors are applied (correct, but slower)"
+          )
+      ),
+      Effect.ignore
+    )
+
   const ensureGroup = (stream: string, group: string) =>
     Effect.tryPromise({
       try: () => client.createGroup(stream, group, groupSettings),
       catch: (e) => e
     }).pipe(
       Effect.catchAll((e) =>
-        errorType(e) === "persistent-subscription-exists" ? Effect.void : Effect.fail(sourceError(`creating group ${group} on ${stream}`)(e))
+        errorType(e) === "persistent-subscription-exists"
+          ? warnStrategy(stream, group)
+          : Effect.fail(sourceError(`creating group ${group} on ${stream}`)(e))
       ),
       Effect.withSpan("EventStoreDB.ensureGroup", { attributes: { stream, group } })
     )
@@ -676,7 +697,27 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
       return Option.fromNullable(max)
     }).pipe(Effect.withSpan("EventStoreDB.head"))
 
-  return EventSource.of({ subscribe, head })
+  const readStream = (streamId: string, from: bigint, count: number) =>
+    Effect.tryPromise({
+      try: async () => {
+        const out: Array<Delivery> = []
+        try {
+          for await (
+            const resolved of client.readStreamForwards(streamId, from, count)
+          ) {
+            if (resolved.event !== undefined) out.push(toDelivery(resolved, resolved.event.revision))
+          }
+        } catch (e) {
+          const type = errorType(e)
+          if (type === "stream-not-found" || type === "stream-deleted") return out
+          throw e
+        }
+        return out
+      },
+      catch: sourceError(`reading ${streamId} from revision ${from}`)
+    }).pipe(Effect.withSpan("EventStoreDB.readStream", { attributes: { streamId } }))
+
+  return EventSource.of({ subscribe, head, readStream })
 })
 
 /**

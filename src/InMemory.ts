@@ -9,7 +9,7 @@
 import { Chunk, Context, Deferred, Effect, FiberId, Layer, Option, Stream } from "effect"
 import type { Delivery, Settlement, Subscription } from "./EventSource.js"
 import { categoryOf, EventSource, EventSourceError } from "./EventSource.js"
-import type { Checkpoint, DeadLetter, DocumentWrite, HeldEvent, Resolution, StoredDocument, WriteBatch, WriteResult } from "./ReadModelStore.js"
+import type { Checkpoint, DeadLetter, DocumentWrite, HeldEvent, Resolution, SkippedGap, StoredDocument, StreamProgress, WriteBatch, WriteResult } from "./ReadModelStore.js"
 import type { Registration } from "./ReadModelStore.js"
 import { ReadModelStore, StoreError } from "./ReadModelStore.js"
 import { random } from "./internal/random.js"
@@ -316,6 +316,15 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
           ? catchUp(categories, Option.getOrUndefined(subscription.after))
           : persistent(categories, `${[...categories].sort().join(",")}::${subscription.group}`)
       },
+      readStream: (streamId, from, count) =>
+        Effect.sync(() => {
+          const found: Array<Delivery> = []
+          for (const event of log) {
+            if (found.length >= count) break
+            if (event.streamId === streamId && event.revision >= from) found.push(deliver(event, 0))
+          }
+          return found
+        }),
       head: (categories) =>
         Effect.sync(() => {
           for (let i = log.length - 1; i >= 0; i--) {
@@ -382,6 +391,10 @@ export interface MemoryStore {
   readonly held: () => ReadonlyArray<HeldEvent>
   /** Every resolved letter, all projections. */
   readonly resolved: () => ReadonlyArray<Resolution>
+  /** Persistent mode: the stored per-stream progress of a projection. */
+  readonly progress: (projection: string) => ReadonlyMap<string, StreamProgress>
+  /** Persistent mode: the gaps a projection skipped. */
+  readonly gaps: (projection: string) => ReadonlyArray<SkippedGap>
   /** Makes the next `n` calls fail with a transient error. */
   readonly failNext: (n: number) => void
   /** Calls made after the store's scope closed (each also died loudly). */
@@ -409,6 +422,16 @@ export const makeStore = (options: StoreOptions = {}) =>
       const resolutions = new Map<string, Resolution>()
       const heldKey = (projection: string, document: string, streamId: string, revision: bigint) =>
         JSON.stringify([projection, document, streamId, String(revision)])
+      const progressOf = new Map<string, Map<string, StreamProgress>>()
+      const skipped = new Map<string, SkippedGap>()
+      const projectionProgress = (projection: string) => {
+        let found = progressOf.get(projection)
+        if (found === undefined) {
+          found = new Map()
+          progressOf.set(projection, found)
+        }
+        return found
+      }
       const next = random(options.seed ?? 1)
       let closed = false
       let afterClose = 0
@@ -517,8 +540,35 @@ export const makeStore = (options: StoreOptions = {}) =>
               deadLetters.delete(resolution.letter.id)
             }),
           resolutions: (projection) =>
-            guarded("resolutions", () => [...resolutions.values()].filter((r) => r.letter.projection === projection))
+            guarded("resolutions", () => [...resolutions.values()].filter((r) => r.letter.projection === projection)),
+          loadProgress: (projection, streams) =>
+            guarded("loadProgress", () => {
+              const stored = projectionProgress(projection)
+              const found = new Map<string, StreamProgress>()
+              for (const stream of streams) {
+                const record = stored.get(stream)
+                if (record !== undefined) found.set(stream, record)
+              }
+              return found
+            }),
+          commitProgress: (projection, progress, gaps = []) =>
+            guarded("commitProgress", () => {
+              for (const gap of gaps) skipped.set(JSON.stringify([projection, gap.stream, String(gap.from)]), gap)
+              const stored = projectionProgress(projection)
+              for (const { parked = [], revision, stream } of progress) {
+                const current = stored.get(stream)
+                const all = [...new Set([...(current?.parked ?? []), ...parked])].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
+                stored.set(stream, {
+                  stream,
+                  revision: current === undefined || revision > current.revision ? revision : current.revision,
+                  parked: all
+                })
+              }
+            }),
+          gaps: (projection) => guarded("gaps", () => [...skipped.values()].filter((g) => g.projection === projection))
         },
+        progress: (projection) => new Map(projectionProgress(projection)),
+        gaps: (projection) => [...skipped.values()].filter((g) => g.projection === projection),
         documents: (name) => {
           const live = new Map<string, StoredDocument>()
           for (const [id, doc] of collection(name)) if (!doc.meta.deleted) live.set(id, doc)

@@ -6,7 +6,9 @@
  * `_reconciler`: `{ version, position, streams: [{ s, r }], deleted, token }`.
  * Positions and revisions are stored as BSON `Long` (read back as `bigint`);
  * stream ids are values, not field names, so any stream id is safe. A tombstone
- * keeps only `_id` and `_reconciler`.
+ * keeps only `_id` and `_reconciler`. Persistent mode keeps one record per
+ * projection and source stream in `reconciler_stream_progress` (`$max` on the
+ * revision, so it only moves forward) and skipped gaps in `reconciler_gaps`.
  *
  * Guarantees:
  * - `load` is one `find({ _id: { $in } })`.
@@ -56,8 +58,10 @@ import {
   type Resolution,
   type DocumentWrite,
   ReadModelStore,
+  type SkippedGap,
   StoreError,
   type StoredDocument,
+  type StreamProgress,
   type WriteBatch,
   type WriteResult
 } from "./ReadModelStore.js"
@@ -87,6 +91,10 @@ export const DEAD_LETTERS = "reconciler_dead_letters"
 export const HELD_EVENTS = "reconciler_held_events"
 /** Resolved dead letters (retried or skipped, by whom and why). @since 0.1.0 */
 export const RESOLVED_LETTERS = "reconciler_resolved_letters"
+/** Persistent mode: one record per projection and source stream, `{ projection, stream, revision }`. @since 0.1.0 */
+export const STREAM_PROGRESS = "reconciler_stream_progress"
+/** Persistent mode: gaps skipped by decision. @since 0.1.0 */
+export const GAPS = "reconciler_gaps"
 
 /** @since 0.1.0 */
 export interface Options {
@@ -275,6 +283,8 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
   const letters = db.collection<Document>(DEAD_LETTERS)
   const held = db.collection<Document>(HELD_EVENTS)
   const resolved = db.collection<Document>(RESOLVED_LETTERS)
+  const streamProgress = db.collection<Document>(STREAM_PROGRESS)
+  const gapRecords = db.collection<Document>(GAPS)
 
   const call = <A>(operation: string, f: () => Promise<A>): Effect.Effect<A, StoreError> =>
     Effect.suspend(() =>
@@ -294,6 +304,7 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
     await letters.createIndex({ projection: 1, at: 1 }, { name: "projection_at" })
     await held.createIndex({ projection: 1, document: 1, position: 1 }, { name: "projection_document_position" })
     await resolved.createIndex({ "letter.projection": 1, at: 1 }, { name: "projection_at" })
+    await gapRecords.createIndex({ projection: 1, at: 1 }, { name: "projection_at" })
     for (const index of options.indexes ?? []) {
       await db.collection(index.collection).createIndex({ ...index.key }, {
         unique: index.unique === true,
@@ -613,10 +624,81 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
         reason: typeof d.reason === "string" ? d.reason : undefined,
         at: d.at instanceof Date ? d.at : new Date(String(d.at))
       }))
+    }),
+    loadProgress: Effect.fn("MongoReadModelStore.loadProgress")(function*(projection: string, streams: ReadonlyArray<string>) {
+      const found = new Map<string, StreamProgress>()
+      if (streams.length === 0) return found as ReadonlyMap<string, StreamProgress>
+      const ids = [...new Set(streams)].map((stream) => progressId(projection, stream))
+      const docs = yield* call("loadProgress", () =>
+        streamProgress.find({ _id: { $in: ids } } as Document, { batchSize: ids.length + 1 }).toArray())
+      for (const d of docs) {
+        const revision = toBigInt(d.revision)
+        const parked = Array.isArray(d.parked) ? d.parked.map(toBigInt).filter((r): r is bigint => r !== undefined) : []
+        if (typeof d.stream === "string" && revision !== undefined) found.set(d.stream, { stream: d.stream, revision, parked })
+      }
+      return found as ReadonlyMap<string, StreamProgress>
+    }),
+    commitProgress: Effect.fn("MongoReadModelStore.commitProgress")(function*(
+      projection: string,
+      progress: ReadonlyArray<StreamProgress>,
+      gaps: ReadonlyArray<SkippedGap> = []
+    ) {
+      yield* call("commitProgress", async () => {
+        // Gaps first: a progress record past a gap always has the gap's record.
+        if (gaps.length > 0) {
+          await upsertAll(gapRecords, gaps.map((gap) => ({
+            filter: { _id: JSON.stringify([projection, gap.stream, gap.from.toString()]) },
+            update: {
+              $setOnInsert: { ...gap, projection, from: toLong(gap.from), to: toLong(gap.to) }
+            }
+          })))
+        }
+        if (progress.length > 0) {
+          await upsertAll(streamProgress, progress.map(({ parked = [], revision, stream }) => ({
+            filter: { _id: progressId(projection, stream) },
+            update: {
+              $set: { projection, stream },
+              $max: { revision: toLong(revision) },
+              $addToSet: { parked: { $each: parked.map(toLong) } }
+            }
+          })))
+        }
+      })
+    }),
+    gaps: Effect.fn("MongoReadModelStore.gaps")(function*(projection: string) {
+      const docs = yield* call("gaps", () => gapRecords.find({ projection }).sort({ at: 1, _id: 1 }).toArray())
+      return docs.map((d): SkippedGap => ({
+        projection: String(d.projection),
+        stream: String(d.stream),
+        from: toBigInt(d.from) ?? 0n,
+        to: toBigInt(d.to) ?? 0n,
+        reason: String(d.reason),
+        at: d.at instanceof Date ? d.at : new Date(String(d.at))
+      }))
     })
   }
   return port
 })
+
+const progressId = (projection: string, stream: string) => JSON.stringify([projection, stream])
+
+/**
+ * Upserts in one unordered bulk write; upserts that lost a race to insert the
+ * same `_id` (duplicate key) run again as plain updates.
+ */
+const upsertAll = async (
+  collection: Collection<Document>,
+  ops: ReadonlyArray<{ readonly filter: Document; readonly update: Document }>
+) => {
+  try {
+    await collection.bulkWrite(ops.map((op) => ({ updateOne: { ...op, upsert: true } })), { ordered: false })
+  } catch (e) {
+    if (!(e instanceof MongoBulkWriteError) || e.writeConcernError !== undefined) throw e
+    const errors = writeErrorsOf(e)
+    if (errors.length === 0 || errors.some((w) => w.code !== 11000)) throw e
+    await collection.bulkWrite(errors.map((w) => ({ updateOne: ops[w.index]! })), { ordered: false })
+  }
+}
 
 const encodeRegistration = (r: Registration): Document => ({
   _id: r.readModel,

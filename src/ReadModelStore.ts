@@ -18,7 +18,10 @@ import type { Stream } from "effect"
  * - `version` counts the writes of the document: a write succeeds only if the
  *   stored version is the one that was read (optimistic concurrency).
  * - `position`: the highest catch-up position applied to the document.
- * - `streams`: per source stream, the highest revision applied (persistent mode).
+ * - `streams` (persistent mode): per source stream, the highest revision applied
+ *   to the document, kept only for streams whose {@link StreamProgress} had not
+ *   reached it when the document was last written (the progress record carries
+ *   the rest), so it stays small however many streams feed the document.
  * - `deleted`: the projection removed the document; the store keeps a tombstone
  *   with the markers so that a redelivered event cannot bring it back.
  *
@@ -86,6 +89,40 @@ export interface WriteResult {
 export interface Checkpoint {
   readonly projection: string
   readonly position: bigint
+}
+
+/**
+ * Persistent mode, per projection and source stream: every event of `stream`
+ * up to `revision` is durably applied to its documents, parked, or skipped by
+ * a recorded decision. Written after the documents it covers, so it may lag
+ * them but never lead them.
+ *
+ * @since 0.1.0
+ */
+export interface StreamProgress {
+  readonly stream: string
+  readonly revision: bigint
+  /**
+   * Revisions of the stream parked as poison (added to those stored): a replay
+   * of one is parked again rather than taken as a duplicate.
+   */
+  readonly parked?: ReadonlyArray<bigint> | undefined
+}
+
+/**
+ * A gap skipped by decision (persistent mode): revisions `from`…`to` of
+ * `stream` can never be delivered (deleted, truncated by `$maxCount`/`$maxAge`),
+ * so the projection moved past them.
+ *
+ * @since 0.1.0
+ */
+export interface SkippedGap {
+  readonly projection: string
+  readonly stream: string
+  readonly from: bigint
+  readonly to: bigint
+  readonly reason: string
+  readonly at: Date
 }
 
 /**
@@ -244,6 +281,24 @@ export class ReadModelStore extends Context.Tag("effect-reconciler/ReadModelStor
     readonly resolveDeadLetter: (resolution: Resolution) => Effect.Effect<void, StoreError>
     /** The resolved letters of a projection, oldest first. */
     readonly resolutions: (projection: string) => Effect.Effect<ReadonlyArray<Resolution>, StoreError>
+    /** Persistent mode: the stored progress of `streams` (streams without a record are absent). */
+    readonly loadProgress: (
+      projection: string,
+      streams: ReadonlyArray<string>
+    ) => Effect.Effect<ReadonlyMap<string, StreamProgress>, StoreError>
+    /**
+     * Persistent mode: records `gaps` (idempotent), then moves each stream's
+     * progress up to its revision and adds its parked revisions, in one write
+     * per stream; a lower revision than the stored one is ignored, so
+     * concurrent engines can only move it forward.
+     */
+    readonly commitProgress: (
+      projection: string,
+      progress: ReadonlyArray<StreamProgress>,
+      gaps?: ReadonlyArray<SkippedGap>
+    ) => Effect.Effect<void, StoreError>
+    /** Persistent mode: the gaps a projection skipped, oldest first. */
+    readonly gaps: (projection: string) => Effect.Effect<ReadonlyArray<SkippedGap>, StoreError>
   }
 >() {}
 

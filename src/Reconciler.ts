@@ -76,6 +76,17 @@ export interface RunOptions {
    */
   readonly handlerAttempts?: number | undefined
   /**
+   * Persistent mode: how often held deliveries (that overtook their stream)
+   * re-read their streams' progress from the store. Default 100 ms.
+   */
+  readonly holdCheck?: Duration.DurationInput | undefined
+  /**
+   * Persistent mode: how long a delivery may be held before the engine reads
+   * its stream's missing events itself (and skips, recorded, those that are
+   * gone). Default 2 s.
+   */
+  readonly fillAfter?: Duration.DurationInput | undefined
+  /**
    * Catch-up: commit the checkpoint in the same transaction as each batch's
    * documents, where the store supports transactions. Off by default: guarded
    * writes are idempotent by themselves and the committer moves the checkpoint

@@ -174,14 +174,14 @@ const status = Command.make(
         const show = (o: Option.Option<bigint>) => Option.match(o, { onNone: () => "-", onSome: String })
         yield* Console.log(app.describeEndpoints(endpoints))
         yield* Console.log(Cli.table(
-          ["projection", "checkpoint", "head", "lag", "dead letters"],
-          statuses.map((s) => [s.projection, show(s.checkpoint), show(s.head), String(s.lag), String(s.deadLetters)])
+          ["projection", "checkpoint", "head", "lag", "dead letters", "gaps skipped"],
+          statuses.map((s) => [s.projection, show(s.checkpoint), show(s.head), String(s.lag), String(s.deadLetters), String(s.gaps)])
         ))
         for (const line of yield* DeadLetters.quarantineLines(runnables)) yield* Console.log(line)
       }))
 ).pipe(Command.withDescription(described(
-  "Per projection: committed checkpoint, head position of its categories, lag (in positions) and dead-letter count; " +
-    "then the quarantined documents and the events that block them.",
+  "Per projection: committed checkpoint, head position of its categories, lag (in positions), dead-letter count and " +
+    "(persistent mode) gaps skipped; then the quarantined documents and the events that block them.",
   Usage.endpointVariables
 )))
 

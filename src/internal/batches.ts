@@ -10,6 +10,7 @@ import type { Current } from "./fold.js"
 import { decodeStored, documentCodec, foldBatch } from "./fold.js"
 import type { HeldPart } from "./quarantine.js"
 import { fromDelivery } from "./quarantine.js"
+import type { StreamOrder } from "./streamOrder.js"
 import type { Part, Tracked } from "./tracked.js"
 import { partDone } from "./tracked.js"
 import type { Watermark } from "./watermark.js"
@@ -18,8 +19,8 @@ import type { Watermark } from "./watermark.js"
 export type Batch = (parts: ReadonlyArray<Part>) => Effect.Effect<ReadonlyArray<Tracked>, ReconcilerError>
 
 /** The batch processor of a lane (each lane has its own: it owns a cache). */
-export const make = (ctx: Context, watermark: Watermark): Batch =>
-  ctx.runnable._tag === "Projection" ? projectionBatch(ctx, ctx.runnable, watermark) : handlerBatch(ctx, ctx.runnable)
+export const make = (ctx: Context, watermark: Watermark, order?: StreamOrder): Batch =>
+  ctx.runnable._tag === "Projection" ? projectionBatch(ctx, ctx.runnable, watermark, order) : handlerBatch(ctx, ctx.runnable)
 
 /**
  * A lane's batch of a projection: fold per document, one guarded write.
@@ -32,14 +33,25 @@ export const make = (ctx: Context, watermark: Watermark): Batch =>
  * writes are idempotent by themselves, and the committer alone moves the
  * checkpoint, after them.
  */
-const projectionBatch = (ctx: Context, projection: Projection<any, any>, watermark: Watermark): Batch => {
+const projectionBatch = (
+  ctx: Context,
+  projection: Projection<any, any>,
+  watermark: Watermark,
+  order: StreamOrder | undefined
+): Batch => {
   const { durably, options, store } = ctx
   const codec = documentCodec(projection)
   const cache = new Map<string, Current | undefined>()
+  /** Persistent mode: when each cached document was loaded (see {@link StreamOrder.loaded}). */
+  const loadedAt = new Map<string, number>()
   const remember = (id: string, current: Current | undefined) => {
     cache.delete(id)
     cache.set(id, current)
-    if (cache.size > options.cacheSize) cache.delete(cache.keys().next().value!)
+    if (cache.size > options.cacheSize) {
+      const oldest = cache.keys().next().value!
+      cache.delete(oldest)
+      loadedAt.delete(oldest)
+    }
   }
   const checkpoint = () =>
     options.transactional && options.mode === "catch-up" && watermark.current !== undefined
@@ -98,7 +110,14 @@ const projectionBatch = (ctx: Context, projection: Projection<any, any>, waterma
             if (Either.isRight(decoded)) remember(docId, decoded.right)
             else unreadable.set(docId, decoded.left)
           }
+          if (order !== undefined) {
+            const epoch = order.loaded()
+            for (const docId of missing) loadedAt.set(docId, epoch)
+          }
         }
+        // Persistent mode: a document is folded onto only with its streams' progress read
+        // after it was loaded, so that a marker another consumer pruned is known from it.
+        if (order !== undefined) yield* order.refreshSince(todo, (key) => loadedAt.get(key) ?? 0)
         const foldable: Array<Part> = []
         for (const part of todo) {
           const reason = unreadable.get(part.key)
@@ -108,7 +127,7 @@ const projectionBatch = (ctx: Context, projection: Projection<any, any>, waterma
           else held.push(part)
         }
         const result = yield* Effect.sync(() =>
-          foldBatch(projection, codec, options.mode, (docId) => cache.get(docId), foldable, quarantine !== undefined)
+          foldBatch(projection, codec, options.mode, (docId) => cache.get(docId), foldable, quarantine !== undefined, order?.durable)
         ).pipe(Effect.withSpan("Reconciler.fold", { attributes: { ...attributes, events: foldable.length } }))
         const outcome = result.writes.length === 0
           ? { conflicts: [] as ReadonlyArray<string>, rejected: undefined }

@@ -42,12 +42,16 @@ export const runGroup = (
         const checkpoint = options.mode === "catch-up"
           ? yield* ctx.durably(store.readCheckpoint(ctx.id), "reading the checkpoint")
           : Option.none()
-        pipelines.push(new Pipeline(ctx, Option.getOrUndefined(checkpoint), activity))
+        pipelines.push(new Pipeline(ctx, Option.getOrUndefined(checkpoint), activity, source.readStream))
       }
       const running: Array<Running> = []
       for (const pipeline of pipelines) {
         const lanes = yield* Effect.forEach(pipeline.lanes, (lane) => Effect.forkScoped(pipeline.laneLoop(lane)))
-        const committer = yield* Effect.forkScoped(pipeline.committer.loop)
+        // Persistent mode: the stream order's loop (held deliveries) lives and stops with the committer.
+        const order = pipeline.order
+        const committer = yield* Effect.forkScoped(
+          order === undefined ? pipeline.committer.loop : Effect.zipLeft(pipeline.committer.loop, order.loop, { concurrent: true })
+        )
         running.push({ pipeline, lanes, committer })
       }
       yield* Effect.addFinalizer(() => drain(running, options))

@@ -15,6 +15,7 @@
  */
 import type {
   PersistentSubscriptionToStream,
+  PersistentSubscriptionToStreamInfo,
   PersistentSubscriptionToStreamSettings,
   ResolvedEvent
 } from "@eventstore/db-client"
@@ -57,6 +58,10 @@ export interface StoreClient {
   readonly subscribeToGroup: (stream: string, group: string, bufferSize: number) => GroupSubscription
   /** The newest `maxCount` records of a stream, newest first, links resolved. */
   readonly readStreamBackwards: (stream: string, maxCount: number) => AsyncIterable<ResolvedEvent>
+  /** The stream's own events from `from` on (links not resolved), at most `maxCount`. */
+  readonly readStreamForwards: (stream: string, from: bigint, maxCount: number) => AsyncIterable<ResolvedEvent>
+  /** A consumer group as the server describes it (settings, and counts of messages in flight and parked). */
+  readonly groupInfo: (stream: string, group: string) => Promise<PersistentSubscriptionToStreamInfo>
   /** The newest `maxCount` events of filtered `$all`, newest first; `undefined` for a client that cannot filter reads. */
   readonly readAllBackwards: ((filter: StreamFilter, maxCount: number) => AsyncIterable<ResolvedEvent>) | undefined
   /** The server version from `ServerFeatures` (`"unknown"` when the server does not say). */
@@ -119,7 +124,7 @@ const claimProcess = () => {
 export const esdb = async (connectionString: string): Promise<StoreClient> => {
   claimProcess()
   claim("esdb")
-  const { BACKWARDS, END, EventStoreDBClient, persistentSubscriptionToStreamSettingsFromDefaults, START, streamNameFilter } =
+  const { BACKWARDS, END, EventStoreDBClient, FORWARDS, persistentSubscriptionToStreamSettingsFromDefaults, START, streamNameFilter } =
     await import("@eventstore/db-client")
   const client = EventStoreDBClient.connectionString(connectionString)
   return {
@@ -136,6 +141,8 @@ export const esdb = async (connectionString: string): Promise<StoreClient> => {
     subscribeToGroup: (stream, group, bufferSize) => client.subscribeToPersistentSubscriptionToStream(stream, group, { bufferSize }),
     readStreamBackwards: (stream, maxCount) =>
       client.readStream(stream, { direction: BACKWARDS, fromRevision: END, maxCount, resolveLinkTos: true }),
+    readStreamForwards: (stream, from, maxCount) => client.readStream(stream, { direction: FORWARDS, fromRevision: from, maxCount }),
+    groupInfo: (stream, group) => client.getPersistentSubscriptionToStreamInfo(stream, group),
     readAllBackwards: undefined,
     serverVersion: () => serverVersionOf(client),
     dispose: () => disposeFully(client)
@@ -168,6 +175,9 @@ export const kurrentdb = async (connectionString: string): Promise<StoreClient> 
     subscribeToGroup: (stream, group, bufferSize) => same(client.subscribeToPersistentSubscriptionToStream(stream, group, { bufferSize })),
     readStreamBackwards: (stream, maxCount) =>
       same(client.readStream(stream, { direction: k.BACKWARDS, fromRevision: k.END, maxCount, resolveLinkTos: true })),
+    readStreamForwards: (stream, from, maxCount) =>
+      same(client.readStream(stream, { direction: k.FORWARDS, fromRevision: from, maxCount })),
+    groupInfo: (stream, group) => same(client.getPersistentSubscriptionToStreamInfo(stream, group)),
     readAllBackwards: (filter, maxCount) =>
       same(client.readAll({
         direction: k.BACKWARDS,

@@ -92,9 +92,42 @@ export const foldBatch = <P extends { readonly event: Event; readonly key: strin
   mode: Mode,
   current: Current_,
   parts: ReadonlyArray<P>,
-  block = false
+  block = false,
+  durable: Durable = noProgress
 ): BatchFold<P> =>
-  fold(projection, codec, mode, current, parts, false, block) ?? fold(projection, codec, mode, current, parts, true, block)!
+  fold(projection, codec, mode, current, parts, false, block, durable) ??
+    fold(projection, codec, mode, current, parts, true, block, durable)!
+
+/**
+ * Persistent mode: the recorded progress of a source stream (every revision up
+ * to it is applied), `undefined` when unknown. An event at or below it is a
+ * duplicate whatever the document's markers say; a document keeps a marker
+ * only for streams whose progress has not reached it (see {@link pruneMarkers}).
+ */
+export type Durable = (stream: string) => bigint | undefined
+
+const noProgress: Durable = () => undefined
+
+/**
+ * The markers a document keeps: those its streams' recorded progress has not
+ * reached. Sound because the engine learns a stream's progress from the store
+ * after loading a document, so what a pruned marker said is known from the
+ * progress by whoever folds onto that document next.
+ */
+export const pruneMarkers = (
+  streams: Readonly<Record<string, bigint>>,
+  durable: Durable
+): Readonly<Record<string, bigint>> => {
+  let pruned: Record<string, bigint> | undefined
+  for (const stream in streams) {
+    const progress = durable(stream)
+    if (progress !== undefined && streams[stream]! <= progress) {
+      pruned ??= { ...streams }
+      delete pruned[stream]
+    }
+  }
+  return pruned ?? streams
+}
 
 /** The documents as they stood before the batch, by id. */
 type Current_ = (id: string) => Current | undefined
@@ -106,7 +139,8 @@ const fold = <P extends { readonly event: Event; readonly key: string }>(
   current: Current_,
   parts: ReadonlyArray<P>,
   encodeEachStep: boolean,
-  block: boolean
+  block: boolean,
+  durable: Durable
 ): BatchFold<P> | undefined => {
   const working = new Map<string, Working>()
   const poisoned: Array<{ part: P; reason: string }> = []
@@ -168,7 +202,8 @@ const fold = <P extends { readonly event: Event; readonly key: string }>(
         }
       } else {
         const revision = (doc.streams ?? doc.before.streams)[event.streamId]
-        if (revision !== undefined && event.revision <= revision) {
+        const progress = durable(event.streamId)
+        if ((revision !== undefined && event.revision <= revision) || (progress !== undefined && event.revision <= progress)) {
           doc.duplicates++
           continue
         }
@@ -211,7 +246,7 @@ const fold = <P extends { readonly event: Event; readonly key: string }>(
     const meta: DocumentMeta = {
       version: doc.before.version + 1,
       position: doc.position,
-      streams: doc.streams ?? doc.before.streams,
+      streams: mode === "catch-up" ? doc.before.streams : pruneMarkers(doc.streams ?? doc.before.streams, durable),
       deleted: doc.deleted
     }
     doc.write = { id, expectedVersion: doc.before.version, body: doc.state === undefined ? undefined : doc.encoded, meta }

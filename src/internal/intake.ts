@@ -80,6 +80,11 @@ export const run = (
       if (chunk === undefined) return
       const behind = activity.backlog
       activity.received += chunk.length
+      if (options.mode === "persistent") {
+        // Each stream's order is restored before routing (one pipeline per group).
+        for (const pipeline of pipelines) yield* pipeline.offer(chunk)
+        continue
+      }
       for (const delivery of chunk) {
         activity.position = delivery.position
         lastDispatched = delivery.position

@@ -23,5 +23,14 @@ export const metrics = {
   lag: Metric.gauge("reconciler_lag_ms", { description: "age of the newest applied event" }),
   stalled: Metric.gauge("reconciler_stalled", {
     description: "1 while deliveries are in flight and none has settled for stallAfter"
+  }),
+  held: Metric.gauge("reconciler_held_deliveries", {
+    description: "persistent mode: deliveries held until their stream's earlier events are applied"
+  }),
+  gaps: Metric.counter("reconciler_gaps_skipped", {
+    description: "persistent mode: ranges of a stream's events found gone (deleted, truncated) and skipped by decision"
+  }),
+  streamReads: Metric.counter("reconciler_stream_reads", {
+    description: "persistent mode: events read from their stream because the group had not handed them over in time"
   })
 }

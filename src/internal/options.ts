@@ -26,6 +26,10 @@ export interface Resolved {
   readonly onProgress: ((progress: Progress) => Effect.Effect<void>) | undefined
   /** The in-flight bound of one projection: lanes × lane buffer + batch size. */
   readonly bound: number
+  /** Persistent mode: how often held streams re-read their progress. */
+  readonly holdCheck: Duration.Duration
+  /** Persistent mode: how long a delivery is held before its stream's missing events are read, in ms. */
+  readonly fillAfter: number
 }
 
 const defaultRetry: Schedule.Schedule<unknown> = Schedule.exponential("50 millis").pipe(
@@ -70,6 +74,8 @@ export const resolve = (options: RunOptions): Effect.Effect<Resolved, InvalidRun
       handlerAttempts: options.handlerAttempts ?? 5,
       transactional: options.transactional === true,
       onProgress: options.onProgress,
-      bound: lanes * laneBuffer + batchSize
+      bound: lanes * laneBuffer + batchSize,
+      holdCheck: Duration.decode(options.holdCheck ?? "100 millis"),
+      fillAfter: Duration.toMillis(options.fillAfter ?? "2 seconds")
     }
   })

@@ -14,7 +14,7 @@
  */
 import { Effect, Metric } from "effect"
 import type { ReconcilerError } from "../Errors.js"
-import type { Delivery } from "../EventSource.js"
+import type { Delivery, EventSource } from "../EventSource.js"
 import type { Event } from "../Projection.js"
 import { decoderOf } from "../Projection.js"
 import * as Batches from "./batches.js"
@@ -23,6 +23,7 @@ import type { Context } from "./context.js"
 import { describe } from "./fold.js"
 import { Lane, laneOf, nextTurn } from "./lanes.js"
 import { Settlement } from "./settlement.js"
+import { StreamOrder } from "./streamOrder.js"
 import type { Part, Tracked } from "./tracked.js"
 import { partDone, samePart } from "./tracked.js"
 
@@ -51,12 +52,23 @@ export class Pipeline {
   readonly settlement: Settlement
   readonly committer: Committer
   readonly lanes: ReadonlyArray<Lane<Part>>
+  /** Persistent mode: restores each stream's order before routing. */
+  readonly order: StreamOrder | undefined
   private readonly decode: ReturnType<typeof decoderOf>
   private readonly partition: (event: Event, key: string) => string
   private skips = 0
 
-  constructor(readonly ctx: Context, readonly start: bigint | undefined, private readonly activity: Activity) {
+  constructor(
+    readonly ctx: Context,
+    readonly start: bigint | undefined,
+    private readonly activity: Activity,
+    readStream?: EventSource["Type"]["readStream"]
+  ) {
     this.settlement = new Settlement(ctx, start)
+    this.order = ctx.options.mode === "persistent"
+      ? new StreamOrder(ctx, this.settlement, (tracked) => this.dispatch(tracked), readStream)
+      : undefined
+    this.settlement.order = this.order
     this.committer = new Committer(ctx, this.settlement, start)
     this.lanes = Array.from({ length: ctx.options.lanes }, () => new Lane<Part>())
     this.settlement.gate.onBlocked = () => this.flushLanes()
@@ -73,7 +85,12 @@ export class Pipeline {
    */
   route(delivery: Delivery): Tracked | undefined {
     if (this.start !== undefined && this.ctx.options.mode === "catch-up" && delivery.position <= this.start) return undefined
-    const tracked = this.settlement.track(delivery)
+    return this.dispatch(this.settlement.track(delivery))
+  }
+
+  /** Routes a delivery taken in to its lanes; returns it when it is already done (skipped or poison). */
+  dispatch(tracked: Tracked): Tracked | undefined {
+    const delivery = tracked.delivery
     const event = this.decode(delivery)
     if (event === undefined) {
       this.skips++
@@ -97,6 +114,11 @@ export class Pipeline {
     tracked.remaining = keys.length
     for (let i = 0; i < keys.length; i++) this.lanes[lanesOf[i]!]!.push({ tracked, event, key: keys[i]! })
     return undefined
+  }
+
+  /** Persistent mode: takes a chunk in through the stream order (which routes it). */
+  offer(chunk: Iterable<Delivery>): Effect.Effect<void, ReconcilerError> {
+    return this.order!.offer(chunk).pipe(Effect.zipRight(this.afterChunk([])))
   }
 
   /** Settles what routing finished at once, and counts the skips of the chunk. */
@@ -135,7 +157,7 @@ export class Pipeline {
   laneLoop(lane: Lane<Part>): Effect.Effect<void, ReconcilerError> {
     const self = this
     return Effect.gen(function*() {
-      const process = Batches.make(self.ctx, self.settlement.watermark)
+      const process = Batches.make(self.ctx, self.settlement.watermark, self.order)
       while (true) {
         const parts = yield* self.nextBatch(lane)
         if (parts === undefined) return

@@ -14,6 +14,7 @@ import { ack, nack } from "../EventSource.js"
 import type { Context } from "./context.js"
 import { Gate } from "./lanes.js"
 import { fromDelivery, letterFor } from "./quarantine.js"
+import type { StreamOrder } from "./streamOrder.js"
 import type { Tracked } from "./tracked.js"
 import { Watermark } from "./watermark.js"
 
@@ -29,6 +30,8 @@ export class Settlement {
   lastSettledAt = 0
   /** The newest position taken in. */
   received: bigint | undefined
+  /** Persistent mode: per-stream order and progress; it settles what completes. */
+  order: StreamOrder | undefined
   /** Called when nothing is in flight any more (the committer commits then, not a tick later). */
   onIdle: (() => void) | undefined
 
@@ -52,8 +55,11 @@ export class Settlement {
     return tracked
   }
 
-  /** An event whose documents cannot be known (it does not decode, `key` fails): a letter of its own, keyed by position. */
-  private deadLetter(delivery: Delivery, reason: string) {
+  /**
+   * An event whose documents cannot be known (it does not decode, `key` fails), or
+   * one read from its stream that the group cannot park: a letter of its own, keyed by position.
+   */
+  deadLetter(delivery: Delivery, reason: string) {
     const { durably, id, store } = this.ctx
     return durably(store.deadLetter(letterFor(id, undefined, fromDelivery(delivery), reason, new Date())), "dead-lettering")
   }
@@ -78,6 +84,7 @@ export class Settlement {
         self.ctx.totals.deadLettered += poisoned
         yield* Metric.incrementBy(self.ctx.metrics.deadLettered, poisoned)
       }
+      if (self.order !== undefined) return yield* self.order.settle(finished)
       // Catch-up deliveries are not settled one by one: the checkpoint is their acknowledgement.
       if (!catchUp) {
         yield* Effect.forEach(
@@ -103,10 +110,10 @@ export class Settlement {
 
   /** Hands back what was received and not applied (persistent), for redelivery. */
   get nackUnsettled(): Effect.Effect<void> {
-    return Effect.forEach(
+    return Effect.zipRight(this.order?.finish ?? Effect.void, Effect.suspend(() => Effect.forEach(
       [...this.unsettled],
       (tracked) => tracked.delivery.settle(nack("retry", "the reconciler stopped before applying it")).pipe(Effect.ignore),
       { concurrency: "unbounded", discard: true }
-    )
+    )))
   }
 }

@@ -47,6 +47,43 @@ export class MaxSubscribersReached extends Error {
   readonly _tag = "MaxSubscribersReached"
 }
 
+/**
+ * Test knob: faults a group injects, decided by a seeded generator, as a real
+ * server produces them when a consumer is slow, dies or loses an answer: a
+ * message whose first delivery went unanswered is redelivered (retry count + 1)
+ * after later messages of its stream went out to other consumers, and a message
+ * whose acknowledgement came too late is delivered once more.
+ *
+ * - `overtakeRate`: a message about to be sent the first time is, with this
+ *   probability, sent only after `1…overtakeBy` further messages (as if it had
+ *   gone to a consumer that never answered, and timed out).
+ * - `redeliverRate`: an acknowledged message is, with this probability,
+ *   delivered again after `1…overtakeBy` further messages.
+ * - `duplicateRate`: a message just sent is, with this probability, sent again
+ *   after `1…overtakeBy` further messages, whatever becomes of the first copy
+ *   (as when its timeout fires while the first consumer still works on it).
+ */
+export interface GroupFaults {
+  readonly seed?: number | undefined
+  readonly overtakeRate?: number | undefined
+  readonly redeliverRate?: number | undefined
+  readonly duplicateRate?: number | undefined
+  /** Default 16. */
+  readonly overtakeBy?: number | undefined
+}
+
+/** A seeded generator in [0, 1) (mulberry32). */
+const seeded = (seed: number) => {
+  let a = seed >>> 0
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0
+    let t = a
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
+
 /** One message of a group: a (resolved) event with its retry count. */
 export interface Message {
   readonly resolved: Resolved
@@ -124,6 +161,10 @@ export class Group {
   private stopped = false
   private unlisten: () => void
   totalItems = 0
+  /** Copies of acknowledged messages waiting to be redelivered overtaken (see {@link GroupFaults}). */
+  private readonly overtaken: Array<{ readonly message: Message; readonly after: number }> = []
+  private random: (() => number) | undefined = undefined
+  faults: GroupFaults | undefined = undefined
 
   private source: GroupSource
 
@@ -230,7 +271,9 @@ export class Group {
     if (this.stopped) return
     for (const id of ids) {
       const o = this.take(id)
-      if (o) this.finish(o.message)
+      if (!o) continue
+      this.finish(o.message)
+      this.maybeRedeliver(o.message)
     }
     this.writeCheckpoint(false)
     this.dispatch()
@@ -265,6 +308,36 @@ export class Group {
     }
     this.writeCheckpoint(false)
     this.dispatch()
+  }
+
+  private maybeRedeliver(message: Message): void {
+    this.maybeOvertake(message, this.faults?.redeliverRate)
+  }
+
+  /** Sets a message aside to be sent after later ones (see {@link GroupFaults}); whether it did. */
+  private maybeOvertake(message: Message, rate: number | undefined): boolean {
+    const faults = this.faults
+    if (faults === undefined || rate === undefined || rate <= 0) return false
+    this.random ??= seeded(faults.seed ?? 1)
+    if (this.random() >= rate) return false
+    const after = this.totalItems + 1 + Math.floor(this.random() * (faults.overtakeBy ?? 16))
+    this.overtaken.push({ message: { ...message, retryCount: message.retryCount + 1 }, after })
+    return true
+  }
+
+  /** Overtaken copies whose turn came (or all of them, when nothing else is left to send) join the retries. */
+  private releaseOvertaken(): void {
+    if (this.overtaken.length === 0) return
+    const idle = this.pending.length === 0 && this.retry.length === 0
+    for (let i = 0; i < this.overtaken.length;) {
+      const o = this.overtaken[i]!
+      if (idle || o.after <= this.totalItems) {
+        this.overtaken.splice(i, 1)
+        // A copy of a message still out: its timeout fired (the first consumer's answer no longer counts).
+        this.take(o.message.id)
+        this.retry.push(o.message)
+      } else i++
+    }
   }
 
   /** Moves parked messages (up to `stopAt` of them) in front of new ones. */
@@ -456,7 +529,9 @@ export class Group {
         continue
       }
       queue.splice(i, 1)
+      if (message.retryCount === 0 && this.maybeOvertake(message, this.faults?.overtakeRate)) continue
       this.send(sub, message)
+      this.maybeOvertake(message, this.faults?.duplicateRate)
       sent = true
     }
     return sent
@@ -502,6 +577,7 @@ export class Group {
         this.again = false
         let progress = true
         while (progress && this.subscribers.length > 0 && this.hasCapacity()) {
+          this.releaseOvertaken()
           progress = this.drain(this.retry)
           if (this.pending.length < this.settings.readBatchSize) progress = this.readMore() || progress
           progress = this.drain(this.pending) || progress
@@ -576,10 +652,19 @@ export class PersistentSubscriptions {
     return [...this.groups.values()].filter((g) => stream === undefined || g.stream === stream)
   }
 
+  /** Test knob: faults every group injects from now on (see {@link GroupFaults}). */
+  set faults(faults: GroupFaults | undefined) {
+    this.groupFaults = faults
+    for (const g of this.groups.values()) g.faults = faults
+  }
+  private groupFaults: GroupFaults | undefined = undefined
+
   create(stream: string, group: string, settings: GroupSettings): void {
     const key = this.key(stream, group)
     if (this.groups.has(key)) throw new GroupExists(`Subscription group ${group} on stream ${stream} exists.`)
-    this.groups.set(key, new Group(this.store, stream, group, settings))
+    const g = new Group(this.store, stream, group, settings)
+    g.faults = this.groupFaults
+    this.groups.set(key, g)
     this.journal?.group("create", stream, group, settings)
   }
 
