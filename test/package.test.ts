@@ -140,6 +140,27 @@ describe("the packed package, installed into an app of its own", () => {
       expect(embedded.stdout.trim()).toBe("function function")
     }))
 
+  it.effect("the test kit from effect-reconciler/testing runs a spec and a law check in plain JavaScript, and catches a wrong expectation", () =>
+    Effect.gen(function*() {
+      fs.writeFileSync(
+        path.join(app, "kit.js"),
+        [
+          `import { Effect } from "effect"`,
+          `import { ProjectionLaws, ProjectionSpec } from "effect-reconciler/testing"`,
+          `import { balances } from "./projections.js"`,
+          `const deposit = (amount) => ({ stream: "account-1", type: "Deposited", data: { account: "1", amount } })`,
+          `const spec = (expected) => ProjectionSpec.for(balances).given(deposit(10)).when(deposit(5)).then(expected)`,
+          `await Effect.runPromise(spec({ "1": { balance: 15 } }))`,
+          `await Effect.runPromise(ProjectionLaws.check(balances, { numRuns: 10 }))`,
+          `const wrong = await Effect.runPromise(Effect.either(spec({ "1": { balance: 16 } })))`,
+          `console.log(JSON.stringify({ wrong: wrong._tag, tag: wrong.left?._tag }))`
+        ].join("\n") + "\n"
+      )
+      const kit = yield* node(["kit.js"])
+      expect(kit.code, kit.stderr).toBe(0)
+      expect(kit.stdout.trim().split("\n").at(-1)).toBe(JSON.stringify({ wrong: "Left", tag: "ProjectionSpecFailed" }))
+    }), { timeout: 120_000 })
+
   it.effect("the README's TypeScript app type-checks with tsc --init defaults and a current @types/node", () =>
     Effect.gen(function*() {
       const tsc = path.join(root, "node_modules", "typescript", "bin", "tsc")
