@@ -20,12 +20,15 @@
  * @since 0.1.0
  */
 import * as path from "node:path"
-import { Config, ConfigError, Context, Data, Duration, Effect, Fiber, Layer, Option, Redacted, Schedule } from "effect"
+import { Config, ConfigError, Console, Context, Data, Duration, Effect, Fiber, Layer, Option, Redacted, Schedule, Stream } from "effect"
 import * as EventStoreServer from "./embedded/EventStoreServer.js"
 import * as MongoServer from "./embedded/MongoServer.js"
 import { EventSource as EventSourceTag } from "./EventSource.js"
-import type { EventSource, EventSourceError } from "./EventSource.js"
+import type { Delivery, EventSource, EventSourceError } from "./EventSource.js"
 import * as EventStoreDB from "./EventStoreDB.js"
+import * as HttpEndpoint from "./HttpEndpoint.js"
+import * as Monitor from "./Monitor.js"
+import * as Telemetry from "./Telemetry.js"
 import * as MongoReadModelStore from "./MongoReadModelStore.js"
 import { checkpointId } from "./Projection.js"
 import type { Runnable } from "./Projection.js"
@@ -146,6 +149,7 @@ const positiveInt = (name: string, fallback: number) =>
  * `RECONCILER_MODE` (`catch-up` | `persistent`, default `catch-up`),
  * `RECONCILER_LANES` (4), `RECONCILER_BATCH_SIZE` (100), `RECONCILER_LANE_BUFFER` (256),
  * `RECONCILER_DRAIN_TIMEOUT` (10 seconds), `RECONCILER_COMMIT_INTERVAL` (1 second),
+ * `RECONCILER_STALL_AFTER` (30 seconds: behind the head and not moving this long is a stall),
  * `RECONCILER_GROUP` (persistent mode: the consumer group; default per projection).
  *
  * @since 0.1.0
@@ -157,6 +161,7 @@ export const settings: Config.Config<Reconciler.RunOptions> = Config.all({
   laneBuffer: positiveInt("RECONCILER_LANE_BUFFER", 256),
   drainTimeout: Config.duration("RECONCILER_DRAIN_TIMEOUT").pipe(Config.withDefault(Duration.seconds(10))),
   commitInterval: Config.duration("RECONCILER_COMMIT_INTERVAL").pipe(Config.withDefault(Duration.seconds(1))),
+  stallAfter: Config.duration("RECONCILER_STALL_AFTER").pipe(Config.withDefault(Duration.seconds(30))),
   group: Config.option(Config.string("RECONCILER_GROUP")).pipe(Config.map(Option.getOrUndefined))
 })
 
@@ -166,25 +171,141 @@ export const describeEndpoints = (endpoints: Endpoints["Type"]): string =>
   `MongoDB ${endpoints.mongo.embedded ? "embedded" : "from MONGODB_URI"} (database ${endpoints.mongo.database})`
 
 /**
- * Runs the projections and handlers with the {@link settings} from
- * configuration (`overrides` win), each with its own subscription and
- * checkpoint, until interrupted — then drains, commits and nacks the rest.
+ * How the service is operated (see {@link operationSettings}).
+ *
+ * @since 0.1.0
+ */
+export interface OperationOptions {
+  /** Serve `/metrics`, `/healthz`, `/readyz` and `/status` on this port (0 picks one); off when undefined. */
+  readonly httpPort?: number | undefined
+  /** The interface the endpoint listens on. Default `0.0.0.0`. */
+  readonly httpHost?: string | undefined
+  /** `/readyz` is ready while every projection is at most this many positions behind the head. Default 100. */
+  readonly readyDistance?: number | undefined
+  /** How often the heads are read and liveness judged. Default 1 s. */
+  readonly livenessInterval?: Duration.DurationInput | undefined
+}
+
+/**
+ * The operation settings: `RECONCILER_HTTP_PORT` (off when unset; 0 picks a
+ * port), `RECONCILER_HTTP_HOST` (`0.0.0.0`), `RECONCILER_READY_DISTANCE` (100),
+ * `RECONCILER_LIVENESS_INTERVAL` (1 second).
+ *
+ * @since 0.1.0
+ */
+export const operationSettings: Config.Config<OperationOptions> = Config.all({
+  httpPort: Config.option(
+    Config.integer("RECONCILER_HTTP_PORT").pipe(
+      Config.validate({ message: "Expected a port (0-65535)", validation: (n) => n >= 0 && n <= 65535 })
+    )
+  ).pipe(Config.map(Option.getOrUndefined)),
+  httpHost: Config.string("RECONCILER_HTTP_HOST").pipe(Config.withDefault("0.0.0.0")),
+  readyDistance: Config.integer("RECONCILER_READY_DISTANCE").pipe(
+    Config.validate({ message: "Expected a whole number of positions, at least 0", validation: (n) => n >= 0 }),
+    Config.withDefault(100)
+  ),
+  livenessInterval: Config.duration("RECONCILER_LIVENESS_INTERVAL").pipe(Config.withDefault(Duration.seconds(1)))
+})
+
+/**
+ * Runs the projections and handlers with the {@link settings} and
+ * {@link operationSettings} from configuration (`overrides` win), each with its
+ * own subscription and checkpoint, until interrupted — then drains, commits and
+ * nacks the rest.
+ *
+ * While they run, a {@link Monitor} judges each against the head of its
+ * source and restarts a stalled one (it drains and resumes from its
+ * checkpoint); dead-lettered and parked events are logged as warnings; and
+ * with an HTTP port the endpoint of {@link HttpEndpoint} serves metrics,
+ * health, readiness and status (its URL is logged and printed).
  *
  * @since 0.1.0
  */
 export const run = Effect.fn("App.run")(function*(
   runnables: ReadonlyArray<Runnable>,
-  overrides: Reconciler.RunOptions = {}
+  overrides: Reconciler.RunOptions & OperationOptions = {}
 ) {
-  const options = { ...(yield* settings), ...definedOnly(overrides) }
+  const { httpHost, httpPort, livenessInterval, readyDistance, ...engine } = {
+    ...(yield* settings),
+    ...(yield* operationSettings),
+    ...definedOnly(overrides)
+  }
+  const options: Reconciler.RunOptions = engine
   const endpoints = yield* Effect.serviceOption(Endpoints)
   yield* Effect.logInfo(
     `reconciling ${runnables.map((r) => r.name).join(", ")} (${options.mode}, ${options.lanes} lanes, batch ${options.batchSize})` +
       Option.match(endpoints, { onNone: () => "", onSome: (e) => `; ${describeEndpoints(e)}` })
   )
-  yield* Reconciler.runAll(runnables, options).pipe(
+  // One consumer group for several projections is refused by the engine as it is.
+  if (options.group !== undefined && runnables.length > 1) return yield* Reconciler.runAll(runnables, options)
+  yield* Effect.scoped(Effect.gen(function*() {
+    const monitor = yield* Monitor.make(runnables, {
+      mode: options.mode ?? "catch-up",
+      group: options.group,
+      stallAfter: options.stallAfter,
+      interval: livenessInterval,
+      readyDistance
+    })
+    if (httpPort !== undefined) {
+      const metrics = yield* Layer.build(Telemetry.prometheusLayer()).pipe(Effect.map(Context.get(Telemetry.PrometheusMetrics)))
+      const url = yield* HttpEndpoint.serve({ port: httpPort, host: httpHost }, monitor, metrics)
+      yield* Effect.logInfo(`http endpoint listening on ${url}`)
+      yield* Console.log(`http endpoint listening on ${url} (/metrics /healthz /readyz /status)`)
+    }
+    const source = warnOnPark(yield* EventSourceTag)
+    const store = warnOnDeadLetter(yield* ReadModelStoreTag)
+    yield* Effect.forEach(
+      runnables,
+      (runnable) =>
+        monitor.supervise(runnable, (onProgress) => {
+          // TODO(throughput): `onProgress` is part of RunOptions once the engine reports progress.
+          const withProgress = { ...options, onProgress }
+          return Reconciler.run(runnable, withProgress)
+        }),
+      { concurrency: "unbounded", discard: true }
+    ).pipe(
+      Effect.provideService(EventSourceTag, source),
+      Effect.provideService(ReadModelStoreTag, store)
+    )
+  })).pipe(
     Effect.onInterrupt(() => Effect.logInfo("stopped; checkpoints committed"))
   )
+})
+
+/** The store, logging a warning per dead-lettered event with its whole reason. */
+const warnOnDeadLetter = (store: ReadModelStore["Type"]): ReadModelStore["Type"] => ({
+  ...store,
+  deadLetter: (letter) =>
+    store.deadLetter(letter).pipe(
+      Effect.tap(() =>
+        Effect.logWarning(
+          `dead-lettered: projection ${letter.projection}, event ${letter.eventId} (${letter.eventType}), ` +
+            `stream ${letter.streamId} revision ${letter.revision}, position ${letter.position}: ${letter.reason}`
+        )
+      )
+    )
+})
+
+/** The source, logging a warning per parked delivery (persistent mode) with its whole reason. */
+const warnOnPark = (source: EventSource["Type"]): EventSource["Type"] => ({
+  ...source,
+  subscribe: (subscription) =>
+    subscription.mode === "catch-up"
+      ? source.subscribe(subscription)
+      : Stream.map(source.subscribe(subscription), (delivery): Delivery => ({
+        ...delivery,
+        settle: (settlement) =>
+          settlement._tag === "Nack" && settlement.action === "park"
+            ? delivery.settle(settlement).pipe(
+              Effect.tap(() =>
+                Effect.logWarning(
+                  `parked: group ${subscription.group}, event ${delivery.id} (${delivery.type}), ` +
+                    `stream ${delivery.streamId} revision ${delivery.revision}: ${settlement.reason}`
+                )
+              )
+            )
+            : delivery.settle(settlement)
+      }))
 })
 
 const definedOnly = <A extends object>(options: A): A =>

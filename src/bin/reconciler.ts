@@ -3,7 +3,7 @@
  * The `reconciler` command line.
  *
  * ```sh
- * reconciler run --module examples/openbank.ts [--mode catch-up|persistent] [--lanes N] [--batch-size N]
+ * reconciler run --module examples/openbank.ts [--mode catch-up|persistent] [--lanes N] [--batch-size N] [--http-port P]
  * reconciler status --module examples/openbank.ts
  * reconciler dead-letters list  --module examples/openbank.ts [--projection NAME]
  * reconciler dead-letters retry --module examples/openbank.ts [--projection NAME]
@@ -26,6 +26,8 @@ import * as MongoServer from "../embedded/MongoServer.js"
 import { checkpointId } from "../Projection.js"
 import { ReadModelStore } from "../ReadModelStore.js"
 import * as Cli from "../internal/cli.js"
+import * as Logging from "../Logging.js"
+import * as Telemetry from "../Telemetry.js"
 
 // ---- shared options ------------------------------------------------------------
 
@@ -59,6 +61,12 @@ const appLayer = (useEmbedded: boolean) => App.layer(useEmbedded ? { embedded: t
 const projectionsOf = (module: string, names: ReadonlyArray<string>) =>
   Cli.loadRunnables(module).pipe(Effect.flatMap((runnables) => Cli.select(runnables, names)))
 
+const port = (name: string, server: string) =>
+  Options.integer(name).pipe(
+    Options.withSchema(Schema.Int.pipe(Schema.between(0, 65535, { message: () => `--${name} must be a port (0-65535)` }))),
+    Options.withDescription(`the ${server} port (0 picks a free one)`)
+  )
+
 // ---- run -----------------------------------------------------------------------
 
 const run = Command.make(
@@ -72,6 +80,9 @@ const run = Command.make(
     ),
     lanes: positive("lanes", "parallel lanes (default RECONCILER_LANES or 4)"),
     batchSize: positive("batch-size", "most events folded into one write per lane (default RECONCILER_BATCH_SIZE or 100)"),
+    httpPort: port("http-port", "HTTP endpoint (/metrics /healthz /readyz /status; default RECONCILER_HTTP_PORT or off)").pipe(
+      Options.optional
+    ),
     embedded
   },
   (args) =>
@@ -80,8 +91,9 @@ const run = Command.make(
       yield* App.run(runnables, {
         mode: Option.getOrUndefined(args.mode),
         lanes: Option.getOrUndefined(args.lanes),
-        batchSize: Option.getOrUndefined(args.batchSize)
-      }).pipe(Effect.provide(appLayer(args.embedded)))
+        batchSize: Option.getOrUndefined(args.batchSize),
+        httpPort: Option.getOrUndefined(args.httpPort)
+      }).pipe(Effect.provide(appLayer(args.embedded)), Effect.provide(Telemetry.tracingLayerConfig))
     })
 ).pipe(Command.withDescription(
   "Run the projections of a module until SIGINT/SIGTERM; then drain, commit the checkpoints and exit 0."
@@ -167,12 +179,6 @@ const deadLetters = Command.make("dead-letters").pipe(
 
 // ---- embedded ----------------------------------------------------------------------
 
-const port = (name: string, server: string) =>
-  Options.integer(name).pipe(
-    Options.withSchema(Schema.Int.pipe(Schema.between(0, 65535, { message: () => `--${name} must be a port (0-65535)` }))),
-    Options.withDescription(`the ${server} port (0 picks a free one)`)
-  )
-
 const embeddedServers = Command.make(
   "embedded",
   {
@@ -229,6 +235,7 @@ const message = (cause: Cause.Cause<unknown>): string => {
 
 const main = cli(process.argv).pipe(
   Effect.provide(NodeContext.layer),
+  Effect.provide(Logging.layerConfig()),
   Effect.catchIf(ValidationError.isValidationError, (error) =>
     // @effect/cli has printed the message (and help where useful).
     ValidationError.isHelpRequested(error) ? Effect.void : Effect.sync(() => (process.exitCode = USAGE))),
@@ -240,6 +247,8 @@ const main = cli(process.argv).pipe(
 
 NodeRuntime.runMain(main, {
   disableErrorReporting: true,
+  // The logger is Logging's (RECONCILER_LOG_FORMAT), not runMain's pretty one.
+  disablePrettyLogger: true,
   teardown: (exit, onExit) => {
     const code = Exit.isSuccess(exit)
       ? Number(process.exitCode ?? 0)

@@ -1,0 +1,487 @@
+/**
+ * What the service knows about the projections it runs, kept in memory: where
+ * each stands against the head of its source, whether it is moving, and the
+ * totals the engine counted. It supervises the runs: a projection that is
+ * behind the head and has not moved for `stallAfter` (whatever the cause: a
+ * subscription gone silent, a stuck lane, the store down) is logged, counted
+ * and restarted — the run drains, commits and resumes from its checkpoint with
+ * a new subscription — and reported unhealthy only when that did not help.
+ *
+ * Every `interval` the monitor reads the head of each projection's categories
+ * (and, in persistent mode, its consumer group from the server); between
+ * reads it serves what it last saw, so `/status`, `/healthz` and `/readyz`
+ * cost no round trip.
+ *
+ * Positions are those of the projection's subscription (`$ce` link revisions
+ * for one category, `$all` positions for several); "behind" is the distance
+ * from the committed checkpoint to the head in those positions (persistent
+ * mode: the group's events not acknowledged yet, as the server counts them).
+ *
+ * @since 0.1.0
+ */
+import { Clock, Duration, Effect, Metric, Option, Queue } from "effect"
+import type { Scope } from "effect"
+import { EventSource } from "./EventSource.js"
+import type { GroupStatus } from "./EventSource.js"
+import { checkpointId } from "./Projection.js"
+import type { Runnable } from "./Projection.js"
+import { ReadModelStore } from "./ReadModelStore.js"
+import * as Reconciler from "./Reconciler.js"
+import { distance, StallDetector } from "./internal/liveness.js"
+
+/**
+ * What the engine reports on every committer tick and after each commit
+ * (`RunOptions.onProgress`); totals since the run started.
+ *
+ * @since 0.1.0
+ */
+// TODO(throughput): the same shape as `Reconciler.Progress`; use that type once the engine exports it.
+export interface Progress {
+  readonly projection: string
+  readonly mode: "catch-up" | "persistent"
+  readonly checkpoint: bigint | undefined
+  readonly received: bigint | undefined
+  readonly inFlight: number
+  readonly processed: number
+  readonly skipped: number
+  readonly duplicates: number
+  readonly deadLettered: number
+  readonly lastSettledAt: number
+}
+
+/** @since 0.1.0 */
+export interface Settings {
+  readonly mode: "catch-up" | "persistent"
+  /** Persistent mode: the consumer group (default: each projection's checkpoint id). */
+  readonly group?: string | undefined
+  /** Behind the head and not moving for this long is a stall. Default 30 s. */
+  readonly stallAfter?: Duration.DurationInput | undefined
+  /** How often the heads are read and liveness judged. Default 1 s. */
+  readonly interval?: Duration.DurationInput | undefined
+  /** `/readyz` is ready while every projection is at most this many positions behind. Default 100. */
+  readonly readyDistance?: number | undefined
+}
+
+/**
+ * One projection as the monitor last saw it. Times in milliseconds.
+ *
+ * @since 0.1.0
+ */
+export interface ProjectionState {
+  readonly projection: string
+  readonly checkpointId: string
+  readonly mode: "catch-up" | "persistent"
+  /** Its run is alive (between restarts it is briefly not). */
+  readonly running: boolean
+  readonly checkpoint: bigint | undefined
+  readonly head: bigint | undefined
+  /** Positions behind the head (undefined until the head has been read). */
+  readonly behind: bigint | undefined
+  /** Age of the oldest event not applied yet (0 when caught up; undefined when the source cannot tell). */
+  readonly oldestUnappliedAgeMs: number | undefined
+  readonly stalled: boolean
+  readonly stalledForMs: number
+  /** Stalled through a restart: `/healthz` reports it. */
+  readonly unhealthy: boolean
+  /** Stalls detected since the service started. */
+  readonly stalls: number
+  /** Restarts made to resolve stalls since the service started. */
+  readonly restarts: number
+  readonly processed: number
+  readonly skipped: number
+  readonly duplicates: number
+  readonly deadLettered: number
+  /** Received and not settled (undefined until the engine reported progress). */
+  readonly inFlight: number | undefined
+  /** Since the engine last settled a delivery (undefined until it reported progress). */
+  readonly lastSettledAgoMs: number | undefined
+  readonly group: (GroupStatus & { readonly name: string }) | undefined
+  /** The last error reading the head or the group, if the last read failed. */
+  readonly sourceError: string | undefined
+}
+
+/** Liveness metrics, tagged with `projection`. @since 0.1.0 */
+export const metrics = {
+  behind: Metric.gauge("reconciler_positions_behind_head", {
+    description: "positions between the committed checkpoint and the head of the source (persistent: unacknowledged events of the group)"
+  }),
+  oldestAge: Metric.gauge("reconciler_oldest_unapplied_age_ms", {
+    description: "age of the oldest event not applied yet (0 when caught up)"
+  }),
+  head: Metric.gauge("reconciler_head_position", { description: "position of the newest event of the projection's categories" }),
+  checkpoint: Metric.gauge("reconciler_checkpoint_position", { description: "committed checkpoint (catch-up)" }),
+  stalled: Metric.gauge("reconciler_head_stalled", {
+    description: "1 while behind the head and not moving for stallAfter"
+  }),
+  stalls: Metric.counter("reconciler_stalls", { description: "stalls detected", incremental: true }),
+  restarts: Metric.counter("reconciler_stall_restarts", {
+    description: "runs restarted (drained, resubscribed from the checkpoint) to resolve a stall",
+    incremental: true
+  }),
+  running: Metric.gauge("reconciler_running", { description: "1 while the projection's run is alive" }),
+  outstanding: Metric.gauge("reconciler_group_outstanding", {
+    description: "persistent: messages delivered by the group and not acknowledged, from the server"
+  }),
+  parked: Metric.gauge("reconciler_group_parked", { description: "persistent: parked messages of the group, from the server" })
+}
+
+interface Entry {
+  readonly runnable: Runnable
+  readonly id: string
+  readonly groupName: string | undefined
+  readonly detector: StallDetector
+  readonly restart: Queue.Queue<void>
+  readonly tag: <A extends Metric.Metric<any, any, any>>(metric: A) => A
+  running: boolean
+  progress: Progress | undefined
+  checkpoint: bigint | undefined
+  /** Undefined until read, and when the categories have no events. */
+  head: bigint | undefined
+  headRead: boolean
+  behind: bigint | undefined
+  oldestUnappliedAgeMs: number | undefined
+  stalled: boolean
+  stalledForMs: number
+  unhealthy: boolean
+  stalls: number
+  restarts: number
+  group: (GroupStatus & { readonly name: string }) | undefined
+  sourceError: string | undefined
+}
+
+/** Why `/healthz` or `/readyz` says no, per projection. @since 0.1.0 */
+export interface Verdict {
+  readonly ok: boolean
+  readonly projections: ReadonlyArray<{
+    readonly projection: string
+    readonly ok: boolean
+    readonly reason?: string
+    readonly behind?: bigint | undefined
+  }>
+}
+
+/**
+ * The monitor of a service's projections.
+ *
+ * @since 0.1.0
+ */
+export interface Monitor {
+  /**
+   * Runs `run` for `runnable` with a progress callback for the engine, until
+   * it ends or fails; when the liveness loop asks for a restart, the current
+   * run is interrupted (it drains and commits) and started again.
+   */
+  readonly supervise: <E, R>(
+    runnable: Runnable,
+    run: (onProgress: (progress: Progress) => Effect.Effect<void>) => Effect.Effect<void, E, R>
+  ) => Effect.Effect<void, E, R>
+  /** Every projection as last seen. */
+  readonly snapshot: Effect.Effect<ReadonlyArray<ProjectionState>>
+  /** Healthy while every run is alive and none stalled through a restart. */
+  readonly health: Effect.Effect<Verdict>
+  /** Ready while every run is alive and within `readyDistance` of the head. */
+  readonly readiness: Effect.Effect<Verdict>
+  /** Judges liveness now (the loop does this every interval). */
+  readonly check: Effect.Effect<void>
+}
+
+const engineTotals = (name: string) => {
+  const value = (counter: Metric.Metric.Counter<number>) =>
+    Metric.value(Metric.tagged(counter, "projection", name)).pipe(Effect.map((state) => Number(state.count)))
+  return Effect.all({
+    processed: value(Reconciler.metrics.processed),
+    skipped: value(Reconciler.metrics.skipped),
+    duplicates: value(Reconciler.metrics.duplicates),
+    deadLettered: value(Reconciler.metrics.deadLettered)
+  })
+}
+
+const describeError = (error: unknown) => (error instanceof Error ? error.message : String(error))
+
+/**
+ * Makes the monitor of `runnables` and starts its liveness loop in the scope.
+ *
+ * @since 0.1.0
+ */
+export const make = (
+  runnables: ReadonlyArray<Runnable>,
+  settings: Settings
+): Effect.Effect<Monitor, never, EventSource | ReadModelStore | Scope.Scope> =>
+  Effect.gen(function*() {
+    const source = yield* EventSource
+    const store = yield* ReadModelStore
+    const stallAfter = Duration.decode(settings.stallAfter ?? "30 seconds")
+    const interval = Duration.decode(settings.interval ?? "1 second")
+    const readyDistance = BigInt(settings.readyDistance ?? 100)
+    const startedAt = yield* Clock.currentTimeMillis
+    const entries = new Map<string, Entry>()
+    for (const runnable of runnables) {
+      const id = checkpointId(runnable)
+      entries.set(id, {
+        runnable,
+        id,
+        groupName: settings.mode === "persistent" ? settings.group ?? id : undefined,
+        detector: new StallDetector(Duration.toMillis(stallAfter), startedAt),
+        restart: yield* Queue.sliding<void>(1),
+        tag: (metric) => Metric.tagged(metric, "projection", runnable.name) as never,
+        running: false,
+        progress: undefined,
+        checkpoint: undefined,
+        head: undefined,
+        headRead: false,
+        behind: undefined,
+        oldestUnappliedAgeMs: undefined,
+        stalled: false,
+        stalledForMs: 0,
+        unhealthy: false,
+        stalls: 0,
+        restarts: 0,
+        group: undefined,
+        sourceError: undefined
+      })
+    }
+    const entryOf = (runnable: Runnable) => entries.get(checkpointId(runnable))!
+
+    const setRunning = (entry: Entry, running: boolean) =>
+      Effect.suspend(() => {
+        entry.running = running
+        return Metric.set(entry.tag(metrics.running), running ? 1 : 0)
+      })
+
+    const supervise: Monitor["supervise"] = (runnable, run) => {
+      const entry = entryOf(runnable)
+      const onProgress = (progress: Progress) =>
+        Effect.sync(() => {
+          entry.progress = progress
+          if (progress.checkpoint !== undefined) entry.checkpoint = progress.checkpoint
+        })
+      const once = Effect.raceFirst(
+        run(onProgress).pipe(Effect.as("ended" as const)),
+        Queue.take(entry.restart).pipe(Effect.as("restart" as const))
+      )
+      return Effect.gen(function*() {
+        while (true) {
+          yield* setRunning(entry, true)
+          // A restart interrupts the run, which drains and commits before `once` returns.
+          const outcome = yield* once.pipe(Effect.ensuring(setRunning(entry, false)))
+          if (outcome === "ended") return
+          yield* Effect.logInfo(`${runnable.name}: restarted; resuming from its checkpoint`)
+        }
+      })
+    }
+
+    /** Reads what the source says about one projection; failures are noted, the last values kept. */
+    const observe = (entry: Entry) =>
+      Effect.gen(function*() {
+        const { runnable } = entry
+        const errors: Array<string> = []
+        const noted = <A>(effect: Effect.Effect<A, unknown>) =>
+          effect.pipe(
+            Effect.timeoutFail({ duration: "10 seconds", onTimeout: () => new Error("timed out") }),
+            Effect.map(Option.some),
+            Effect.catchAll((error) => Effect.sync(() => (errors.push(describeError(error)), Option.none<A>())))
+          )
+        const head = yield* noted(source.head(runnable.categories))
+        if (Option.isSome(head)) {
+          entry.head = Option.getOrUndefined(head.value)
+          entry.headRead = true
+        }
+        // The engine reports its committed checkpoint; until it has, ask the store.
+        if (settings.mode === "catch-up" && entry.progress?.checkpoint === undefined) {
+          const committed = yield* noted(store.readCheckpoint(entry.id))
+          if (Option.isSome(committed) && Option.isSome(committed.value)) entry.checkpoint = committed.value.value
+        }
+        const name = entry.groupName
+        if (name !== undefined && source.groupStatus !== undefined) {
+          const group = yield* noted(source.groupStatus(runnable.categories, name))
+          if (Option.isSome(group)) {
+            entry.group = Option.match(group.value, { onNone: () => undefined, onSome: (status) => ({ name, ...status }) })
+          }
+        }
+        entry.sourceError = errors.length > 0 ? errors.join("; ") : undefined
+      })
+
+    const judge = (entry: Entry, now: number) =>
+      Effect.gen(function*() {
+        const { runnable } = entry
+        if (settings.mode === "catch-up") {
+          entry.behind = entry.headRead ? distance(entry.checkpoint, entry.head) : undefined
+        } else if (entry.group !== undefined) {
+          entry.behind = BigInt(entry.group.pending)
+        } else if (entry.progress !== undefined) {
+          // No word from the server: what the engine has not settled, and what it has not received yet.
+          const received = entry.progress.received
+          const unreceived = !entry.headRead ? 0n : entry.head === undefined ? 0n : received === undefined ? entry.head + 1n : entry.head > received ? entry.head - received : 0n
+          entry.behind = unreceived + BigInt(entry.progress.inFlight)
+        }
+        const behind = entry.behind ?? 0n
+        if (settings.mode === "catch-up" && source.firstAfter !== undefined) {
+          if (behind === 0n) entry.oldestUnappliedAgeMs = entry.behind === undefined ? undefined : 0
+          else {
+            const first = yield* source.firstAfter(runnable.categories, Option.fromNullable(entry.checkpoint)).pipe(
+              Effect.timeout("10 seconds"),
+              Effect.option
+            )
+            if (Option.isSome(first)) {
+              entry.oldestUnappliedAgeMs = Option.match(first.value, {
+                onNone: () => 0,
+                onSome: (event) => Math.max(0, now - event.created.getTime())
+              })
+            }
+          }
+        }
+        const totals = yield* engineTotals(runnable.name)
+        const verdict = entry.detector.observe({
+          now,
+          behind: behind > 0n,
+          marks: [
+            entry.checkpoint,
+            entry.progress?.lastSettledAt,
+            totals.processed + totals.skipped + totals.duplicates + totals.deadLettered
+          ]
+        })
+        entry.stalled = verdict.stalled
+        entry.stalledForMs = verdict.stalledForMs
+        entry.unhealthy = verdict.unhealthy
+        if (verdict.began) {
+          entry.stalls++
+          yield* Metric.increment(entry.tag(metrics.stalls))
+          yield* Effect.logWarning(
+            `${runnable.name}: stalled: ${behind} positions behind the head (${entry.head}) and not moving for ${verdict.stalledForMs} ms` +
+              (entry.sourceError !== undefined ? ` (source: ${entry.sourceError})` : "")
+          )
+        }
+        if (verdict.ended) yield* Effect.logInfo(`${runnable.name}: moving again`)
+        if (verdict.resubscribe && entry.running) {
+          entry.restarts++
+          yield* Metric.increment(entry.tag(metrics.restarts))
+          yield* Effect.logWarning(
+            `${runnable.name}: restarting the run to resubscribe (restart ${verdict.resubscriptions} of this stall)` +
+              (verdict.unhealthy ? "; still stalled after a restart: reported unhealthy" : "")
+          )
+          yield* Queue.offer(entry.restart, undefined)
+        }
+        yield* Metric.set(entry.tag(metrics.stalled), verdict.stalled ? 1 : 0)
+        if (entry.behind !== undefined) yield* Metric.set(entry.tag(metrics.behind), Number(entry.behind))
+        if (entry.oldestUnappliedAgeMs !== undefined) yield* Metric.set(entry.tag(metrics.oldestAge), entry.oldestUnappliedAgeMs)
+        if (entry.head !== undefined) yield* Metric.set(entry.tag(metrics.head), Number(entry.head))
+        if (entry.checkpoint !== undefined) yield* Metric.set(entry.tag(metrics.checkpoint), Number(entry.checkpoint))
+        if (entry.group !== undefined) {
+          yield* Metric.set(entry.tag(metrics.outstanding), entry.group.outstanding)
+          yield* Metric.set(entry.tag(metrics.parked), entry.group.parked)
+        }
+      })
+
+    const check = Effect.gen(function*() {
+      yield* Effect.forEach(entries.values(), observe, { concurrency: "unbounded", discard: true })
+      const now = yield* Clock.currentTimeMillis
+      for (const entry of entries.values()) yield* judge(entry, now)
+    }).pipe(Effect.withSpan("Monitor.check"))
+
+    yield* check.pipe(
+      Effect.catchAllCause((cause) => Effect.logError("liveness check failed", cause)),
+      Effect.zipRight(Effect.sleep(interval)),
+      Effect.forever,
+      Effect.forkScoped
+    )
+
+    const snapshot = Effect.gen(function*() {
+      const now = yield* Clock.currentTimeMillis
+      const states: Array<ProjectionState> = []
+      for (const entry of entries.values()) {
+        const totals = yield* engineTotals(entry.runnable.name)
+        states.push({
+          projection: entry.runnable.name,
+          checkpointId: entry.id,
+          mode: settings.mode,
+          running: entry.running,
+          checkpoint: entry.checkpoint,
+          head: entry.head,
+          behind: entry.behind,
+          oldestUnappliedAgeMs: entry.oldestUnappliedAgeMs,
+          stalled: entry.stalled,
+          stalledForMs: entry.stalledForMs,
+          unhealthy: entry.unhealthy,
+          stalls: entry.stalls,
+          restarts: entry.restarts,
+          ...totals,
+          inFlight: entry.progress?.inFlight,
+          lastSettledAgoMs: entry.progress === undefined ? undefined : Math.max(0, now - entry.progress.lastSettledAt),
+          group: entry.group,
+          sourceError: entry.sourceError
+        })
+      }
+      return states as ReadonlyArray<ProjectionState>
+    })
+
+    const verdict = (judgeOne: (entry: Entry) => string | undefined): Effect.Effect<Verdict> =>
+      Effect.sync(() => {
+        const projections = [...entries.values()].map((entry) => {
+          const reason = judgeOne(entry)
+          return reason === undefined
+            ? { projection: entry.runnable.name, ok: true, behind: entry.behind }
+            : { projection: entry.runnable.name, ok: false, reason, behind: entry.behind }
+        })
+        return { ok: projections.every((p) => p.ok), projections }
+      })
+
+    const health = verdict((entry) =>
+      !entry.running
+        ? "not running"
+        : entry.unhealthy
+        ? `stalled for ${entry.stalledForMs} ms, ${entry.behind} positions behind the head, through ${entry.restarts} restart(s)` +
+          (entry.sourceError !== undefined ? `; source: ${entry.sourceError}` : "")
+        : undefined
+    )
+
+    const readiness = verdict((entry) =>
+      !entry.running
+        ? "not running"
+        : entry.behind === undefined
+        ? "the head has not been read yet"
+        : entry.behind > readyDistance
+        ? `${entry.behind} positions behind the head (ready within ${readyDistance})`
+        : undefined
+    )
+
+    return { supervise, snapshot, health, readiness, check } satisfies Monitor
+  })
+
+/** A JSON value of a position: a number while exact, a decimal string beyond 2^53. @since 0.1.0 */
+export const positionJson = (value: bigint | undefined): number | string | null =>
+  value === undefined ? null : value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(value) : String(value)
+
+/**
+ * A projection's state as JSON (positions as numbers while exact, times in milliseconds).
+ *
+ * @since 0.1.0
+ */
+export const stateJson = (state: ProjectionState) => ({
+  projection: state.projection,
+  checkpointId: state.checkpointId,
+  mode: state.mode,
+  running: state.running,
+  checkpoint: positionJson(state.checkpoint),
+  head: positionJson(state.head),
+  behind: positionJson(state.behind),
+  oldestUnappliedAgeMs: state.oldestUnappliedAgeMs ?? null,
+  stalled: state.stalled,
+  stalledForMs: state.stalledForMs,
+  unhealthy: state.unhealthy,
+  stalls: state.stalls,
+  restarts: state.restarts,
+  processed: state.processed,
+  skipped: state.skipped,
+  duplicates: state.duplicates,
+  deadLettered: state.deadLettered,
+  inFlight: state.inFlight ?? null,
+  lastSettledAgoMs: state.lastSettledAgoMs ?? null,
+  group: state.group ?? null,
+  sourceError: state.sourceError ?? null
+})
+
+/** A verdict as JSON. @since 0.1.0 */
+export const verdictJson = (verdict: Verdict) => ({
+  ok: verdict.ok,
+  projections: verdict.projections.map((p) => ({ ...p, behind: positionJson(p.behind) }))
+})
