@@ -255,9 +255,11 @@ export const make = (
           entry.progress = progress
           if (progress.checkpoint !== undefined) entry.checkpoint = progress.checkpoint
         })
-      const once = Effect.raceFirst(
-        run(onProgress).pipe(Effect.as("ended" as const)),
-        Queue.take(entry.restart).pipe(Effect.as("restart" as const))
+      const once = Effect.suspend(() =>
+        Effect.raceFirst(
+          run(onProgress).pipe(Effect.as("ended" as const)),
+          Queue.take(entry.restart).pipe(Effect.as("restart" as const))
+        )
       )
       return Effect.gen(function*() {
         while (true) {
