@@ -44,7 +44,10 @@ export const router = (monitor: Monitor, metrics: PrometheusMetrics["Type"]) =>
   HttpRouter.empty.pipe(
     HttpRouter.get(
       "/metrics",
-      Effect.map(metrics.scrape, (text) => HttpServerResponse.text(text, { contentType: prometheusContentType }))
+      monitor.refresh.pipe(
+        Effect.zipRight(metrics.scrape),
+        Effect.map((text) => HttpServerResponse.text(text, { contentType: prometheusContentType }))
+      )
     ),
     HttpRouter.get(
       "/healthz",

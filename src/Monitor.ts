@@ -96,7 +96,7 @@ export interface ProjectionState {
   /** Since the engine last settled a delivery (undefined until it reported progress). */
   readonly lastSettledAgoMs: number | undefined
   readonly group: (GroupStatus & { readonly name: string }) | undefined
-  /** The last error reading the head or the group, if the last read failed. */
+  /** The last error of each read that is failing (`source: …`, `store: …`, `group: …`). */
   readonly sourceError: string | undefined
 }
 
@@ -138,7 +138,6 @@ interface Entry {
   /** Undefined until read, and when the categories have no events. */
   head: bigint | undefined
   headRead: boolean
-  behind: bigint | undefined
   oldestUnappliedAgeMs: number | undefined
   stalled: boolean
   stalledForMs: number
@@ -146,6 +145,8 @@ interface Entry {
   stalls: number
   restarts: number
   group: (GroupStatus & { readonly name: string }) | undefined
+  /** The last failure of each reader (source, store, group), while it fails. */
+  readonly errors: Map<string, string>
   sourceError: string | undefined
 }
 
@@ -181,8 +182,10 @@ export interface Monitor {
   readonly health: Effect.Effect<Verdict>
   /** Ready while every run is alive and within `readyDistance` of the head. */
   readonly readiness: Effect.Effect<Verdict>
-  /** Judges liveness now (the loop does this every interval). */
+  /** Judges liveness now with what was last read (the loop does this every interval). */
   readonly check: Effect.Effect<void>
+  /** Sets the liveness gauges from what was last read (before a scrape). */
+  readonly refresh: Effect.Effect<void>
 }
 
 const engineTotals = (name: string) => {
@@ -229,7 +232,6 @@ export const make = (
         checkpoint: undefined,
         head: undefined,
         headRead: false,
-        behind: undefined,
         oldestUnappliedAgeMs: undefined,
         stalled: false,
         stalledForMs: 0,
@@ -237,6 +239,7 @@ export const make = (
         stalls: 0,
         restarts: 0,
         group: undefined,
+        errors: new Map(),
         sourceError: undefined
       })
     }
@@ -253,7 +256,9 @@ export const make = (
       const onProgress = (progress: Progress) =>
         Effect.sync(() => {
           entry.progress = progress
-          if (progress.checkpoint !== undefined) entry.checkpoint = progress.checkpoint
+          if (progress.checkpoint !== undefined && (entry.checkpoint === undefined || progress.checkpoint > entry.checkpoint)) {
+            entry.checkpoint = progress.checkpoint
+          }
         })
       const once = Effect.suspend(() =>
         Effect.raceFirst(
@@ -272,66 +277,99 @@ export const make = (
       })
     }
 
-    /** Reads what the source says about one projection; failures are noted, the last values kept. */
-    const observe = (entry: Entry) =>
-      Effect.gen(function*() {
-        const { runnable } = entry
-        const errors: Array<string> = []
-        const noted = <A>(effect: Effect.Effect<A, unknown>) =>
-          effect.pipe(
-            Effect.timeoutFail({ duration: "10 seconds", onTimeout: () => new Error("timed out") }),
-            Effect.map(Option.some),
-            Effect.catchAll((error) => Effect.sync(() => (errors.push(describeError(error)), Option.none<A>())))
-          )
-        const head = yield* noted(source.head(runnable.categories))
-        if (Option.isSome(head)) {
-          entry.head = Option.getOrUndefined(head.value)
+    /**
+     * Reads one thing about a projection every interval, on its own fiber (a
+     * store that hangs does not delay the head); a failure is noted under
+     * `what` and the last value kept.
+     */
+    const poll = <A>(entry: Entry, what: string, read: Effect.Effect<A, unknown>, use: (a: A) => void) =>
+      read.pipe(
+        Effect.timeoutFail({ duration: "10 seconds", onTimeout: () => new Error("timed out after 10 s") }),
+        Effect.matchEffect({
+          onFailure: (error) => Effect.sync(() => void entry.errors.set(what, describeError(error))),
+          onSuccess: (a) =>
+            Effect.sync(() => {
+              entry.errors.delete(what)
+              use(a)
+            })
+        }),
+        Effect.zipRight(Effect.sleep(interval)),
+        Effect.forever,
+        Effect.forkScoped
+      )
+
+    /** Positions behind the head, from what was last read (undefined until the head has been). */
+    const behindOf = (entry: Entry): bigint | undefined => {
+      if (!entry.headRead) return undefined
+      if (settings.mode === "catch-up") return distance(entry.checkpoint, entry.head)
+      if (entry.group !== undefined) return BigInt(entry.group.pending)
+      if (entry.progress === undefined) return undefined
+      // No word from the server: what the engine has not received yet, and what it has not settled.
+      const received = entry.progress.received
+      const unreceived = entry.head === undefined
+        ? 0n
+        : received === undefined
+        ? entry.head + 1n
+        : entry.head > received
+        ? entry.head - received
+        : 0n
+      return unreceived + BigInt(entry.progress.inFlight)
+    }
+
+    for (const entry of entries.values()) {
+      const { categories } = entry.runnable
+      // The head, and the age of the oldest event past the checkpoint (read only while behind).
+      yield* poll(
+        entry,
+        "source",
+        Effect.gen(function*() {
+          const head = yield* source.head(categories)
+          const behind = distance(entry.checkpoint, Option.getOrUndefined(head))
+          if (settings.mode !== "catch-up" || source.firstAfter === undefined) return { head, age: undefined }
+          if (behind === 0n) return { head, age: 0 }
+          const first = yield* source.firstAfter(categories, Option.fromNullable(entry.checkpoint))
+          const now = yield* Clock.currentTimeMillis
+          return { head, age: Option.match(first, { onNone: () => 0, onSome: (e) => Math.max(0, now - e.created.getTime()) }) }
+        }),
+        ({ age, head }) => {
+          entry.head = Option.getOrUndefined(head)
           entry.headRead = true
+          entry.oldestUnappliedAgeMs = age
         }
-        // The engine reports its committed checkpoint; until it has, ask the store.
-        if (settings.mode === "catch-up" && entry.progress?.checkpoint === undefined) {
-          const committed = yield* noted(store.readCheckpoint(entry.id))
-          if (Option.isSome(committed) && Option.isSome(committed.value)) entry.checkpoint = committed.value.value
-        }
-        const name = entry.groupName
-        if (name !== undefined && source.groupStatus !== undefined) {
-          const group = yield* noted(source.groupStatus(runnable.categories, name))
-          if (Option.isSome(group)) {
-            entry.group = Option.match(group.value, { onNone: () => undefined, onSome: (status) => ({ name, ...status }) })
+      )
+      // The engine reports its committed checkpoint; until it has, ask the store.
+      if (settings.mode === "catch-up") {
+        yield* poll(
+          entry,
+          "store",
+          Effect.suspend(() =>
+            entry.progress?.checkpoint === undefined ? store.readCheckpoint(entry.id) : Effect.succeed(Option.none<bigint>())
+          ),
+          (committed) => {
+            if (Option.isSome(committed) && (entry.checkpoint === undefined || committed.value > entry.checkpoint)) {
+              entry.checkpoint = committed.value
+            }
           }
-        }
-        entry.sourceError = errors.length > 0 ? errors.join("; ") : undefined
-      })
+        )
+      }
+      const name = entry.groupName
+      const groupStatus = source.groupStatus
+      if (name !== undefined && groupStatus !== undefined) {
+        yield* poll(entry, "group", groupStatus(categories, name), (group) => {
+          entry.group = Option.match(group, { onNone: () => undefined, onSome: (status) => ({ name, ...status }) })
+        })
+      }
+    }
 
     const judge = (entry: Entry, now: number) =>
       Effect.gen(function*() {
         const { runnable } = entry
-        if (settings.mode === "catch-up") {
-          entry.behind = entry.headRead ? distance(entry.checkpoint, entry.head) : undefined
-        } else if (entry.group !== undefined) {
-          entry.behind = BigInt(entry.group.pending)
-        } else if (entry.progress !== undefined) {
-          // No word from the server: what the engine has not settled, and what it has not received yet.
-          const received = entry.progress.received
-          const unreceived = !entry.headRead ? 0n : entry.head === undefined ? 0n : received === undefined ? entry.head + 1n : entry.head > received ? entry.head - received : 0n
-          entry.behind = unreceived + BigInt(entry.progress.inFlight)
-        }
-        const behind = entry.behind ?? 0n
-        if (settings.mode === "catch-up" && source.firstAfter !== undefined) {
-          if (behind === 0n) entry.oldestUnappliedAgeMs = entry.behind === undefined ? undefined : 0
-          else {
-            const first = yield* source.firstAfter(runnable.categories, Option.fromNullable(entry.checkpoint)).pipe(
-              Effect.timeout("10 seconds"),
-              Effect.option
-            )
-            if (Option.isSome(first)) {
-              entry.oldestUnappliedAgeMs = Option.match(first.value, {
-                onNone: () => 0,
-                onSome: (event) => Math.max(0, now - event.created.getTime())
-              })
-            }
-          }
-        }
+        entry.sourceError = entry.errors.size === 0
+          ? undefined
+          : [...entry.errors].map(([what, message]) => `${what}: ${message}`).join("; ")
+        const behind = behindOf(entry) ?? 0n
+        // Caught up since the last read of the oldest event's age: nothing is unapplied.
+        if (behind === 0n && entry.oldestUnappliedAgeMs !== undefined) entry.oldestUnappliedAgeMs = 0
         const totals = yield* engineTotals(runnable.name)
         const verdict = entry.detector.observe({
           now,
@@ -350,7 +388,7 @@ export const make = (
           yield* Metric.increment(entry.tag(metrics.stalls))
           yield* Effect.logWarning(
             `${runnable.name}: stalled: ${behind} positions behind the head (${entry.head}) and not moving for ${verdict.stalledForMs} ms` +
-              (entry.sourceError !== undefined ? ` (source: ${entry.sourceError})` : "")
+              (entry.sourceError !== undefined ? ` (${entry.sourceError})` : "")
           )
         }
         if (verdict.ended) yield* Effect.logInfo(`${runnable.name}: moving again`)
@@ -363,9 +401,18 @@ export const make = (
           )
           yield* Queue.offer(entry.restart, undefined)
         }
-        yield* Metric.set(entry.tag(metrics.stalled), verdict.stalled ? 1 : 0)
-        if (entry.behind !== undefined) yield* Metric.set(entry.tag(metrics.behind), Number(entry.behind))
-        if (entry.oldestUnappliedAgeMs !== undefined) yield* Metric.set(entry.tag(metrics.oldestAge), entry.oldestUnappliedAgeMs)
+        yield* publish(entry)
+      })
+
+    /** The gauges, from what was last read and judged. */
+    const publish = (entry: Entry) =>
+      Effect.gen(function*() {
+        const behind = behindOf(entry)
+        yield* Metric.set(entry.tag(metrics.stalled), entry.stalled ? 1 : 0)
+        if (behind !== undefined) yield* Metric.set(entry.tag(metrics.behind), Number(behind))
+        if (entry.oldestUnappliedAgeMs !== undefined) {
+          yield* Metric.set(entry.tag(metrics.oldestAge), behind === 0n ? 0 : entry.oldestUnappliedAgeMs)
+        }
         if (entry.head !== undefined) yield* Metric.set(entry.tag(metrics.head), Number(entry.head))
         if (entry.checkpoint !== undefined) yield* Metric.set(entry.tag(metrics.checkpoint), Number(entry.checkpoint))
         if (entry.group !== undefined) {
@@ -375,10 +422,9 @@ export const make = (
       })
 
     const check = Effect.gen(function*() {
-      yield* Effect.forEach(entries.values(), observe, { concurrency: "unbounded", discard: true })
       const now = yield* Clock.currentTimeMillis
       for (const entry of entries.values()) yield* judge(entry, now)
-    }).pipe(Effect.withSpan("Monitor.check"))
+    })
 
     yield* check.pipe(
       Effect.catchAllCause((cause) => Effect.logError("liveness check failed", cause)),
@@ -392,6 +438,7 @@ export const make = (
       const states: Array<ProjectionState> = []
       for (const entry of entries.values()) {
         const totals = yield* engineTotals(entry.runnable.name)
+        const behind = behindOf(entry)
         states.push({
           projection: entry.runnable.name,
           checkpointId: entry.id,
@@ -399,8 +446,9 @@ export const make = (
           running: entry.running,
           checkpoint: entry.checkpoint,
           head: entry.head,
-          behind: entry.behind,
-          oldestUnappliedAgeMs: entry.oldestUnappliedAgeMs,
+          behind,
+          // Caught up: nothing is unapplied, whatever the last read of the age said.
+          oldestUnappliedAgeMs: behind === 0n && entry.oldestUnappliedAgeMs !== undefined ? 0 : entry.oldestUnappliedAgeMs,
           stalled: entry.stalled,
           stalledForMs: entry.stalledForMs,
           unhealthy: entry.unhealthy,
@@ -420,9 +468,10 @@ export const make = (
       Effect.sync(() => {
         const projections = [...entries.values()].map((entry) => {
           const reason = judgeOne(entry)
+          const behind = behindOf(entry)
           return reason === undefined
-            ? { projection: entry.runnable.name, ok: true, behind: entry.behind }
-            : { projection: entry.runnable.name, ok: false, reason, behind: entry.behind }
+            ? { projection: entry.runnable.name, ok: true, behind }
+            : { projection: entry.runnable.name, ok: false, reason, behind }
         })
         return { ok: projections.every((p) => p.ok), projections }
       })
@@ -431,7 +480,7 @@ export const make = (
       !entry.running
         ? "not running"
         : entry.unhealthy
-        ? `stalled for ${entry.stalledForMs} ms, ${entry.behind} positions behind the head, through ${entry.restarts} restart(s)` +
+        ? `stalled for ${entry.stalledForMs} ms, ${behindOf(entry)} positions behind the head, through ${entry.restarts} restart(s)` +
           (entry.sourceError !== undefined ? `; source: ${entry.sourceError}` : "")
         : undefined
     )
@@ -439,14 +488,16 @@ export const make = (
     const readiness = verdict((entry) =>
       !entry.running
         ? "not running"
-        : entry.behind === undefined
+        : behindOf(entry) === undefined
         ? "the head has not been read yet"
-        : entry.behind > readyDistance
-        ? `${entry.behind} positions behind the head (ready within ${readyDistance})`
+        : behindOf(entry)! > readyDistance
+        ? `${behindOf(entry)} positions behind the head (ready within ${readyDistance})`
         : undefined
     )
 
-    return { supervise, snapshot, health, readiness, check } satisfies Monitor
+    const refresh = Effect.forEach(entries.values(), publish, { discard: true })
+
+    return { supervise, snapshot, health, readiness, check, refresh } satisfies Monitor
   })
 
 /** A JSON value of a position: a number while exact, a decimal string beyond 2^53. @since 0.1.0 */

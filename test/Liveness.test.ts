@@ -114,14 +114,28 @@ describe("Monitor on the TestClock", () => {
       expect((yield* monitor.health).ok).toBe(true)
       expect((yield* monitor.readiness).ok).toBe(false)
 
-      yield* tick(5)
+      // Its last movement (the commit of position 1) is seen within the first 3 s; stallAfter is 5 s.
+      yield* tick(3)
+      expect(yield* state()).toMatchObject({ stalled: false, stalls: 0 })
+      const untilState = (what: string, accept: (s: Monitor.ProjectionState) => boolean, most: number) =>
+        Effect.gen(function*() {
+          for (let waited = 0; waited <= most; waited++) {
+            if (accept(yield* state())) return waited
+            yield* tick(1)
+          }
+          return yield* Effect.dieMessage(`not ${what} within ${most} s: ${JSON.stringify(yield* monitor.snapshot, (_, v) => typeof v === "bigint" ? String(v) : v)}`)
+        })
+      yield* untilState("stalled", (s) => s.stalled, 4)
       const stalled = yield* state()
       expect(stalled).toMatchObject({ stalled: true, stalls: 1, restarts: 1, unhealthy: false, behind: 50n })
       expect(runs).toBe(2) // restarted once: drained, resubscribed from its checkpoint
       expect((yield* monitor.health).ok).toBe(true) // resolved by resubscribing before it is reported
 
-      yield* tick(5)
-      expect(yield* state()).toMatchObject({ stalled: true, unhealthy: true, restarts: 2 })
+      // unhealthy once the restart has had stallAfter (5 s) to help
+      const waited = yield* untilState("unhealthy", (s) => s.unhealthy, 7)
+      expect(waited).toBeGreaterThanOrEqual(4)
+      expect(yield* state()).toMatchObject({ stalled: true, unhealthy: true, stalls: 1, restarts: 2 })
+      expect(runs).toBe(3)
       const health = yield* monitor.health
       expect(health.ok).toBe(false)
       expect(health.projections[0]!.reason).toMatch(/stalled for \d+ ms, 50 positions behind the head/)
