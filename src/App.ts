@@ -24,9 +24,9 @@ import { Config, ConfigError, Console, Context, Data, Duration, Effect, Fiber, L
 import * as EventStoreServer from "./embedded/EventStoreServer.js"
 import * as MongoServer from "./embedded/MongoServer.js"
 import { EventSource as EventSourceTag } from "./EventSource.js"
-import type { Delivery, EventSource, EventSourceError } from "./EventSource.js"
+import type { Delivery, EventSource, EventSourceError, GroupStatus } from "./EventSource.js"
 import * as EventStoreDB from "./EventStoreDB.js"
-import * as HttpEndpoint from "./HttpEndpoint.js"
+import type * as HttpEndpointModule from "./HttpEndpoint.js"
 import * as Monitor from "./Monitor.js"
 import * as Telemetry from "./Telemetry.js"
 import * as MongoReadModelStore from "./MongoReadModelStore.js"
@@ -149,7 +149,6 @@ const positiveInt = (name: string, fallback: number) =>
  * `RECONCILER_MODE` (`catch-up` | `persistent`, default `catch-up`),
  * `RECONCILER_LANES` (4), `RECONCILER_BATCH_SIZE` (100), `RECONCILER_LANE_BUFFER` (256),
  * `RECONCILER_DRAIN_TIMEOUT` (10 seconds), `RECONCILER_COMMIT_INTERVAL` (1 second),
- * `RECONCILER_STALL_AFTER` (30 seconds: behind the head and not moving this long is a stall),
  * `RECONCILER_GROUP` (persistent mode: the consumer group; default per projection).
  *
  * @since 0.1.0
@@ -161,7 +160,6 @@ export const settings: Config.Config<Reconciler.RunOptions> = Config.all({
   laneBuffer: positiveInt("RECONCILER_LANE_BUFFER", 256),
   drainTimeout: Config.duration("RECONCILER_DRAIN_TIMEOUT").pipe(Config.withDefault(Duration.seconds(10))),
   commitInterval: Config.duration("RECONCILER_COMMIT_INTERVAL").pipe(Config.withDefault(Duration.seconds(1))),
-  stallAfter: Config.duration("RECONCILER_STALL_AFTER").pipe(Config.withDefault(Duration.seconds(30))),
   group: Config.option(Config.string("RECONCILER_GROUP")).pipe(Config.map(Option.getOrUndefined))
 })
 
@@ -184,12 +182,14 @@ export interface OperationOptions {
   readonly readyDistance?: number | undefined
   /** How often the heads are read and liveness judged. Default 1 s. */
   readonly livenessInterval?: Duration.DurationInput | undefined
+  /** Behind the head and not moving this long is a stall (the engine's watchdog uses it too). Default 30 s. */
+  readonly stallAfter?: Duration.DurationInput | undefined
 }
 
 /**
  * The operation settings: `RECONCILER_HTTP_PORT` (off when unset; 0 picks a
  * port), `RECONCILER_HTTP_HOST` (`0.0.0.0`), `RECONCILER_READY_DISTANCE` (100),
- * `RECONCILER_LIVENESS_INTERVAL` (1 second).
+ * `RECONCILER_LIVENESS_INTERVAL` (1 second), `RECONCILER_STALL_AFTER` (30 seconds).
  *
  * @since 0.1.0
  */
@@ -204,7 +204,8 @@ export const operationSettings: Config.Config<OperationOptions> = Config.all({
     Config.validate({ message: "Expected a whole number of positions, at least 0", validation: (n) => n >= 0 }),
     Config.withDefault(100)
   ),
-  livenessInterval: Config.duration("RECONCILER_LIVENESS_INTERVAL").pipe(Config.withDefault(Duration.seconds(1)))
+  livenessInterval: Config.duration("RECONCILER_LIVENESS_INTERVAL").pipe(Config.withDefault(Duration.seconds(1))),
+  stallAfter: Config.duration("RECONCILER_STALL_AFTER").pipe(Config.withDefault(Duration.seconds(30)))
 })
 
 /**
@@ -247,6 +248,8 @@ export const run = Effect.fn("App.run")(function*(
       readyDistance
     })
     if (httpPort !== undefined) {
+      // Loaded only when served (the HTTP server modules take a while to load).
+      const HttpEndpoint: typeof HttpEndpointModule = yield* Effect.promise(() => import("./HttpEndpoint.js"))
       const metrics = yield* Layer.build(Telemetry.prometheusLayer()).pipe(Effect.map(Context.get(Telemetry.PrometheusMetrics)))
       const url = yield* HttpEndpoint.serve({ port: httpPort, host: httpHost }, monitor, metrics)
       yield* Effect.logInfo(`http endpoint listening on ${url}`)
@@ -328,24 +331,51 @@ export interface ProjectionStatus {
   readonly projection: string
   readonly checkpoint: Option.Option<bigint>
   readonly head: Option.Option<bigint>
+  /** Catch-up: positions behind the head. Persistent: the group's events not acknowledged yet. */
   readonly lag: bigint
   readonly deadLetters: number
+  /** Persistent mode: the consumer group as the server reports it (none when it does not exist). */
+  readonly group?: Option.Option<GroupStatus & { readonly name: string }>
 }
 
+/** Where the projections run: the mode and group of {@link settings} unless given. */
+const modeOf = (options: { readonly mode?: Reconciler.RunOptions["mode"]; readonly group?: string | undefined }) =>
+  Effect.map(settings, (s) => ({ mode: options.mode ?? s.mode ?? "catch-up", group: options.group ?? s.group }))
+
+/** A persistent projection's consumer group, from the server (none when the source cannot tell). */
+const groupOf = (source: EventSource["Type"], runnable: Runnable, group: string | undefined) =>
+  source.groupStatus === undefined
+    ? Effect.succeed(Option.none<GroupStatus & { readonly name: string }>())
+    : Effect.map(
+      source.groupStatus(runnable.categories, group ?? checkpointId(runnable)),
+      Option.map((status) => ({ name: group ?? checkpointId(runnable), ...status }))
+    )
+
 /**
- * The {@link ProjectionStatus} of each projection or handler.
+ * The {@link ProjectionStatus} of each projection or handler, in the mode
+ * (and group) of {@link settings} unless given: persistent projections report
+ * their group's unacknowledged events as their lag.
  *
  * @since 0.1.0
  */
-export const status = Effect.fn("App.status")(function*(runnables: ReadonlyArray<Runnable>) {
+export const status = Effect.fn("App.status")(function*(
+  runnables: ReadonlyArray<Runnable>,
+  options: { readonly mode?: Reconciler.RunOptions["mode"]; readonly group?: string | undefined } = {}
+) {
   const source = yield* EventSourceTag
   const store = yield* ReadModelStoreTag
+  const { group, mode } = yield* modeOf(options)
   return yield* Effect.forEach(runnables, (runnable) =>
     Effect.gen(function*() {
       const id = checkpointId(runnable)
       const checkpoint = yield* store.readCheckpoint(id)
       const head = yield* source.head(runnable.categories)
       const deadLetters = (yield* store.deadLetters(id)).length
+      if (mode === "persistent") {
+        const status = yield* groupOf(source, runnable, group)
+        const lag = Option.match(status, { onNone: () => Option.match(head, { onNone: () => 0n, onSome: (h) => h + 1n }), onSome: (g) => BigInt(g.pending) })
+        return { projection: id, checkpoint, head, lag, deadLetters, group: status } satisfies ProjectionStatus
+      }
       const lag = Option.match(head, {
         onNone: () => 0n,
         onSome: (h) => Option.match(checkpoint, { onNone: () => h + 1n, onSome: (c) => behind(c, h) })
@@ -364,24 +394,42 @@ export const status = Effect.fn("App.status")(function*(runnables: ReadonlyArray
  */
 export const awaitCaughtUp = Effect.fn("App.awaitCaughtUp")(function*(
   runnables: ReadonlyArray<Runnable>,
-  options: { readonly interval?: Duration.DurationInput; readonly attempts?: number } = {}
+  options: {
+    readonly interval?: Duration.DurationInput
+    readonly attempts?: number
+    readonly mode?: Reconciler.RunOptions["mode"]
+    readonly group?: string | undefined
+  } = {}
 ) {
   const source = yield* EventSourceTag
   const store = yield* ReadModelStoreTag
+  const { group, mode } = yield* modeOf(options)
+  const retrying = {
+    schedule: Schedule.spaced(options.interval ?? "50 millis"),
+    while: (error: { readonly _tag: string }) => error._tag === "NotCaughtUp",
+    ...(options.attempts !== undefined ? { times: options.attempts } : {})
+  }
   for (const runnable of runnables) {
     const head = yield* source.head(runnable.categories)
     if (Option.isNone(head)) continue
     const id = checkpointId(runnable)
+    if (mode === "persistent" && source.groupStatus !== undefined) {
+      // A consumer group has no checkpoint of ours: caught up when the server holds nothing unacknowledged.
+      yield* groupOf(source, runnable, group).pipe(
+        Effect.filterOrFail(
+          (status) => Option.isSome(status) && status.value.pending === 0,
+          () => new NotCaughtUp({ projection: id, head: head.value })
+        ),
+        Effect.retry(retrying)
+      )
+      continue
+    }
     yield* store.readCheckpoint(id).pipe(
       Effect.filterOrFail(
         (checkpoint) => Option.isSome(checkpoint) && behind(checkpoint.value, head.value) === 0n,
         () => new NotCaughtUp({ projection: id, head: head.value })
       ),
-      Effect.retry({
-        schedule: Schedule.spaced(options.interval ?? "50 millis"),
-        while: (error) => error._tag === "NotCaughtUp",
-        ...(options.attempts !== undefined ? { times: options.attempts } : {})
-      })
+      Effect.retry(retrying)
     )
   }
 })
@@ -405,7 +453,7 @@ export class NotCaughtUp extends Data.TaggedError("NotCaughtUp")<{
 export const awaitCaughtUpWhile = <E>(
   engine: Fiber.Fiber<void, E>,
   runnables: ReadonlyArray<Runnable>,
-  options: { readonly interval?: Duration.DurationInput; readonly attempts?: number } = {}
+  options: Parameters<typeof awaitCaughtUp>[1] = {}
 ) =>
   Effect.raceFirst(
     awaitCaughtUp(runnables, options),
@@ -427,7 +475,7 @@ export const runUntilCaughtUp = Effect.fn("App.runUntilCaughtUp")(function*(
     // In this scope: however this ends, the engine stops (drains) here, while
     // the clients it uses are still open.
     const engine = yield* Effect.forkScoped(run(runnables, overrides))
-    yield* awaitCaughtUpWhile(engine, runnables)
+    yield* awaitCaughtUpWhile(engine, runnables, { mode: overrides.mode, group: overrides.group })
     yield* Fiber.interrupt(engine)
   }))
 })

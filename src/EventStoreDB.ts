@@ -596,7 +596,8 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
             // Not yet read by the group (its last known event is behind the head), buffered, in flight.
             const known = stats.lastKnownEventRevision
             const unread = head === undefined ? 0n : known === undefined ? head.revision + 1n : head.revision > known ? head.revision - known : 0n
-            pending += Number(unread) + stats.readBufferCount + stats.retryBufferCount + stats.outstandingMessagesCount
+            pending += Number(unread) + stats.readBufferCount + Number(stats.liveBufferCount) + stats.retryBufferCount +
+              stats.outstandingMessagesCount
           }
           return found ? Option.some({ outstanding, parked, pending }) : Option.none()
         }),

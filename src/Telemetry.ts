@@ -16,13 +16,25 @@
  *
  * @since 0.1.0
  */
-import * as Metrics from "@effect/opentelemetry/Metrics"
-import * as NodeSdk from "@effect/opentelemetry/NodeSdk"
-import * as Resource from "@effect/opentelemetry/Resource"
-import { PrometheusExporter, PrometheusSerializer } from "@opentelemetry/exporter-prometheus"
-import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http"
-import { BatchSpanProcessor } from "@opentelemetry/sdk-trace-base"
 import { Config, ConfigError, Context, Effect, Layer, Option } from "effect"
+
+// The OpenTelemetry modules are loaded only when a layer that needs them is
+// built: a service without an HTTP port or a tracing endpoint does not pay
+// for loading them (about a second or two at start).
+const prometheusModules = Effect.promise(() =>
+  Promise.all([
+    import("@effect/opentelemetry/Metrics"),
+    import("@effect/opentelemetry/Resource"),
+    import("@opentelemetry/exporter-prometheus")
+  ])
+)
+const tracingModules = Effect.promise(() =>
+  Promise.all([
+    import("@effect/opentelemetry/NodeSdk"),
+    import("@opentelemetry/exporter-trace-otlp-http"),
+    import("@opentelemetry/sdk-trace-base")
+  ])
+)
 
 /**
  * The Prometheus text exposition of every Effect metric in the process, tags
@@ -50,6 +62,7 @@ export const prometheusLayer = (
   Layer.scoped(
     PrometheusMetrics,
     Effect.gen(function*() {
+      const [Metrics, Resource, { PrometheusExporter, PrometheusSerializer }] = yield* prometheusModules
       // No server of its own (the service serves the text), no `target_info`
       // and `otel_scope_*` noise on every series.
       const reader = new PrometheusExporter({ preventServerStart: true, withoutTargetInfo: true, withoutScopeInfo: true })
@@ -90,11 +103,14 @@ export const tracingConfig = Config.all({
  * @since 0.1.0
  */
 export const otlpTracingLayer = (options: { readonly url: string; readonly serviceName: string }): Layer.Layer<never> =>
-  Layer.discard(
-    NodeSdk.layer(() => ({
-      resource: { serviceName: options.serviceName },
-      spanProcessor: new BatchSpanProcessor(new OTLPTraceExporter({ url: options.url }))
-    }))
+  Layer.unwrapEffect(
+    Effect.map(tracingModules, ([NodeSdk, { OTLPTraceExporter }, { BatchSpanProcessor }]) =>
+      Layer.discard(
+        NodeSdk.layer(() => ({
+          resource: { serviceName: options.serviceName },
+          spanProcessor: new BatchSpanProcessor(new OTLPTraceExporter({ url: options.url }))
+        }))
+      ))
   )
 
 /**

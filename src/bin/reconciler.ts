@@ -103,21 +103,42 @@ const run = Command.make(
 
 const status = Command.make(
   "status",
-  { module: modulePath, projection: projectionNames, embedded },
+  {
+    module: modulePath,
+    projection: projectionNames,
+    embedded,
+    url: Options.text("url").pipe(
+      Options.optional,
+      Options.withDescription(
+        "ask the running service at this HTTP endpoint (e.g. http://127.0.0.1:9464) instead: its figures from memory, skipped events included"
+      )
+    )
+  },
   (args) =>
     Effect.gen(function*() {
       const runnables = yield* projectionsOf(args.module, args.projection)
-      const endpoints = yield* App.Endpoints
-      const statuses = yield* App.status(runnables)
-      const show = (o: Option.Option<bigint>) => Option.match(o, { onNone: () => "-", onSome: String })
-      yield* Console.log(App.describeEndpoints(endpoints))
-      yield* Console.log(Cli.table(
-        ["projection", "checkpoint", "head", "lag", "dead letters"],
-        statuses.map((s) => [s.projection, show(s.checkpoint), show(s.head), String(s.lag), String(s.deadLetters)])
-      ))
-    }).pipe(Effect.provide(appLayer(args.embedded)))
+      if (Option.isSome(args.url)) {
+        const names = new Set(runnables.map((r) => r.name))
+        const states = (yield* Cli.serviceStatus(args.url.value)).filter((s) => names.has(String(s.projection)))
+        yield* Console.log(`the service at ${args.url.value}`)
+        yield* Console.log(Cli.serviceStatusTable(states))
+        return
+      }
+      yield* Effect.gen(function*() {
+        const endpoints = yield* App.Endpoints
+        const statuses = yield* App.status(runnables)
+        const show = (o: Option.Option<bigint>) => Option.match(o, { onNone: () => "-", onSome: String })
+        yield* Console.log(App.describeEndpoints(endpoints))
+        yield* Console.log(Cli.table(
+          ["projection", "checkpoint", "head", "lag", "dead letters", "skipped"],
+          statuses.map((s) => [s.projection, show(s.checkpoint), show(s.head), String(s.lag), String(s.deadLetters), "-"])
+        ))
+        yield* Console.log("skipped: counted by the running service (ask it with --url)")
+      }).pipe(Effect.provide(appLayer(args.embedded)))
+    })
 ).pipe(Command.withDescription(
-  "Per projection: committed checkpoint, head position of its categories, lag (in positions) and dead-letter count."
+  "Per projection: committed checkpoint, head position of its categories, lag (in positions) and dead-letter count; " +
+    "with --url, the running service's figures (behind the head, oldest unapplied event, processed, skipped, stalled)."
 ))
 
 // ---- dead letters -----------------------------------------------------------------
@@ -139,11 +160,15 @@ const list = Command.make(
             `${letter.streamId}@${letter.revision}`,
             String(letter.position),
             letter.at.toISOString(),
-            letter.reason.split("\n")[0]!
+            letter.reason
           ])
         }
       }
-      yield* Console.log(Cli.table(["projection", "event", "type", "stream@revision", "position", "at", "reason"], rows))
+      yield* Console.log(Cli.foldedTable(
+        ["projection", "event", "type", "stream@revision", "position", "at", "reason"],
+        rows,
+        process.stdout.isTTY ? process.stdout.columns : undefined
+      ))
       yield* Console.log(`${rows.length} dead letter${rows.length === 1 ? "" : "s"}`)
     }).pipe(Effect.provide(appLayer(args.embedded)))
 ).pipe(Command.withDescription("List the dead-lettered events of the module's projections, with their reasons."))
@@ -163,7 +188,7 @@ const retry = Command.make(
             `${outcome.superseded.length} superseded (a later event already applied; rebuild to apply)`
         )
         for (const { letter, reason } of outcome.failed) {
-          yield* Console.log(`  ${letter.eventId} (${letter.eventType}): ${reason.split("\n")[0]}`)
+          yield* Console.log(`  ${letter.eventId} (${letter.eventType}):\n${reason.split("\n").map((line) => `    ${line}`).join("\n")}`)
         }
       }
       if (failures > 0) yield* Effect.sync(() => (process.exitCode = 1))
