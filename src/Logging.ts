@@ -55,6 +55,8 @@ const maskValue = (value: unknown): unknown =>
     ? maskCredentials(value)
     : Array.isArray(value)
     ? value.map(maskValue)
+    : value instanceof Error
+    ? maskError(value)
     : value
 
 /** Masks messages, annotations and the cause's error messages before any format sees them. */
@@ -74,7 +76,7 @@ const maskError = (error: unknown): unknown => {
     const message = maskCredentials(error.message)
     if (message === error.message) return error
     const copy = new Error(message)
-    copy.name = error.name
+    Object.defineProperty(copy, "name", { value: error.name, enumerable: false, configurable: true, writable: true })
     if (error.stack !== undefined) copy.stack = maskCredentials(error.stack)
     return copy
   }
