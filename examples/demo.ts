@@ -1,8 +1,9 @@
 /**
  * The openbank demo (`npm start`): the production path end to end.
  *
- * 1. EventStoreDB and MongoDB: the embedded servers, in this process, unless
- *    `EVENTSTORE_CONNECTION_STRING` / `MONGODB_URI` are set (then those are used).
+ * 1. EventStoreDB and MongoDB: the embedded servers, in a child process (off
+ *    the engine's thread), unless `EVENTSTORE_CONNECTION_STRING` /
+ *    `MONGODB_URI` are set (then those are used).
  * 2. The `persons` and `accounts` projections run in the engine, through the
  *    real `@eventstore/db-client` and `mongodb` clients, while a simulated bank
  *    appends a realistic stream of events.
@@ -191,7 +192,7 @@ const demo = (args: Args) =>
     const endpoints = yield* App.Endpoints
     yield* Console.log(
       `openbank demo: ${args.events} events; ${App.describeEndpoints(endpoints)}` +
-        (endpoints.eventStore.embedded && endpoints.mongo.embedded ? " (in this process)" : "")
+        (endpoints.eventStore.embedded && endpoints.mongo.embedded ? " (in a child process)" : "")
     )
     // Ids are unique per run against a real EventStoreDB, so runs never share streams.
     const run = endpoints.eventStore.embedded ? "" : `${randomUUID().slice(0, 8)}`

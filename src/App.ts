@@ -21,8 +21,9 @@
  */
 import * as path from "node:path"
 import { Config, ConfigError, Console, Context, Data, Duration, Effect, Fiber, Layer, Option, Redacted, Schedule, Stream } from "effect"
-import * as EventStoreServer from "./embedded/EventStoreServer.js"
-import * as MongoServer from "./embedded/MongoServer.js"
+import type * as EventStoreServer from "./embedded/EventStoreServer.js"
+import type * as MongoServer from "./embedded/MongoServer.js"
+import * as EmbeddedProcess from "./internal/embeddedProcess.js"
 import { EventSource as EventSourceTag } from "./EventSource.js"
 import type { Delivery, EventSource, EventSourceError, GroupStatus } from "./EventSource.js"
 import * as EventStoreDB from "./EventStoreDB.js"
@@ -66,14 +67,19 @@ export const endpointsConfig = Config.all({
   dataDir: Config.option(Config.string("RECONCILER_DATA_DIR"))
 })
 
-/** An embedded server could not start. @since 0.1.0 */
-export type EmbeddedServerError = EventStoreServer.EventStoreServerError | MongoServer.MongoServerError
+/** An embedded server could not start (or its child process could not). @since 0.1.0 */
+export type EmbeddedServerError =
+  | EventStoreServer.EventStoreServerError
+  | MongoServer.MongoServerError
+  | EmbeddedProcess.EmbeddedProcessError
 
 /**
  * The endpoints from {@link endpointsConfig}. A connection string that is set is
  * always used; one that is missing is replaced by an embedded server started in
  * this layer's scope when embedded servers are allowed (`RECONCILER_EMBEDDED`,
- * or `embedded: true` here), and is a configuration error otherwise.
+ * or `embedded: true` here), and is a configuration error otherwise. The
+ * embedded servers run in a child process (off the engine's thread) that stops
+ * with this layer's scope, or with this process.
  *
  * @since 0.1.0
  */
@@ -88,22 +94,26 @@ export const endpointsLayer = (
       const dataDir = (name: string) => Option.getOrUndefined(Option.map(config.dataDir, (dir) => path.join(dir, name)))
       const missing = (name: string) =>
         ConfigError.MissingData([name], `Expected ${name} to be set (or RECONCILER_EMBEDDED=true to run the embedded servers)`)
+      const wanted = {
+        eventStore: Option.isNone(config.eventStore) && embedded,
+        mongo: Option.isNone(config.mongo) && embedded
+      }
+      // The embedded servers run in a child process, off the engine's thread.
+      const servers = wanted.eventStore || wanted.mongo
+        ? yield* EmbeddedProcess.make({
+          eventStore: wanted.eventStore ? { dataDir: dataDir("eventstore") } : undefined,
+          mongo: wanted.mongo ? { dataDir: dataDir("mongo") } : undefined
+        })
+        : undefined
       const eventStore = Option.isSome(config.eventStore)
         ? { connectionString: config.eventStore.value, embedded: false }
-        : embedded
-        ? {
-          connectionString: Redacted.make((yield* EventStoreServer.make({ dataDir: dataDir("eventstore") })).connectionString),
-          embedded: true
-        }
+        : servers?.eventStore !== undefined
+        ? { connectionString: Redacted.make(servers.eventStore), embedded: true }
         : yield* Effect.fail(missing("EVENTSTORE_CONNECTION_STRING"))
       const mongo = Option.isSome(config.mongo)
         ? { uri: config.mongo.value, database: config.database, embedded: false }
-        : embedded
-        ? {
-          uri: Redacted.make((yield* MongoServer.make({ dataDir: dataDir("mongo") })).uri),
-          database: config.database,
-          embedded: true
-        }
+        : servers?.mongo !== undefined
+        ? { uri: Redacted.make(servers.mongo), database: config.database, embedded: true }
         : yield* Effect.fail(missing("MONGODB_URI"))
       return { eventStore, mongo }
     })
@@ -257,14 +267,11 @@ export const run = Effect.fn("App.run")(function*(
     }
     const source = warnOnPark(yield* EventSourceTag)
     const store = warnOnDeadLetter(yield* ReadModelStoreTag)
+    // Run together as the engine groups them (projections over the same categories share one
+    // subscription): a stall restarts the group's run.
     yield* Effect.forEach(
-      runnables,
-      (runnable) =>
-        monitor.supervise(runnable, (onProgress) => {
-          // TODO(throughput): `onProgress` is part of RunOptions once the engine reports progress.
-          const withProgress = { ...options, onProgress }
-          return Reconciler.run(runnable, withProgress)
-        }),
+      runTogether(runnables, options.mode ?? "catch-up"),
+      (group) => monitor.supervise(group, (onProgress) => Reconciler.runAll(group, { ...options, onProgress })),
       { concurrency: "unbounded", discard: true }
     ).pipe(
       Effect.provideService(EventSourceTag, source),
@@ -274,6 +281,17 @@ export const run = Effect.fn("App.run")(function*(
     Effect.onInterrupt(() => Effect.logInfo("stopped; checkpoints committed"))
   )
 })
+
+/** Catch-up runnables over the same categories (which the engine serves with one subscription); persistent ones alone. */
+const runTogether = (runnables: ReadonlyArray<Runnable>, mode: "catch-up" | "persistent") => {
+  if (mode !== "catch-up") return runnables.map((r) => [r])
+  const byCategories = new Map<string, Array<Runnable>>()
+  for (const runnable of runnables) {
+    const key = JSON.stringify([...new Set(runnable.categories)].sort())
+    byCategories.set(key, [...(byCategories.get(key) ?? []), runnable])
+  }
+  return [...byCategories.values()]
+}
 
 /** The store, logging a warning per dead-lettered event with its whole reason. */
 const warnOnDeadLetter = (store: ReadModelStore["Type"]): ReadModelStore["Type"] => ({

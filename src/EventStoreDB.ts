@@ -114,49 +114,95 @@ const sourceError = (what: string) => (cause: unknown): EventSourceError => {
   })
 }
 
-// ---- raw bytes -------------------------------------------------------------
+// ---- conversion ------------------------------------------------------------
 
-interface RawRecord {
-  readonly data: Uint8Array
-  readonly metadata: Uint8Array
-}
-interface Raw {
-  readonly event?: RawRecord | undefined
-  readonly link?: RawRecord | undefined
-}
-
-/** A protocol recorded event, as far as raw bytes go. */
+/** A protocol recorded event, as far as the adapter reads it. */
 interface GrpcRecord {
+  getId(): GrpcUUID | undefined
+  getStreamIdentifier(): { getStreamName_asU8(): Uint8Array } | undefined
+  getStreamRevision(): string | number
+  getCommitPosition?(): string | number | undefined
+  getPreparePosition?(): string | number | undefined
+  getMetadataMap(): { get(key: string): string | undefined }
   getData_asU8(): Uint8Array
   getCustomMetadata_asU8(): Uint8Array
+}
+interface GrpcUUID {
+  hasStructured(): boolean
+  getStructured(): { getMostSignificantBits(): string | number; getLeastSignificantBits(): string | number } | undefined
+  getString(): string
 }
 interface GrpcReadEvent {
   hasEvent(): boolean
   getEvent(): GrpcRecord | undefined
   hasLink(): boolean
   getLink(): GrpcRecord | undefined
+  hasCommitPosition?(): boolean
+  getCommitPosition?(): string | number
+  hasRetryCount?(): boolean
+  getRetryCount?(): number
 }
 
-const raws = new WeakMap<object, Raw>()
+const utf8 = new TextDecoder()
+const TICKS_PER_MS = 10_000n
+
+const hex64 = (n: string | number) => BigInt.asUintN(64, BigInt(n)).toString(16).padStart(16, "0")
+
+const uuidOf = (uuid: GrpcUUID | undefined): string => {
+  if (uuid === undefined) return ""
+  if (!uuid.hasStructured()) return uuid.getString()
+  const s = uuid.getStructured()!
+  const h = hex64(s.getMostSignificantBits()) + hex64(s.getLeastSignificantBits())
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`
+}
+
+const createdOf = (ticks: string | undefined): Date => {
+  if (ticks === undefined) return new Date(0)
+  try {
+    return new Date(Number(BigInt(ticks) / TICKS_PER_MS))
+  } catch {
+    return new Date(0)
+  }
+}
 
 /**
- * Keeps the raw bytes of every event a subscription converts, so deliveries
- * carry data and metadata exactly as recorded (the client parses JSON, and
- * hands malformed JSON back as text). Uses the subscription's documented
- * conversion hook; without it, deliveries fall back to re-encoding.
+ * A recorded event as the client's own conversion would give it, except that
+ * `data` and `metadata` stay the bytes as recorded: the engine decodes them
+ * once, so the client's JSON parse (and the copies around it) is skipped.
  */
-const keepRawBytes = (subscription: object): void => {
+const convertRecord = (record: GrpcRecord) => {
+  const metadata = record.getMetadataMap()
+  const commit = record.getCommitPosition?.()
+  const prepare = record.getPreparePosition?.()
+  return {
+    streamId: utf8.decode(record.getStreamIdentifier()?.getStreamName_asU8() ?? new Uint8Array()),
+    id: uuidOf(record.getId()),
+    revision: BigInt(record.getStreamRevision()),
+    type: metadata.get("type") ?? "<no-event-type-provided>",
+    data: record.getData_asU8(),
+    metadata: record.getCustomMetadata_asU8(),
+    isJson: metadata.get("content-type") === "application/json",
+    created: createdOf(metadata.get("created")),
+    position: commit !== undefined && commit !== null && prepare !== undefined && prepare !== null
+      ? { commit: BigInt(commit), prepare: BigInt(prepare) }
+      : undefined
+  }
+}
+
+/**
+ * Replaces a subscription's conversion of each gRPC event (the documented hook
+ * its readable calls) with {@link convertRecord}: deliveries carry data and
+ * metadata exactly as recorded, with no JSON parsing on the way.
+ */
+const convertLightly = (subscription: object): void => {
   const s = subscription as { convertGrpcEvent?: (e: GrpcReadEvent) => object }
-  const convert = s.convertGrpcEvent
-  if (typeof convert !== "function") return
+  if (typeof s.convertGrpcEvent !== "function") return
   s.convertGrpcEvent = (grpcEvent) => {
-    const resolved = convert.call(subscription, grpcEvent)
-    const copy = (r: GrpcRecord | undefined): RawRecord | undefined =>
-      r && { data: r.getData_asU8(), metadata: r.getCustomMetadata_asU8() }
-    raws.set(resolved, {
-      event: grpcEvent.hasEvent() ? copy(grpcEvent.getEvent()) : undefined,
-      link: grpcEvent.hasLink() ? copy(grpcEvent.getLink()) : undefined
-    })
+    const resolved: Record<string, unknown> = {}
+    if (grpcEvent.hasEvent()) resolved.event = convertRecord(grpcEvent.getEvent()!)
+    if (grpcEvent.hasLink()) resolved.link = convertRecord(grpcEvent.getLink()!)
+    if (grpcEvent.hasCommitPosition?.()) resolved.commitPosition = BigInt(grpcEvent.getCommitPosition!())
+    if (typeof grpcEvent.hasRetryCount === "function") resolved.retryCount = grpcEvent.hasRetryCount() ? grpcEvent.getRetryCount!() : 0
     return resolved
   }
 }
@@ -182,10 +228,8 @@ export const toDelivery = (
   position: bigint,
   settle: (settlement: Settlement) => Effect.Effect<void, EventSourceError> = noop
 ): Delivery => {
-  const raw = raws.get(resolved)
   // A link whose event is gone is handed over as the link itself (type `$>`).
   const record: Recorded = (resolved.event ?? resolved.link)!
-  const bytes = resolved.event ? raw?.event : raw?.link
   let settled = false
   return {
     id: record.id,
@@ -193,8 +237,8 @@ export const toDelivery = (
     streamId: record.streamId,
     revision: record.revision,
     position,
-    data: bytes?.data ?? bytesOf(record.data),
-    metadata: bytes?.metadata ?? bytesOf(record.metadata),
+    data: bytesOf(record.data),
+    metadata: bytesOf(record.metadata),
     isJson: record.isJson,
     created: record.created instanceof Date && !Number.isNaN(record.created.getTime()) ? record.created : new Date(0),
     retryCount: resolved.retryCount ?? 0,
@@ -229,6 +273,9 @@ interface Unsubscribable extends Readable {
   unsubscribe(): Promise<void>
 }
 
+/** Events a subscription's readable buffers ahead of the engine (its high-water mark). */
+const READ_AHEAD = 128
+
 /** Subscriptions whose scope closed: settling their deliveries is pointless (the server redelivers). */
 const closed = new WeakSet<object>()
 
@@ -237,9 +284,8 @@ type OpenSubscriptions = Set<Unsubscribable>
 
 /**
  * Pulls a client subscription: each pull takes what the subscription has
- * buffered (at most its high-water mark, 16 events), or waits for the next
- * event; the stream is then re-chunked to single deliveries, so the engine's
- * in-flight bound holds exactly. Not reading lets the buffers fill, and gRPC
+ * buffered (at most {@link READ_AHEAD} events) as one chunk, or waits for the
+ * next event. Not reading lets the buffers fill, and gRPC
  * flow control holds the server back. The scope owns the subscription:
  * closing it cancels the call. The stream fails with a retryable error when
  * the subscription fails or the server ends it (a drop).
@@ -253,7 +299,7 @@ const pull = <A, B>(
   Stream.unwrapScoped(
     Effect.gen(function*() {
       const subscription = yield* Effect.try({ try: open, catch: sourceError(what) })
-      keepRawBytes(subscription)
+      convertLightly(subscription)
       live.add(subscription)
       // listeners stay for the subscription's life, so no error is ever unhandled
       let failure: EventSourceError | undefined
@@ -302,20 +348,27 @@ const pull = <A, B>(
             // A record the source cannot position fails the stream, loudly and typed.
             return Effect.fail(Option.some(error instanceof EventSourceError ? error : sourceError(what)(error)))
           }
-          if (out.length >= 64) break
+          if (out.length >= READ_AHEAD) break
         }
         if (out.length > 0) return Effect.succeed(Chunk.unsafeFromArray(out))
         if (failure) return Effect.fail(Option.some(failure))
-        // nothing buffered: wait for the next event (or the end), then pull again
+        // nothing buffered: wait for the next event (or the end), then pull again. Never an
+        // empty chunk: the resubscribe schedule restarts on every chunk that passes.
+        // Woken by the first event, it reads after the current turn of the event loop, so that the
+        // rest of what the same network read brought is taken as one chunk (not one event per pull).
         return Effect.async<void>((resume) => {
           if (subscription.readableLength > 0 || failure) return resume(Effect.void)
-          wake = () => resume(Effect.void)
+          let turn: ReturnType<typeof setImmediate> | undefined
+          wake = () => {
+            turn = setImmediate(() => resume(Effect.void))
+          }
           return Effect.sync(() => {
             wake = undefined
+            if (turn !== undefined) clearImmediate(turn)
           })
-        }).pipe(Effect.as(Chunk.empty<B>()))
+        }).pipe(Effect.zipRight(next))
       })
-      return Stream.repeatEffectChunkOption(next).pipe(Stream.rechunk(1))
+      return Stream.repeatEffectChunkOption(next)
     })
   )
 
@@ -383,7 +436,7 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
           client.subscribeToStream(categoryStream(category), {
             fromRevision: Option.getOrElse(last, () => START),
             resolveLinkTos: true
-          }),
+          }, { highWaterMark: READ_AHEAD }),
         `catch-up subscription to ${categoryStream(category)}`,
         (resolved: ResolvedEvent) => {
           // the link's revision in the category stream (the record's own when read unresolved)
@@ -408,7 +461,7 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
           client.subscribeToAll({
             fromPosition: Option.match(last, { onNone: () => START, onSome: positionOfAll }),
             filter: streamNameFilter({ regex })
-          }),
+          }, { highWaterMark: READ_AHEAD }),
         `catch-up subscription to $all (${regex})`,
         (resolved: ResolvedEvent & { commitPosition?: bigint }) => {
           const recorded = resolved.event?.position ?? resolved.link?.position

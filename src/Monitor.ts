@@ -35,19 +35,7 @@ import { distance, StallDetector } from "./internal/liveness.js"
  *
  * @since 0.1.0
  */
-// TODO(throughput): the same shape as `Reconciler.Progress`; use that type once the engine exports it.
-export interface Progress {
-  readonly projection: string
-  readonly mode: "catch-up" | "persistent"
-  readonly checkpoint: bigint | undefined
-  readonly received: bigint | undefined
-  readonly inFlight: number
-  readonly processed: number
-  readonly skipped: number
-  readonly duplicates: number
-  readonly deadLettered: number
-  readonly lastSettledAt: number
-}
+export type Progress = Reconciler.Progress
 
 /** @since 0.1.0 */
 export interface Settings {
@@ -130,7 +118,8 @@ interface Entry {
   readonly id: string
   readonly groupName: string | undefined
   readonly detector: StallDetector
-  readonly restart: Queue.Queue<void>
+  /** The restart signal of the run it belongs to (set by `supervise`). */
+  restart: Queue.Queue<void> | undefined
   readonly tag: <A extends Metric.Metric<any, any, any>>(metric: A) => A
   running: boolean
   progress: Progress | undefined
@@ -168,12 +157,13 @@ export interface Verdict {
  */
 export interface Monitor {
   /**
-   * Runs `run` for `runnable` with a progress callback for the engine, until
-   * it ends or fails; when the liveness loop asks for a restart, the current
-   * run is interrupted (it drains and commits) and started again.
+   * Runs `run` for `runnables` (that run together, e.g. sharing one
+   * subscription) with a progress callback for the engine, until it ends or
+   * fails; when the liveness loop asks to restart any of them, the current run
+   * is interrupted (it drains and commits) and started again.
    */
   readonly supervise: <E, R>(
-    runnable: Runnable,
+    runnables: ReadonlyArray<Runnable>,
     run: (onProgress: (progress: Progress) => Effect.Effect<void>) => Effect.Effect<void, E, R>
   ) => Effect.Effect<void, E, R>
   /** Every projection as last seen. */
@@ -225,7 +215,7 @@ export const make = (
         id,
         groupName: settings.mode === "persistent" ? settings.group ?? id : undefined,
         detector: new StallDetector(Duration.toMillis(stallAfter), startedAt),
-        restart: yield* Queue.sliding<void>(1),
+        restart: undefined,
         tag: (metric) => Metric.tagged(metric, "projection", runnable.name) as never,
         running: false,
         progress: undefined,
@@ -251,31 +241,36 @@ export const make = (
         return Metric.set(entry.tag(metrics.running), running ? 1 : 0)
       })
 
-    const supervise: Monitor["supervise"] = (runnable, run) => {
-      const entry = entryOf(runnable)
-      const onProgress = (progress: Progress) =>
-        Effect.sync(() => {
-          entry.progress = progress
-          if (progress.checkpoint !== undefined && (entry.checkpoint === undefined || progress.checkpoint > entry.checkpoint)) {
-            entry.checkpoint = progress.checkpoint
-          }
-        })
-      const once = Effect.suspend(() =>
-        Effect.raceFirst(
-          run(onProgress).pipe(Effect.as("ended" as const)),
-          Queue.take(entry.restart).pipe(Effect.as("restart" as const))
+    const supervise: Monitor["supervise"] = (runnables, run) =>
+      Effect.gen(function*() {
+        const members = runnables.map(entryOf)
+        // One restart signal for the whole run: a stalled member restarts the subscription they share.
+        const restart = yield* Queue.sliding<void>(1)
+        for (const entry of members) entry.restart = restart
+        const onProgress = (progress: Progress) =>
+          Effect.sync(() => {
+            const entry = entries.get(progress.projection)
+            if (entry === undefined) return
+            entry.progress = progress
+            if (progress.checkpoint !== undefined && (entry.checkpoint === undefined || progress.checkpoint > entry.checkpoint)) {
+              entry.checkpoint = progress.checkpoint
+            }
+          })
+        const running = (on: boolean) => Effect.forEach(members, (entry) => setRunning(entry, on), { discard: true })
+        const once = Effect.suspend(() =>
+          Effect.raceFirst(
+            run(onProgress).pipe(Effect.as("ended" as const)),
+            Queue.take(restart).pipe(Effect.as("restart" as const))
+          )
         )
-      )
-      return Effect.gen(function*() {
         while (true) {
-          yield* setRunning(entry, true)
+          yield* running(true)
           // A restart interrupts the run, which drains and commits before `once` returns.
-          const outcome = yield* once.pipe(Effect.ensuring(setRunning(entry, false)))
+          const outcome = yield* once.pipe(Effect.ensuring(running(false)))
           if (outcome === "ended") return
-          yield* Effect.logInfo(`${runnable.name}: restarted; resuming from its checkpoint`)
+          yield* Effect.logInfo(`${runnables.map((r) => r.name).join(", ")}: restarted; resuming from the checkpoints`)
         }
       })
-    }
 
     /**
      * Reads one thing about a projection every interval, on its own fiber (a
@@ -392,7 +387,7 @@ export const make = (
           )
         }
         if (verdict.ended) yield* Effect.logInfo(`${runnable.name}: moving again`)
-        if (verdict.resubscribe && entry.running) {
+        if (verdict.resubscribe && entry.running && entry.restart !== undefined) {
           entry.restarts++
           yield* Metric.increment(entry.tag(metrics.restarts))
           yield* Effect.logWarning(

@@ -90,9 +90,9 @@ describe("Monitor on the TestClock", () => {
         Effect.provideService(ReadModelStore, store.port)
       )
       let runs = 0
-      const engine = yield* monitor.supervise(ledger, () => {
+      const engine = yield* monitor.supervise([ledger], (onProgress) => {
         runs++
-        return Reconciler.run(ledger, { commitInterval: "1 second", stallAfter: "1 hour" })
+        return Reconciler.run(ledger, { commitInterval: "1 second", stallAfter: "1 hour", onProgress })
       }).pipe(
         Effect.provideService(EventSource, log.port),
         Effect.provideService(ReadModelStore, store.port),
@@ -171,7 +171,7 @@ describe("Monitor on the TestClock", () => {
         deadLettered: 0,
         lastSettledAt: at
       })
-      yield* monitor.supervise(ledger, (onProgress) => {
+      yield* monitor.supervise([ledger], (onProgress) => {
         report = onProgress
         return Effect.never
       }).pipe(Effect.forkScoped)

@@ -1,0 +1,119 @@
+/**
+ * The embedded servers in a child process, off the engine's thread: the demo,
+ * the examples and `run --embedded` then measure the engine, not the servers
+ * competing with it for one event loop.
+ *
+ * The child's entry sits next to this module and is picked by this module's own
+ * extension: `embeddedChild.ts` under tsx (the child gets the tsx loader),
+ * `embeddedChild.js` when running compiled from `dist/`.
+ *
+ * Guarantees: the child is stopped when the scope closes (asked over IPC, then
+ * killed after a timeout), and it stops by itself when this process dies (its
+ * IPC channel closes). A child that cannot start is a typed
+ * {@link EmbeddedProcessError}; so is one that dies before it is ready.
+ */
+import { fork } from "node:child_process"
+import type { ChildProcess } from "node:child_process"
+import { createRequire } from "node:module"
+import * as path from "node:path"
+import { fileURLToPath, pathToFileURL } from "node:url"
+import { Data, Duration, Effect } from "effect"
+import type { Reply, Start } from "./embeddedChild.js"
+
+/** The child process of the embedded servers could not start. @since 0.1.0 */
+export class EmbeddedProcessError extends Data.TaggedError("EmbeddedProcessError")<{
+  readonly message: string
+  readonly cause?: unknown
+}> {}
+
+export interface Options {
+  /** Start the EventStoreDB server (with this journal directory, if any). */
+  readonly eventStore?: { readonly dataDir?: string | undefined } | undefined
+  /** Start the MongoDB server (with this journal directory, if any). */
+  readonly mongo?: { readonly dataDir?: string | undefined } | undefined
+  /** How long the child may take to start. Default 30 s. */
+  readonly startTimeout?: Duration.DurationInput | undefined
+}
+
+export interface Running {
+  readonly eventStore: string | undefined
+  readonly mongo: string | undefined
+  readonly pid: number
+}
+
+/** The child's entry and the node flags it needs, for this module's own extension. */
+export const entry = (): { readonly file: string; readonly execArgv: ReadonlyArray<string> } => {
+  const self = fileURLToPath(import.meta.url)
+  const ext = path.extname(self)
+  const file = path.join(path.dirname(self), `embeddedChild${ext}`)
+  if (ext !== ".ts") return { file, execArgv: [] }
+  // TypeScript sources: the child needs the tsx loader whatever launched us.
+  const loader = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href
+  return { file, execArgv: ["--import", loader] }
+}
+
+/** Starts the servers in a child process for the current scope. */
+export const make = (options: Options): Effect.Effect<Running, EmbeddedProcessError, import("effect").Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.async<{ child: ChildProcess; reply: Extract<Reply, { type: "ready" }> }, EmbeddedProcessError>((resume) => {
+      const { execArgv, file } = entry()
+      let child: ChildProcess
+      try {
+        child = fork(file, [], { execArgv: [...execArgv], stdio: ["ignore", "inherit", "inherit", "ipc"], serialization: "json" })
+      } catch (cause) {
+        resume(Effect.fail(new EmbeddedProcessError({ message: `cannot start the embedded servers' process: ${String(cause)}`, cause })))
+        return
+      }
+      let done = false
+      const finish = (effect: Effect.Effect<{ child: ChildProcess; reply: Extract<Reply, { type: "ready" }> }, EmbeddedProcessError>) => {
+        if (done) return
+        done = true
+        child.off("message", onMessage)
+        child.off("exit", onExit)
+        child.off("error", onError)
+        resume(effect)
+      }
+      const onMessage = (reply: Reply) => {
+        if (reply.type === "ready") finish(Effect.succeed({ child, reply }))
+        else finish(Effect.fail(new EmbeddedProcessError({ message: `the embedded servers did not start: ${reply.message}` })))
+      }
+      const onExit = (code: number | null, signal: string | null) =>
+        finish(Effect.fail(new EmbeddedProcessError({
+          message: `the embedded servers' process exited before it was ready (${signal ?? `code ${code}`})`
+        })))
+      const onError = (cause: Error) =>
+        finish(Effect.fail(new EmbeddedProcessError({ message: `the embedded servers' process failed: ${cause.message}`, cause })))
+      child.on("message", onMessage)
+      child.on("exit", onExit)
+      child.on("error", onError)
+      const start: Start = { type: "start", eventStore: options.eventStore, mongo: options.mongo }
+      child.send(start)
+      return Effect.sync(() => {
+        if (!done) {
+          done = true
+          child.kill("SIGKILL")
+        }
+      })
+    }).pipe(
+      Effect.timeoutFail({
+        duration: options.startTimeout ?? "30 seconds",
+        onTimeout: () => new EmbeddedProcessError({ message: "the embedded servers did not start in time" })
+      })
+    ),
+    ({ child }) => stop(child)
+  ).pipe(
+    Effect.map(({ child, reply }) => ({ eventStore: reply.eventStore, mongo: reply.mongo, pid: child.pid ?? -1 }))
+  )
+
+/** Asks the child to stop, and kills it if it has not exited after 10 s. */
+const stop = (child: ChildProcess): Effect.Effect<void> =>
+  Effect.async<void>((resume) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.void)
+    const timer = setTimeout(() => child.kill("SIGKILL"), 10_000)
+    child.once("exit", () => {
+      clearTimeout(timer)
+      resume(Effect.void)
+    })
+    if (child.connected) child.send({ type: "stop" })
+    else child.kill("SIGTERM")
+  })
