@@ -81,7 +81,7 @@ export interface ProjectionState {
   readonly deadLettered: number
   /** Received and not settled (undefined until the engine reported progress). */
   readonly inFlight: number | undefined
-  /** Since the engine last settled a delivery (undefined until it reported progress). */
+  /** Since the engine last settled a delivery (undefined until it has settled one). */
   readonly lastSettledAgoMs: number | undefined
   readonly group: (GroupStatus & { readonly name: string }) | undefined
   /** The last error of each read that is failing (`source: …`, `store: …`, `group: …`). */
@@ -451,7 +451,10 @@ export const make = (
           restarts: entry.restarts,
           ...totals,
           inFlight: entry.progress?.inFlight,
-          lastSettledAgoMs: entry.progress === undefined ? undefined : Math.max(0, now - entry.progress.lastSettledAt),
+          // 0: nothing settled yet
+          lastSettledAgoMs: entry.progress === undefined || entry.progress.lastSettledAt === 0
+            ? undefined
+            : Math.max(0, now - entry.progress.lastSettledAt),
           group: entry.group,
           sourceError: entry.sourceError
         })

@@ -222,11 +222,13 @@ describe("HTTP endpoint", () => {
       const url = /listening on (\S+)/.exec(lines.find((l) => l.startsWith("http endpoint listening on"))!)![1]!
 
       const unhealthy = yield* poll("unhealthy while silent", `${url}/healthz`, (r) => r.status === 503)
-      expect(ledgerOf(unhealthy)).toMatchObject({ ok: false, behind: 50 })
+      // One delivery, then silence: applied and committed (50 behind), or not yet when the stall is judged (52).
+      expect(ledgerOf(unhealthy)).toMatchObject({ ok: false })
+      expect([50, 52]).toContain(ledgerOf(unhealthy).behind)
       const status = ledgerOf(yield* get(`${url}/status`))
-      expect(status).toMatchObject({ checkpoint: 1, head: 51, behind: 50, stalled: true, unhealthy: true })
+      expect(status).toMatchObject({ head: 51, stalled: true, unhealthy: true })
       expect(status.restarts).toBeGreaterThanOrEqual(1)
-      expect(lines.some((l) => /ledger: stalled: 50 positions behind the head \(51\)/.test(l))).toBe(true)
+      expect(lines.some((l) => /ledger: stalled: 5[02] positions behind the head \(51\)/.test(l))).toBe(true)
       expect(lines.some((l) => /ledger: restarting the run to resubscribe/.test(l))).toBe(true)
 
       log.resume()
