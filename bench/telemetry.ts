@@ -9,7 +9,8 @@
  * - **tracing on**: under the same layer with the endpoint set, exporting
  *   every span over OTLP/HTTP to a stand-in collector on this host.
  *
- * Run: `npm run bench:telemetry`.
+ * Each repetition starts with another of the three; a full GC before each run.
+ * Run: `npm run bench:telemetry` (`-- --events N --reps R`).
  */
 import { ConfigProvider, Effect, Schema } from "effect"
 import { createServer } from "node:http"
@@ -39,6 +40,7 @@ const accounts = Projection.make({
 })
 
 const median = (values: Array<number>) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!
+const gc = () => (globalThis as { gc?: () => void }).gc?.()
 
 /** A collector that accepts and counts what it is sent. */
 const collector = () =>
@@ -82,15 +84,26 @@ const main = Effect.gen(function*() {
   }
   const rates: Record<string, Array<number>> = { baseline: [], "tracing off": [], "tracing on": [] }
   yield* ways.baseline // warm-up
+  // Each repetition starts with another of the three, so that none always runs after the same one.
+  const order = Object.entries(ways)
   for (let rep = 0; rep < repetitions; rep++) {
-    for (const [name, way] of Object.entries(ways)) rates[name]!.push(yield* way)
+    for (let i = 0; i < order.length; i++) {
+      const [name, way] = order[(rep + i) % order.length]!
+      gc()
+      rates[name]!.push(yield* way)
+    }
   }
   sink.close()
   const base = median(rates.baseline!)
   console.log(`${count} events, ${repetitions} alternating runs each, medians (events/s):`)
   for (const [name, values] of Object.entries(rates)) {
     const m = median(values)
-    console.log(`  ${name.padEnd(12)} ${Math.round(m).toString().padStart(9)}  ×${(m / base).toFixed(3)} of baseline`)
+    const low = Math.min(...values)
+    const high = Math.max(...values)
+    console.log(
+      `  ${name.padEnd(12)} ${Math.round(m).toString().padStart(9)}  ×${(m / base).toFixed(3)} of baseline` +
+        `  (runs ${Math.round(low)}–${Math.round(high)})`
+    )
   }
   console.log(`  the collector received ${sink.received()} bytes of spans`)
 })
