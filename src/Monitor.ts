@@ -19,7 +19,7 @@
  *
  * @since 0.1.0
  */
-import { Clock, Duration, Effect, Metric, Option, Queue } from "effect"
+import { Clock, Duration, Effect, Fiber, Metric, Option, Queue } from "effect"
 import type { Scope } from "effect"
 import { EventSource } from "./EventSource.js"
 import type { GroupStatus } from "./EventSource.js"
@@ -257,11 +257,21 @@ export const make = (
             }
           })
         const running = (on: boolean) => Effect.forEach(members, (entry) => setRunning(entry, on), { discard: true })
-        const once = Effect.suspend(() =>
-          Effect.raceFirst(
-            run(onProgress).pipe(Effect.as("ended" as const)),
-            Queue.take(restart).pipe(Effect.as("restart" as const))
-          )
+        // The run in a fiber of its own, always interrupted *and awaited* (it drains and commits) before
+        // `once` returns — on a restart and when the supervisor itself is interrupted (a race's loser is
+        // not awaited when the racer is interrupted: the process could exit mid-drain).
+        const once = Effect.uninterruptibleMask((restore) =>
+          Effect.gen(function*() {
+            const fiber = yield* Effect.fork(restore(Effect.suspend(() => run(onProgress))))
+            const outcome = yield* restore(
+              Effect.raceFirst(
+                Fiber.join(fiber).pipe(Effect.as("ended" as const)),
+                Queue.take(restart).pipe(Effect.as("restart" as const))
+              )
+            ).pipe(Effect.onInterrupt(() => Fiber.interrupt(fiber)))
+            if (outcome === "restart") yield* Fiber.interrupt(fiber)
+            return outcome
+          })
         )
         while (true) {
           yield* running(true)

@@ -128,13 +128,14 @@ describe("Monitor on the TestClock", () => {
       expect(yield* state()).toMatchObject({ stalled: false, stalls: 0 })
       const untilState = (what: string, accept: (s: Monitor.ProjectionState) => boolean, most: number) =>
         Effect.gen(function*() {
-          for (let waited = 0; waited <= most; waited++) {
+          for (let waited = 0; ; waited++) {
             if (accept(yield* state())) return waited
+            if (waited === most) break
             yield* tick(1)
           }
           return yield* Effect.dieMessage(`not ${what} within ${most} s: ${JSON.stringify(yield* monitor.snapshot, (_, v) => typeof v === "bigint" ? String(v) : v)}`)
         })
-      yield* untilState("stalled", (s) => s.stalled, 4)
+      yield* untilState("stalled", (s) => s.stalled, 5)
       const stalled = yield* state()
       expect(stalled).toMatchObject({ stalled: true, stalls: 1, restarts: 1, unhealthy: false })
       expect(stalled.behind! >= 50n).toBe(true)
