@@ -161,7 +161,7 @@ describe("HTTP endpoint", () => {
       const unhealthy = yield* poll("unhealthy while the store is down", `${url}/healthz`, (r) => r.status === 503)
       expect(ledgerOf(unhealthy)).toMatchObject({ ok: false, behind: 10 })
       expect(ledgerOf(unhealthy).reason).toMatch(/stalled for \d+ ms, 10 positions behind the head, through \d+ restart/)
-      const stalled = ledgerOf(yield* get(`${url}/status`))
+      const stalled = ledgerOf(yield* poll("stalled in /status", `${url}/status`, (r) => ledgerOf(r).unhealthy === true))
       expect(stalled).toMatchObject({ stalled: true, unhealthy: true })
       expect(stalled.restarts).toBeGreaterThanOrEqual(1)
       expect(stalled.oldestUnappliedAgeMs).toBeGreaterThan(0)
@@ -225,7 +225,8 @@ describe("HTTP endpoint", () => {
       // One delivery, then silence: applied and committed (50 behind), or not yet when the stall is judged (52).
       expect(ledgerOf(unhealthy)).toMatchObject({ ok: false })
       expect([50, 52]).toContain(ledgerOf(unhealthy).behind)
-      const status = ledgerOf(yield* get(`${url}/status`))
+      // (A restart drains what a lane held, which is movement: the stall may begin again before it shows.)
+      const status = ledgerOf(yield* poll("stalled in /status", `${url}/status`, (r) => ledgerOf(r).unhealthy === true))
       expect(status).toMatchObject({ head: 51, stalled: true, unhealthy: true })
       expect(status.restarts).toBeGreaterThanOrEqual(1)
       expect(lines.some((l) => /ledger: stalled: 5[02] positions behind the head \(51\)/.test(l))).toBe(true)
