@@ -5,7 +5,7 @@
  * reports progress through the engine's callback.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Fiber, FastCheck as fc, TestClock } from "effect"
+import { Clock, Effect, Fiber, FastCheck as fc, TestClock } from "effect"
 import { EventSource } from "../src/EventSource.js"
 import * as InMemory from "../src/InMemory.js"
 import * as Monitor from "../src/Monitor.js"
@@ -114,18 +114,6 @@ describe("Monitor on the TestClock", () => {
           yield* settle
         })
 
-      yield* tick(2)
-      // One delivery, then silence: applied and committed (50 behind) or, as the engine's timers move only
-      // with this clock, not yet (52 behind: no checkpoint); either way it does not move from there.
-      const behindAtStart = (yield* state()).behind!
-      expect(behindAtStart === 50n || behindAtStart === 52n).toBe(true)
-      expect(yield* state()).toMatchObject({ running: true, head: 51n, stalled: false })
-      expect((yield* monitor.health).ok).toBe(true)
-      expect((yield* monitor.readiness).ok).toBe(false)
-
-      // Its last movement (if any: the commit of position 1) is seen within the first 3 s; stallAfter is 5 s.
-      yield* tick(3)
-      expect(yield* state()).toMatchObject({ stalled: false, stalls: 0 })
       const untilState = (what: string, accept: (s: Monitor.ProjectionState) => boolean, most: number) =>
         Effect.gen(function*() {
           for (let waited = 0; ; waited++) {
@@ -135,21 +123,37 @@ describe("Monitor on the TestClock", () => {
           }
           return yield* Effect.dieMessage(`not ${what} within ${most} s: ${JSON.stringify(yield* monitor.snapshot, (_, v) => typeof v === "bigint" ? String(v) : v)}`)
         })
-      yield* untilState("stalled", (s) => s.stalled, 5)
+      // One delivery, then silence: once it is applied and committed, nothing moves any more. (On this
+      // clock the engine may hold it in a lane's batch until a first stall's restart drains it: that
+      // commit is movement too.)
+      yield* untilState("committed at 1", (s) => s.checkpoint === 1n && store.checkpoint("ledger@1") === 1n, 20)
+      const committedAt = yield* Clock.currentTimeMillis
+      yield* tick(1)
+      expect(yield* state()).toMatchObject({ running: true, head: 51n, checkpoint: 1n, behind: 50n, stalled: false })
+      expect((yield* monitor.health).ok).toBe(true)
+      expect((yield* monitor.readiness).ok).toBe(false)
+
+      // stallAfter is 5 s from the last movement, which was judged at most a second before it was seen here
+      yield* tick(2)
+      expect(yield* state(), `at ${yield* Clock.currentTimeMillis}: committed by ${committedAt}`).toMatchObject({ stalled: false })
+      const stallsBefore = (yield* state()).stalls
+      const restartsBefore = (yield* state()).restarts
+      const runsBefore = runs
+      yield* untilState("stalled", (s) => s.stalled, 4)
       const stalled = yield* state()
-      expect(stalled).toMatchObject({ stalled: true, stalls: 1, restarts: 1, unhealthy: false })
-      expect(stalled.behind! >= 50n).toBe(true)
-      expect(runs).toBe(2) // restarted once: drained, resubscribed from its checkpoint
+      expect(stalled).toMatchObject({ stalled: true, stalls: stallsBefore + 1, restarts: restartsBefore + 1, unhealthy: false })
+      expect(stalled.behind).toBe(50n)
+      expect(runs).toBe(runsBefore + 1) // restarted once: drained, resubscribed from its checkpoint
       expect((yield* monitor.health).ok).toBe(true) // resolved by resubscribing before it is reported
 
       // unhealthy once the restart has had stallAfter (5 s) to help
       const waited = yield* untilState("unhealthy", (s) => s.unhealthy, 7)
       expect(waited).toBeGreaterThanOrEqual(4)
-      expect(yield* state()).toMatchObject({ stalled: true, unhealthy: true, stalls: 1, restarts: 2 })
-      expect(runs).toBe(3)
+      expect(yield* state()).toMatchObject({ stalled: true, unhealthy: true, stalls: stallsBefore + 1, restarts: restartsBefore + 2 })
+      expect(runs).toBe(runsBefore + 2)
       const health = yield* monitor.health
       expect(health.ok).toBe(false)
-      expect(health.projections[0]!.reason).toMatch(/stalled for \d+ ms, 5\d positions behind the head/)
+      expect(health.projections[0]!.reason).toMatch(/stalled for \d+ ms, 50 positions behind the head/)
 
       log.resume()
       yield* tick(3)
