@@ -114,7 +114,8 @@ describe("HTTP endpoint", () => {
       const appended = 35
       const caughtUp = yield* poll("caught up", `${url}/status`, (r) => {
         const p = ledgerOf(r)
-        return p.behind === 0 && p.checkpoint === appended - 1
+        // the head is read every interval: wait for a read taken after the last append
+        return p.behind === 0 && p.checkpoint === appended - 1 && p.head === appended - 1
       })
       expect(ledgerOf(caughtUp)).toMatchObject({
         running: true,
