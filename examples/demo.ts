@@ -16,12 +16,13 @@
  */
 import { EventStoreDBClient, jsonEvent } from "@eventstore/db-client"
 import { NodeRuntime } from "@effect/platform-node"
-import { Console, Effect, Exit, Fiber, Logger, LogLevel, Option, Redacted } from "effect"
+import { Console, Effect, Exit, Fiber, LogLevel, Option, Redacted } from "effect"
 import { MongoClient } from "mongodb"
 import { randomUUID } from "node:crypto"
 import { pathToFileURL } from "node:url"
 import { parseArgs } from "node:util"
 import * as App from "../src/App.js"
+import * as Logging from "../src/Logging.js"
 import * as Progress from "../src/internal/progress.js"
 import { Projection, ReadModelStore, Verify } from "../src/index.js"
 import type { BankEvent } from "./openbank.js"
@@ -349,13 +350,14 @@ const main = Effect.suspend(() => {
   const chosen = args
   return freshDatabase.pipe(
     Effect.zipRight(demo(chosen).pipe(Effect.provide(App.layer({ embedded: true })))),
-    // The engine's own logs stay quiet unless something is wrong.
-    Logger.withMinimumLogLevel(LogLevel.Warning)
+    // The one logger (RECONCILER_LOG_FORMAT); the engine's own logs stay quiet unless something is wrong.
+    Effect.provide(Logging.layerConfig({ level: LogLevel.Warning }))
   )
 })
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
   NodeRuntime.runMain(main, {
+    disablePrettyLogger: true,
     teardown: (exit, onExit) => {
       const code = Exit.isSuccess(exit) ? (exit.value as number) : Exit.isInterrupted(exit) ? 130 : 1
       onExit(code)

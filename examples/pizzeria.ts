@@ -17,6 +17,7 @@ import { Console, Effect, Redacted, Schema } from "effect"
 import { MongoClient } from "mongodb"
 import { pathToFileURL } from "node:url"
 import * as App from "../src/App.js"
+import * as Logging from "../src/Logging.js"
 import { Projection } from "../src/index.js"
 
 // ---- events: one stream per order, `order-<id>` --------------------------------
@@ -229,7 +230,7 @@ const main = Effect.gen(function*() {
 })
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
-  Effect.runPromise(main.pipe(Effect.scoped, Effect.provide(App.layer({ embedded: true })))).catch((error) => {
+  Effect.runPromise(main.pipe(Effect.scoped, Effect.provide(App.layer({ embedded: true })), Effect.provide(Logging.layerConfig()))).catch((error) => {
     console.error(error)
     process.exit(1)
   })

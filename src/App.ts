@@ -20,13 +20,16 @@
  * @since 0.1.0
  */
 import * as path from "node:path"
-import { Config, ConfigError, Context, Data, Duration, Effect, Fiber, Layer, Option, Redacted, Schedule } from "effect"
+import { Config, ConfigError, Console, Context, Data, Duration, Effect, Fiber, Layer, Option, Redacted, Schedule, Stream } from "effect"
 import type * as EventStoreServer from "./embedded/EventStoreServer.js"
 import type * as MongoServer from "./embedded/MongoServer.js"
 import * as EmbeddedProcess from "./internal/embeddedProcess.js"
 import { EventSource as EventSourceTag } from "./EventSource.js"
-import type { EventSource, EventSourceError } from "./EventSource.js"
+import type { Delivery, EventSource, EventSourceError, GroupStatus } from "./EventSource.js"
 import * as EventStoreDB from "./EventStoreDB.js"
+import type * as HttpEndpointModule from "./HttpEndpoint.js"
+import * as Monitor from "./Monitor.js"
+import * as Telemetry from "./Telemetry.js"
 import * as MongoReadModelStore from "./MongoReadModelStore.js"
 import { checkpointId, decoder } from "./Projection.js"
 import type { Projection, Runnable } from "./Projection.js"
@@ -34,7 +37,6 @@ import { ReadModelStore as ReadModelStoreTag } from "./ReadModelStore.js"
 import type { ReadModelStore, StoreError } from "./ReadModelStore.js"
 import * as ReadModels from "./ReadModels.js"
 import * as Verify from "./Verify.js"
-import * as Stream from "effect/Stream"
 import * as Reconciler from "./Reconciler.js"
 import * as ConnectionString from "./internal/connectionString.js"
 
@@ -198,17 +200,69 @@ export const describeEndpoints = (endpoints: Endpoints["Type"]): string =>
   `MongoDB ${endpoints.mongo.embedded ? "embedded" : "from MONGODB_URI"} (database ${endpoints.mongo.database})`
 
 /**
- * Runs the projections and handlers with the {@link settings} from
- * configuration (`overrides` win), each with its own subscription and
- * checkpoint, until interrupted — then drains, commits and nacks the rest.
+ * How the service is operated (see {@link operationSettings}).
+ *
+ * @since 0.1.0
+ */
+export interface OperationOptions {
+  /** Serve `/metrics`, `/healthz`, `/readyz` and `/status` on this port (0 picks one); off when undefined. */
+  readonly httpPort?: number | undefined
+  /** The interface the endpoint listens on. Default `0.0.0.0`. */
+  readonly httpHost?: string | undefined
+  /** `/readyz` is ready while every projection is at most this many positions behind the head. Default 100. */
+  readonly readyDistance?: number | undefined
+  /** How often the heads are read and liveness judged. Default 1 s. */
+  readonly livenessInterval?: Duration.DurationInput | undefined
+  /** Behind the head and not moving this long is a stall (the engine's watchdog uses it too). Default 30 s. */
+  readonly stallAfter?: Duration.DurationInput | undefined
+}
+
+/**
+ * The operation settings: `RECONCILER_HTTP_PORT` (off when unset; 0 picks a
+ * port), `RECONCILER_HTTP_HOST` (`0.0.0.0`), `RECONCILER_READY_DISTANCE` (100),
+ * `RECONCILER_LIVENESS_INTERVAL` (1 second), `RECONCILER_STALL_AFTER` (30 seconds).
+ *
+ * @since 0.1.0
+ */
+export const operationSettings: Config.Config<OperationOptions> = Config.all({
+  httpPort: Config.option(
+    Config.integer("RECONCILER_HTTP_PORT").pipe(
+      Config.validate({ message: "Expected a port (0-65535)", validation: (n) => n >= 0 && n <= 65535 })
+    )
+  ).pipe(Config.map(Option.getOrUndefined)),
+  httpHost: Config.string("RECONCILER_HTTP_HOST").pipe(Config.withDefault("0.0.0.0")),
+  readyDistance: Config.integer("RECONCILER_READY_DISTANCE").pipe(
+    Config.validate({ message: "Expected a whole number of positions, at least 0", validation: (n) => n >= 0 }),
+    Config.withDefault(100)
+  ),
+  livenessInterval: Config.duration("RECONCILER_LIVENESS_INTERVAL").pipe(Config.withDefault(Duration.seconds(1))),
+  stallAfter: Config.duration("RECONCILER_STALL_AFTER").pipe(Config.withDefault(Duration.seconds(30)))
+})
+
+/**
+ * Runs the projections and handlers with the {@link settings} and
+ * {@link operationSettings} from configuration (`overrides` win), each with its
+ * own subscription and checkpoint, until interrupted — then drains, commits and
+ * nacks the rest.
+ *
+ * While they run, a {@link Monitor} judges each against the head of its
+ * source and restarts a stalled one (it drains and resumes from its
+ * checkpoint); dead-lettered and parked events are logged as warnings; and
+ * with an HTTP port the endpoint of {@link HttpEndpoint} serves metrics,
+ * health, readiness and status (its URL is logged and printed).
  *
  * @since 0.1.0
  */
 export const run = Effect.fn("App.run")(function*(
   runnables: ReadonlyArray<Runnable>,
-  overrides: Reconciler.RunOptions = {}
+  overrides: Reconciler.RunOptions & OperationOptions = {}
 ) {
-  const options = { ...(yield* settings), ...definedOnly(overrides) }
+  const { httpHost, httpPort, livenessInterval, readyDistance, ...engine } = {
+    ...(yield* settings),
+    ...(yield* operationSettings),
+    ...definedOnly(overrides)
+  }
+  const options: Reconciler.RunOptions = engine
   const endpoints = yield* Effect.serviceOption(Endpoints)
   yield* Effect.logInfo(
     `reconciling ${runnables.map((r) => r.name).join(", ")} (${options.mode}, ${options.lanes} lanes, batch ${options.batchSize})` +
@@ -217,13 +271,88 @@ export const run = Effect.fn("App.run")(function*(
   // Each version writes its own collection; a version that would write another's is refused.
   const resolved = yield* ReadModels.resolve(runnables)
   const sampling = yield* Verify.sampleConfig
-  const engine = Reconciler.runAll(resolved, options)
-  const projections = runnables.filter((r): r is Projection<any, any> => r._tag === "Projection")
-  yield* (sampling.size > 0 && projections.length > 0
-    ? Effect.scoped(Effect.forkScoped(Verify.sample(projections, sampling)).pipe(Effect.zipRight(engine)))
-    : engine).pipe(
+  // One consumer group for several projections is refused by the engine as it is.
+  if (options.group !== undefined && resolved.length > 1) return yield* Reconciler.runAll(resolved, options)
+  yield* Effect.scoped(Effect.gen(function*() {
+    const monitor = yield* Monitor.make(resolved, {
+      mode: options.mode ?? "catch-up",
+      group: options.group,
+      stallAfter: options.stallAfter,
+      interval: livenessInterval,
+      readyDistance
+    })
+    if (httpPort !== undefined) {
+      // Loaded only when served (the HTTP server modules take a while to load).
+      const HttpEndpoint: typeof HttpEndpointModule = yield* Effect.promise(() => import("./HttpEndpoint.js"))
+      const metrics = yield* Layer.build(Telemetry.prometheusLayer()).pipe(Effect.map(Context.get(Telemetry.PrometheusMetrics)))
+      const url = yield* HttpEndpoint.serve({ port: httpPort, host: httpHost }, monitor, metrics)
+      yield* Effect.logInfo(`http endpoint listening on ${url}`)
+      yield* Console.log(`http endpoint listening on ${url} (/metrics /healthz /readyz /status)`)
+    }
+    const projections = resolved.filter((r): r is Projection<any, any> => r._tag === "Projection")
+    if (sampling.size > 0 && projections.length > 0) yield* Effect.forkScoped(Verify.sample(projections, sampling))
+    const source = warnOnPark(yield* EventSourceTag)
+    const store = warnOnDeadLetter(yield* ReadModelStoreTag)
+    // Run together as the engine groups them (projections over the same categories share one
+    // subscription): a stall restarts the group's run.
+    yield* Effect.forEach(
+      runTogether(resolved, options.mode ?? "catch-up"),
+      (group) => monitor.supervise(group, (onProgress) => Reconciler.runAll(group, { ...options, onProgress })),
+      { concurrency: "unbounded", discard: true }
+    ).pipe(
+      Effect.provideService(EventSourceTag, source),
+      Effect.provideService(ReadModelStoreTag, store)
+    )
+  })).pipe(
     Effect.onInterrupt(() => Effect.logInfo("stopped; checkpoints committed"))
   )
+})
+
+/** Catch-up runnables over the same categories (which the engine serves with one subscription); persistent ones alone. */
+const runTogether = (runnables: ReadonlyArray<Runnable>, mode: "catch-up" | "persistent") => {
+  if (mode !== "catch-up") return runnables.map((r) => [r])
+  const byCategories = new Map<string, Array<Runnable>>()
+  for (const runnable of runnables) {
+    const key = JSON.stringify([...new Set(runnable.categories)].sort())
+    byCategories.set(key, [...(byCategories.get(key) ?? []), runnable])
+  }
+  return [...byCategories.values()]
+}
+
+/** The store, logging a warning per dead-lettered event with its whole reason. */
+const warnOnDeadLetter = (store: ReadModelStore["Type"]): ReadModelStore["Type"] => ({
+  ...store,
+  deadLetter: (letter) =>
+    store.deadLetter(letter).pipe(
+      Effect.tap(() =>
+        Effect.logWarning(
+          `dead-lettered: projection ${letter.projection}, event ${letter.eventId} (${letter.eventType}), ` +
+            `stream ${letter.streamId} revision ${letter.revision}, position ${letter.position}: ${letter.reason}`
+        )
+      )
+    )
+})
+
+/** The source, logging a warning per parked delivery (persistent mode) with its whole reason. */
+const warnOnPark = (source: EventSource["Type"]): EventSource["Type"] => ({
+  ...source,
+  subscribe: (subscription) =>
+    subscription.mode === "catch-up"
+      ? source.subscribe(subscription)
+      : Stream.map(source.subscribe(subscription), (delivery): Delivery => ({
+        ...delivery,
+        settle: (settlement) =>
+          settlement._tag === "Nack" && settlement.action === "park"
+            ? delivery.settle(settlement).pipe(
+              Effect.tap(() =>
+                Effect.logWarning(
+                  `parked: group ${subscription.group}, event ${delivery.id} (${delivery.type}), ` +
+                    `stream ${delivery.streamId} revision ${delivery.revision}: ${settlement.reason}`
+                )
+              )
+            )
+            : delivery.settle(settlement)
+      }))
 })
 
 const definedOnly = <A extends object>(options: A): A =>
@@ -246,20 +375,42 @@ export interface ProjectionStatus {
   readonly projection: string
   readonly checkpoint: Option.Option<bigint>
   readonly head: Option.Option<bigint>
+  /** Catch-up: positions behind the head. Persistent: the group's events not acknowledged yet. */
   readonly lag: bigint
   readonly deadLetters: number
   /** Persistent mode: ranges of streams' events found gone and skipped by decision. */
   readonly gaps: number
+  /** Persistent mode: the consumer group as the server reports it (none when it does not exist). */
+  readonly group?: Option.Option<GroupStatus & { readonly name: string }>
 }
 
+/** Where the projections run: the mode and group of {@link settings} unless given. */
+const modeOf = (options: { readonly mode?: Reconciler.RunOptions["mode"]; readonly group?: string | undefined }) =>
+  Effect.map(settings, (s) => ({ mode: options.mode ?? s.mode ?? "catch-up", group: options.group ?? s.group }))
+
+/** A persistent projection's consumer group, from the server (none when the source cannot tell). */
+const groupOf = (source: EventSource["Type"], runnable: Runnable, group: string | undefined) =>
+  source.groupStatus === undefined
+    ? Effect.succeed(Option.none<GroupStatus & { readonly name: string }>())
+    : Effect.map(
+      source.groupStatus(runnable.categories, group ?? checkpointId(runnable)),
+      Option.map((status) => ({ name: group ?? checkpointId(runnable), ...status }))
+    )
+
 /**
- * The {@link ProjectionStatus} of each projection or handler.
+ * The {@link ProjectionStatus} of each projection or handler, in the mode
+ * (and group) of {@link settings} unless given: persistent projections report
+ * their group's unacknowledged events as their lag.
  *
  * @since 0.1.0
  */
-export const status = Effect.fn("App.status")(function*(runnables: ReadonlyArray<Runnable>) {
+export const status = Effect.fn("App.status")(function*(
+  runnables: ReadonlyArray<Runnable>,
+  options: { readonly mode?: Reconciler.RunOptions["mode"]; readonly group?: string | undefined } = {}
+) {
   const source = yield* EventSourceTag
   const store = yield* ReadModelStoreTag
+  const { group, mode } = yield* modeOf(options)
   return yield* Effect.forEach(runnables, (runnable) =>
     Effect.gen(function*() {
       const id = checkpointId(runnable)
@@ -267,6 +418,11 @@ export const status = Effect.fn("App.status")(function*(runnables: ReadonlyArray
       const head = yield* source.head(runnable.categories)
       const deadLetters = (yield* store.deadLetters(id)).length
       const gaps = (yield* store.gaps(id)).length
+      if (mode === "persistent") {
+        const status = yield* groupOf(source, runnable, group)
+        const lag = Option.match(status, { onNone: () => Option.match(head, { onNone: () => 0n, onSome: (h) => h + 1n }), onSome: (g) => BigInt(g.pending) })
+        return { projection: id, checkpoint, head, lag, deadLetters, gaps, group: status } satisfies ProjectionStatus
+      }
       const lag = Option.match(head, {
         onNone: () => 0n,
         onSome: (h) => Option.match(checkpoint, { onNone: () => h + 1n, onSome: (c) => behind(c, h) })
@@ -285,24 +441,42 @@ export const status = Effect.fn("App.status")(function*(runnables: ReadonlyArray
  */
 export const awaitCaughtUp = Effect.fn("App.awaitCaughtUp")(function*(
   runnables: ReadonlyArray<Runnable>,
-  options: { readonly interval?: Duration.DurationInput; readonly attempts?: number } = {}
+  options: {
+    readonly interval?: Duration.DurationInput
+    readonly attempts?: number
+    readonly mode?: Reconciler.RunOptions["mode"]
+    readonly group?: string | undefined
+  } = {}
 ) {
   const source = yield* EventSourceTag
   const store = yield* ReadModelStoreTag
+  const { group, mode } = yield* modeOf(options)
+  const retrying = {
+    schedule: Schedule.spaced(options.interval ?? "50 millis"),
+    while: (error: { readonly _tag: string }) => error._tag === "NotCaughtUp",
+    ...(options.attempts !== undefined ? { times: options.attempts } : {})
+  }
   for (const runnable of runnables) {
     const head = yield* source.head(runnable.categories)
     if (Option.isNone(head)) continue
     const id = checkpointId(runnable)
+    if (mode === "persistent" && source.groupStatus !== undefined) {
+      // A consumer group has no checkpoint of ours: caught up when the server holds nothing unacknowledged.
+      yield* groupOf(source, runnable, group).pipe(
+        Effect.filterOrFail(
+          (status) => Option.isSome(status) && status.value.pending === 0,
+          () => new NotCaughtUp({ projection: id, head: head.value })
+        ),
+        Effect.retry(retrying)
+      )
+      continue
+    }
     yield* store.readCheckpoint(id).pipe(
       Effect.filterOrFail(
         (checkpoint) => Option.isSome(checkpoint) && behind(checkpoint.value, head.value) === 0n,
         () => new NotCaughtUp({ projection: id, head: head.value })
       ),
-      Effect.retry({
-        schedule: Schedule.spaced(options.interval ?? "50 millis"),
-        while: (error) => error._tag === "NotCaughtUp",
-        ...(options.attempts !== undefined ? { times: options.attempts } : {})
-      })
+      Effect.retry(retrying)
     )
   }
 })
@@ -326,7 +500,7 @@ export class NotCaughtUp extends Data.TaggedError("NotCaughtUp")<{
 export const awaitCaughtUpWhile = <E>(
   engine: Fiber.Fiber<void, E>,
   runnables: ReadonlyArray<Runnable>,
-  options: { readonly interval?: Duration.DurationInput; readonly attempts?: number } = {}
+  options: Parameters<typeof awaitCaughtUp>[1] = {}
 ) =>
   Effect.raceFirst(
     awaitCaughtUp(runnables, options),
@@ -348,7 +522,7 @@ export const runUntilCaughtUp = Effect.fn("App.runUntilCaughtUp")(function*(
     // In this scope: however this ends, the engine stops (drains) here, while
     // the clients it uses are still open.
     const engine = yield* Effect.forkScoped(run(runnables, overrides))
-    yield* awaitCaughtUpWhile(engine, runnables)
+    yield* awaitCaughtUpWhile(engine, runnables, { mode: overrides.mode, group: overrides.group })
     yield* Fiber.interrupt(engine)
   }))
 })

@@ -135,8 +135,43 @@ export class EventSource extends Context.Tag("effect-reconciler/EventSource")<
       from: bigint,
       count: number
     ) => Effect.Effect<ReadonlyArray<Delivery>, EventSourceError>
+    /**
+     * Optional. The first event of the given categories after position `after`
+     * (from the start when none), in the positions of a catch-up subscription:
+     * the oldest event a projection whose checkpoint is `after` has not applied.
+     * Sources that cannot tell (or not for several categories) answer none.
+     */
+    readonly firstAfter?: (
+      categories: ReadonlyArray<string>,
+      after: Option.Option<bigint>
+    ) => Effect.Effect<Option.Option<{ readonly position: bigint; readonly created: Date }>, EventSourceError>
+    /**
+     * Optional. A consumer group as the server sees it, summed over the
+     * group's subscriptions (one per category); none when it does not exist.
+     */
+    readonly groupStatus?: (
+      categories: ReadonlyArray<string>,
+      group: string
+    ) => Effect.Effect<Option.Option<GroupStatus>, EventSourceError>
   }
 >() {}
+
+/**
+ * What a persistent subscription's consumer group has, from the server.
+ *
+ * @since 0.1.0
+ */
+export interface GroupStatus {
+  /** Delivered to a subscriber and not acknowledged yet. */
+  readonly outstanding: number
+  /** Parked (in the group's parked stream), waiting for a replay. */
+  readonly parked: number
+  /**
+   * Events of the group's streams not acknowledged yet: not yet read by the
+   * group, buffered for delivery or retry, and outstanding.
+   */
+  readonly pending: number
+}
 
 /**
  * The category of a stream id by EventStoreDB's `$by_category` rule: the part

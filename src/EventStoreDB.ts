@@ -717,7 +717,76 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
       catch: sourceError(`reading ${streamId} from revision ${from}`)
     }).pipe(Effect.withSpan("EventStoreDB.readStream", { attributes: { streamId } }))
 
-  return EventSource.of({ subscribe, head, readStream })
+  /** The first link after `after` in a category stream, with its event's creation time. */
+  const firstAfter = (categories: ReadonlyArray<string>, after: Option.Option<bigint>) => {
+    const unique = [...new Set(categories)]
+    // Several categories are positioned along `$all`, which the client reads unfiltered: not answered.
+    if (unique.length !== 1) return Effect.succeed(Option.none<{ position: bigint; created: Date }>())
+    const stream = categoryStream(unique[0]!)
+    return Effect.tryPromise({
+      try: async () => {
+        let found: { position: bigint; created: Date } | undefined
+        try {
+          for await (
+            const resolved of client.readStreamForwards(
+              stream,
+              Option.match(after, { onNone: () => 0n, onSome: (p) => p + 1n }),
+              1,
+              true
+            )
+          ) {
+            const record = (resolved.link ?? resolved.event)!
+            const created = resolved.event?.created ?? record.created
+            found = { position: record.revision, created: created instanceof Date ? created : new Date(0) }
+          }
+        } catch (e) {
+          if (errorType(e) === "stream-not-found") return undefined
+          throw e
+        }
+        return found
+      },
+      catch: sourceError(`reading the first event after the checkpoint in ${stream}`)
+    }).pipe(Effect.map(Option.fromNullable), Effect.withSpan("EventStoreDB.firstAfter"))
+  }
+
+  /** The group's info on each category stream, summed. */
+  const groupStatus = (categories: ReadonlyArray<string>, group: string) =>
+    Effect.forEach([...new Set(categories)], (category) =>
+      Effect.tryPromise({
+        try: () => client.groupInfo(categoryStream(category), group),
+        catch: (e) => e
+      }).pipe(
+        Effect.map(Option.some),
+        Effect.catchAll((e) =>
+          errorType(e) === "persistent-subscription-does-not-exist"
+            ? Effect.succeed(Option.none())
+            : Effect.fail(sourceError(`reading group ${group} on ${categoryStream(category)}`)(e))
+        ),
+        Effect.zip(newest(category))
+      )).pipe(
+        Effect.map((infos) => {
+          let found = false
+          let outstanding = 0
+          let parked = 0
+          let pending = 0
+          for (const [info, head] of infos) {
+            if (Option.isNone(info)) continue
+            found = true
+            const stats = info.value.stats
+            outstanding += stats.outstandingMessagesCount
+            parked += Number(stats.parkedMessageCount)
+            // Not yet read by the group (its last known event is behind the head), buffered, in flight.
+            const known = stats.lastKnownEventRevision
+            const unread = head === undefined ? 0n : known === undefined ? head.revision + 1n : head.revision > known ? head.revision - known : 0n
+            pending += Number(unread) + stats.readBufferCount + Number(stats.liveBufferCount) + stats.retryBufferCount +
+              stats.outstandingMessagesCount
+          }
+          return found ? Option.some({ outstanding, parked, pending }) : Option.none()
+        }),
+        Effect.withSpan("EventStoreDB.groupStatus", { attributes: { group } })
+      )
+
+  return EventSource.of({ subscribe, head, readStream, firstAfter, groupStatus })
 })
 
 /**

@@ -44,6 +44,12 @@ export interface SourceFaults {
   readonly reorderRate?: number | undefined
   /** Probability, per delivery, that the subscription drops (a retryable error). */
   readonly dropRate?: number | undefined
+  /**
+   * After this many deliveries (all subscriptions together), subscriptions go
+   * silent: they neither deliver nor fail (resubscribing does not help) until
+   * {@link EventLog.resume} is called.
+   */
+  readonly silentAfter?: number | undefined
 }
 
 /** @since 0.1.0 */
@@ -79,6 +85,10 @@ export interface EventLog {
   readonly failNext: (error: EventSourceError, times?: number) => void
   /** Parked deliveries of a persistent group. */
   readonly parked: (group: string) => ReadonlyArray<Parked>
+  /** Subscriptions go silent after `deliveries` more deliveries (see {@link SourceFaults.silentAfter}). */
+  readonly goSilent: (deliveries: number) => void
+  /** Silent subscriptions deliver again. */
+  readonly resume: () => void
   readonly port: EventSource["Type"]
 }
 
@@ -92,6 +102,7 @@ interface Pending {
 
 interface Group {
   next: number
+  outstanding: number
   readonly retry: Array<Pending>
   readonly parked: Array<Parked>
 }
@@ -126,6 +137,12 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
     })
     let unsettledNow = 0
     let unsettledMax = 0
+    // Deliveries left before subscriptions go silent (undefined: never).
+    let voice: number | undefined = faults.silentAfter
+    const silent = () => voice !== undefined && voice <= 0
+    const waitWhileSilent = Effect.suspend(function loop(): Effect.Effect<void> {
+      return silent() ? Effect.zipRight(waitForChange, Effect.suspend(loop)) : Effect.void
+    })
 
     const append: EventLog["append"] = (streamId, events) =>
       Effect.sync(() => {
@@ -159,6 +176,7 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
     /** A delivery; `onSettle` only for persistent ones. */
     const deliver = (event: RecordedEvent, retryCount: number, onSettle?: (s: Settlement) => void): Delivery => {
       pulled++
+      if (voice !== undefined) voice--
       let settle: Delivery["settle"] = settleNothing
       if (onSettle !== undefined) {
         unsettledNow++
@@ -204,9 +222,10 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
       let duplicate: RecordedEvent | undefined
       return Stream.repeatEffectChunkOption(Effect.gen(function*() {
         while (true) {
+          yield* waitWhileSilent
           yield* injected
           const chunk: Array<Delivery> = []
-          while (chunk.length < chunkSize) {
+          while (chunk.length < chunkSize && !silent()) {
             if (duplicate !== undefined) {
               chunk.push(deliver(duplicate, 0))
               duplicate = undefined
@@ -240,7 +259,7 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
       Stream.unwrapScoped(Effect.gen(function*() {
         let group = groups.get(name)
         if (group === undefined) {
-          group = { next: 0, retry: [], parked: [] }
+          group = { next: 0, outstanding: 0, retry: [], parked: [] }
           groups.set(name, group)
         }
         const g = group
@@ -249,12 +268,13 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
         yield* Effect.addFinalizer(() =>
           Effect.sync(() => {
             g.retry.unshift(...outstanding)
+            g.outstanding -= outstanding.size
             outstanding.clear()
             wake()
           })
         )
         const settleOf = (pending: Pending) => (settlement: Settlement) => {
-          outstanding.delete(pending)
+          if (outstanding.delete(pending)) g.outstanding--
           if (settlement._tag === "Ack") return
           if (settlement.action === "park") g.parked.push({ event: pending.event, reason: settlement.reason })
           if (settlement.action === "retry") {
@@ -273,14 +293,16 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
           return undefined
         }
         const hand = (pending: Pending): Delivery => {
+          if (!outstanding.has(pending)) g.outstanding++
           outstanding.add(pending)
           return deliver(pending.event, pending.retryCount, settleOf(pending))
         }
         return Stream.repeatEffectChunkOption(Effect.gen(function*() {
           while (true) {
+            yield* waitWhileSilent
             yield* injected
             const chunk: Array<Delivery> = []
-            while (chunk.length < chunkSize) {
+            while (chunk.length < chunkSize && !silent()) {
               const pending = take()
               if (pending === undefined) break
               if (faults.dropRate !== undefined && next() < faults.dropRate) {
@@ -332,6 +354,28 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
             if (category !== undefined && categories.includes(category)) return Option.some(log[i]!.position)
           }
           return Option.none()
+        }),
+      firstAfter: (categories, after) =>
+        Effect.sync(() => {
+          // Positions are 1-based places in the log: the first after `after` is at index `after` or later.
+          for (let i = Option.match(after, { onNone: () => 0, onSome: Number }); i < log.length; i++) {
+            const event = log[i]!
+            if (event.category !== undefined && categories.includes(event.category)) return Option.some({ position: event.position, created: event.created })
+          }
+          return Option.none()
+        }),
+      groupStatus: (categories, group) =>
+        Effect.sync(() => {
+          const set = new Set(categories)
+          const g = groups.get(`${[...set].sort().join(",")}::${group}`)
+          if (g === undefined) return Option.none()
+          let unread = 0
+          for (let i = g.next; i < log.length; i++) if (log[i]!.category !== undefined && set.has(log[i]!.category!)) unread++
+          return Option.some({
+            outstanding: g.outstanding,
+            parked: g.parked.length,
+            pending: unread + g.retry.length + g.outstanding
+          })
         })
     }
 
@@ -345,6 +389,13 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
       failNext: (error, times = 1) => {
         failure = error
         failuresLeft = times
+        wake()
+      },
+      goSilent: (deliveries) => {
+        voice = deliveries
+      },
+      resume: () => {
+        voice = undefined
         wake()
       },
       parked: (group) => {

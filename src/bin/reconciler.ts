@@ -4,8 +4,8 @@
  * `dist/bin/reconciler.js`, the package's bin).
  *
  * ```sh
- * reconciler run --module dist/projections.js [--mode catch-up|persistent] [--lanes N] [--batch-size N]
- * reconciler status --module dist/projections.js
+ * reconciler run --module dist/projections.js [--mode catch-up|persistent] [--lanes N] [--batch-size N] [--http-port P]
+ * reconciler status --module dist/projections.js [--url http://HOST:PORT]
  * reconciler dead-letters list  --module dist/projections.js [--projection NAME]
  * reconciler dead-letters show  --module dist/projections.js ID
  * reconciler dead-letters retry --module dist/projections.js [--projection NAME] [--all] [--by WHO] [ID...]
@@ -37,6 +37,7 @@ import * as ConfigError from "effect/ConfigError"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
@@ -52,6 +53,10 @@ const loadApp = Effect.promise(() => import("../App.js"))
 const loadCli = Effect.promise(() => import("../internal/cli.js"))
 /** The dead-letter lifecycle (list, show, retry, skip; quarantined documents). */
 const loadDeadLetters = Effect.promise(() => import("../internal/deadLetters.js"))
+/** Traces over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (nothing otherwise): loaded by `run`. */
+const loadTelemetry = Effect.promise(() => import("../Telemetry.js"))
+/** One logger for every command (RECONCILER_LOG_FORMAT, RECONCILER_LOG_LEVEL). */
+const loggingLayer = Layer.unwrapEffect(Effect.map(Effect.promise(() => import("../Logging.js")), (Logging) => Logging.layerConfig()))
 
 // ---- help --------------------------------------------------------------------------
 
@@ -131,6 +136,12 @@ const withAppLayer = <A, E, R>(embedded: boolean, use: (app: typeof AppModule) =
     return yield* use(app).pipe(Effect.provide(app.layer(embedded ? { embedded: true } : {})))
   })
 
+const port = (name: string, server: string) =>
+  Options.integer(name).pipe(
+    Options.withSchema(Schema.Int.pipe(Schema.between(0, 65535, { message: () => `--${name} must be a port (0-65535)` }))),
+    Options.withDescription(`the ${server} port (0 picks a free one)`)
+  )
+
 // ---- run -----------------------------------------------------------------------
 
 const run = Command.make(
@@ -144,6 +155,9 @@ const run = Command.make(
     ),
     lanes: positive("lanes", "parallel lanes (default RECONCILER_LANES or 4)"),
     batchSize: positive("batch-size", "most events folded into one write per lane (default RECONCILER_BATCH_SIZE or 100)"),
+    httpPort: port("http-port", "HTTP endpoint (/metrics /healthz /readyz /status; default RECONCILER_HTTP_PORT or off)").pipe(
+      Options.optional
+    ),
     embedded
   },
   (args) =>
@@ -151,11 +165,12 @@ const run = Command.make(
       app.run(runnables, {
         mode: Option.getOrUndefined(args.mode),
         lanes: Option.getOrUndefined(args.lanes),
-        batchSize: Option.getOrUndefined(args.batchSize)
-      }))
+        batchSize: Option.getOrUndefined(args.batchSize),
+        httpPort: Option.getOrUndefined(args.httpPort)
+      }).pipe(Effect.provide(Layer.unwrapEffect(Effect.map(loadTelemetry, (Telemetry) => Telemetry.tracingLayerConfig)))))
 ).pipe(Command.withDescription(described(
   "Run the projections of a module until SIGINT/SIGTERM; then drain, commit the checkpoints and exit 0. " +
-    "A second signal during the drain stops at once.",
+    "A second signal during the drain stops at once. With --http-port, serve /metrics, /healthz, /readyz and /status.",
   Usage.endpointVariables,
   Usage.engineVariables
 )))
@@ -164,24 +179,48 @@ const run = Command.make(
 
 const status = Command.make(
   "status",
-  { module: modulePath, projection: projectionNames, embedded },
+  {
+    module: modulePath,
+    projection: projectionNames,
+    embedded,
+    url: Options.text("url").pipe(
+      Options.optional,
+      Options.withDescription(
+        "ask the running service at this HTTP endpoint (e.g. http://127.0.0.1:9464) instead: its figures from memory, skipped events included"
+      )
+    )
+  },
   (args) =>
-    withApp(args, (app, runnables) =>
-      Effect.gen(function*() {
-        const [Cli, DeadLetters] = yield* Effect.all([loadCli, loadDeadLetters])
-        const endpoints = yield* app.Endpoints
-        const statuses = yield* app.status(runnables)
-        const show = (o: Option.Option<bigint>) => Option.match(o, { onNone: () => "-", onSome: String })
-        yield* Console.log(app.describeEndpoints(endpoints))
-        yield* Console.log(Cli.table(
-          ["projection", "checkpoint", "head", "lag", "dead letters", "gaps skipped"],
-          statuses.map((s) => [s.projection, show(s.checkpoint), show(s.head), String(s.lag), String(s.deadLetters), String(s.gaps)])
-        ))
-        for (const line of yield* DeadLetters.quarantineLines(runnables)) yield* Console.log(line)
-      }))
+    Effect.gen(function*() {
+      if (Option.isSome(args.url)) {
+        // The running service's figures, from its memory (skipped events included).
+        const Cli = yield* loadCli
+        const runnables = yield* Cli.loadRunnables(args.module).pipe(Effect.flatMap((all) => Cli.select(all, args.projection)))
+        const names = new Set(runnables.map((r) => r.name))
+        const states = (yield* Cli.serviceStatus(args.url.value)).filter((s) => names.has(String(s.projection)))
+        yield* Console.log(`the service at ${args.url.value}`)
+        yield* Console.log(Cli.serviceStatusTable(states))
+        return
+      }
+      yield* withApp(args, (app, runnables) =>
+        Effect.gen(function*() {
+          const [Cli, DeadLetters] = yield* Effect.all([loadCli, loadDeadLetters])
+          const endpoints = yield* app.Endpoints
+          const statuses = yield* app.status(runnables)
+          const show = (o: Option.Option<bigint>) => Option.match(o, { onNone: () => "-", onSome: String })
+          yield* Console.log(app.describeEndpoints(endpoints))
+          yield* Console.log(Cli.table(
+            ["projection", "checkpoint", "head", "lag", "dead letters", "gaps skipped"],
+            statuses.map((s) => [s.projection, show(s.checkpoint), show(s.head), String(s.lag), String(s.deadLetters), String(s.gaps)])
+          ))
+          for (const line of yield* DeadLetters.quarantineLines(runnables)) yield* Console.log(line)
+          yield* Console.log("skipped events are counted by the running service: ask it with --url")
+        }))
+    })
 ).pipe(Command.withDescription(described(
   "Per projection: committed checkpoint, head position of its categories, lag (in positions), dead-letter count and " +
-    "(persistent mode) gaps skipped; then the quarantined documents and the events that block them.",
+    "(persistent mode) gaps skipped; then the quarantined documents and the events that block them. With --url, the " +
+    "running service's figures (behind the head, oldest unapplied event, processed, skipped, stalled).",
   Usage.endpointVariables
 )))
 
@@ -207,7 +246,7 @@ const list = Command.make(
       Effect.gen(function*() {
         const [Cli, DeadLetters] = yield* Effect.all([loadCli, loadDeadLetters])
         const letters = yield* DeadLetters.open(runnables)
-        yield* Console.log(Cli.table(DeadLetters.listHeader, DeadLetters.rows(letters)))
+        yield* Console.log(Cli.foldedTable(DeadLetters.listHeader, DeadLetters.rows(letters), process.stdout.isTTY ? process.stdout.columns : undefined))
         yield* Console.log(`${letters.length} dead letter${letters.length === 1 ? "" : "s"}`)
       }))
 ).pipe(Command.withDescription(described(
@@ -352,12 +391,6 @@ const verify = Command.make(
 
 // ---- embedded ----------------------------------------------------------------------
 
-const port = (name: string, server: string) =>
-  Options.integer(name).pipe(
-    Options.withSchema(Schema.Int.pipe(Schema.between(0, 65535, { message: () => `--${name} must be a port (0-65535)` }))),
-    Options.withDescription(`the ${server} port (0 picks a free one)`)
-  )
-
 const embeddedServers = Command.make(
   "embedded",
   {
@@ -421,6 +454,7 @@ const message = (cause: Cause.Cause<unknown>): string => {
 
 const main = cli(process.argv).pipe(
   Effect.provide(NodeContext.layer),
+  Effect.provide(loggingLayer),
   Effect.catchIf(ValidationError.isValidationError, (error) =>
     // @effect/cli has printed the message (and help where useful).
     ValidationError.isHelpRequested(error) ? Effect.void : Effect.sync(() => (process.exitCode = USAGE))),

@@ -104,3 +104,79 @@ export const table = (header: ReadonlyArray<string>, rows: ReadonlyArray<Readonl
   const line = (cells: ReadonlyArray<string>) => cells.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd()
   return [line(header), ...rows.map(line)].join("\n")
 }
+
+/**
+ * Rows as aligned columns whose last column is folded, not cut: each of its
+ * lines goes on a line of its own, indented to the column; with a `width`
+ * (a terminal's), a line longer than what fits is wrapped at a space where
+ * it can be, and never cut.
+ */
+export const foldedTable = (
+  header: ReadonlyArray<string>,
+  rows: ReadonlyArray<ReadonlyArray<string>>,
+  width = Infinity
+): string => {
+  const last = header.length - 1
+  const widths = header.slice(0, last).map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)))
+  const indent = widths.reduce((sum, w) => sum + w + 2, 0)
+  const room = Math.max(40, width - indent)
+  const fold = (text: string) =>
+    text.split("\n").flatMap((line) => {
+      const pieces: Array<string> = []
+      let rest = line
+      while (rest.length > room) {
+        const space = rest.lastIndexOf(" ", room)
+        const cut = space > room / 2 ? space : room
+        pieces.push(rest.slice(0, cut))
+        rest = rest.slice(cut).replace(/^ /, "")
+      }
+      pieces.push(rest)
+      return pieces
+    })
+  const render = (cells: ReadonlyArray<string>) => {
+    const lead = cells.slice(0, last).map((c, i) => c.padEnd(widths[i]!)).join("  ")
+    const [first = "", ...more] = fold(cells[last]!)
+    return [`${lead}  ${first}`.trimEnd(), ...more.map((line) => `${" ".repeat(indent)}${line}`.trimEnd())].join("\n")
+  }
+  return [render(header), ...rows.map(render)].join("\n")
+}
+
+/** The running service's `/status` could not be read. */
+export class ServiceStatusError extends Data.TaggedError("ServiceStatusError")<{ readonly message: string; readonly cause?: unknown }> {}
+
+/** The projections of a running service's `GET /status`. */
+export const serviceStatus = (url: string) =>
+  Effect.tryPromise({
+    try: async (signal) => {
+      const response = await fetch(new URL("/status", url), { signal })
+      if (!response.ok) throw new Error(`HTTP ${response.status}`)
+      const body = await response.json() as { projections?: unknown }
+      if (!Array.isArray(body.projections)) throw new Error("no projections in the answer")
+      return body.projections as ReadonlyArray<Record<string, unknown>>
+    },
+    catch: (cause) =>
+      new ServiceStatusError({
+        message: `cannot read ${url}/status: ${cause instanceof Error ? cause.message : String(cause)}`,
+        cause
+      })
+  }).pipe(Effect.timeoutFail({ duration: "10 seconds", onTimeout: () => new ServiceStatusError({ message: `${url}/status did not answer in 10 s` }) }))
+
+/** A running service's statuses as a table. */
+export const serviceStatusTable = (states: ReadonlyArray<Record<string, unknown>>): string => {
+  const show = (value: unknown) => (value === null || value === undefined ? "-" : String(value))
+  return table(
+    ["projection", "checkpoint", "head", "behind", "oldest unapplied", "processed", "skipped", "dead-lettered", "state"],
+    states.map((s) => [
+      show(s.checkpointId ?? s.projection),
+      show(s.checkpoint),
+      show(s.head),
+      show(s.behind),
+      s.oldestUnappliedAgeMs === null || s.oldestUnappliedAgeMs === undefined ? "-" : `${s.oldestUnappliedAgeMs} ms`,
+      show(s.processed),
+      show(s.skipped),
+      show(s.deadLettered),
+      !s.running ? "not running" : s.unhealthy ? "stalled (unhealthy)" : s.stalled ? "stalled (restarting)" : "ok"
+    ])
+  )
+}
+

@@ -86,7 +86,7 @@ export const rows = (letters: ReadonlyArray<Addressed>): Array<Array<string>> =>
     letter.eventType,
     letter.eventId,
     letter.at.toISOString(),
-    firstLine(letter.reason)
+    letter.reason // whole: the table folds it, the line saying what was wrong included
   ])
 
 export const listHeader = ["id", "projection", "document", "stream@revision", "type", "event", "at", "reason"]

@@ -58,8 +58,13 @@ export interface StoreClient {
   readonly subscribeToGroup: (stream: string, group: string, bufferSize: number) => GroupSubscription
   /** The newest `maxCount` records of a stream, newest first, links resolved. */
   readonly readStreamBackwards: (stream: string, maxCount: number) => AsyncIterable<ResolvedEvent>
-  /** The stream's own events from `from` on (links not resolved), at most `maxCount`. */
-  readonly readStreamForwards: (stream: string, from: bigint, maxCount: number) => AsyncIterable<ResolvedEvent>
+  /** The stream's events from revision `from` on, at most `maxCount` (links resolved when asked). */
+  readonly readStreamForwards: (
+    stream: string,
+    from: bigint,
+    maxCount: number,
+    resolveLinkTos?: boolean
+  ) => AsyncIterable<ResolvedEvent>
   /** A consumer group as the server describes it (settings, and counts of messages in flight and parked). */
   readonly groupInfo: (stream: string, group: string) => Promise<PersistentSubscriptionToStreamInfo>
   /** The newest `maxCount` events of filtered `$all`, newest first; `undefined` for a client that cannot filter reads. */
@@ -141,7 +146,8 @@ export const esdb = async (connectionString: string): Promise<StoreClient> => {
     subscribeToGroup: (stream, group, bufferSize) => client.subscribeToPersistentSubscriptionToStream(stream, group, { bufferSize }),
     readStreamBackwards: (stream, maxCount) =>
       client.readStream(stream, { direction: BACKWARDS, fromRevision: END, maxCount, resolveLinkTos: true }),
-    readStreamForwards: (stream, from, maxCount) => client.readStream(stream, { direction: FORWARDS, fromRevision: from, maxCount }),
+    readStreamForwards: (stream, from, maxCount, resolveLinkTos = false) =>
+      client.readStream(stream, { direction: FORWARDS, fromRevision: from, maxCount, resolveLinkTos }),
     groupInfo: (stream, group) => client.getPersistentSubscriptionToStreamInfo(stream, group),
     readAllBackwards: undefined,
     serverVersion: () => serverVersionOf(client),
@@ -175,8 +181,8 @@ export const kurrentdb = async (connectionString: string): Promise<StoreClient> 
     subscribeToGroup: (stream, group, bufferSize) => same(client.subscribeToPersistentSubscriptionToStream(stream, group, { bufferSize })),
     readStreamBackwards: (stream, maxCount) =>
       same(client.readStream(stream, { direction: k.BACKWARDS, fromRevision: k.END, maxCount, resolveLinkTos: true })),
-    readStreamForwards: (stream, from, maxCount) =>
-      same(client.readStream(stream, { direction: k.FORWARDS, fromRevision: from, maxCount })),
+    readStreamForwards: (stream, from, maxCount, resolveLinkTos = false) =>
+      same(client.readStream(stream, { direction: k.FORWARDS, fromRevision: from, maxCount, resolveLinkTos })),
     groupInfo: (stream, group) => same(client.getPersistentSubscriptionToStreamInfo(stream, group)),
     readAllBackwards: (filter, maxCount) =>
       same(client.readAll({
