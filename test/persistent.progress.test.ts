@@ -149,4 +149,35 @@ describe("StreamProgress", () => {
     },
     { fastCheck: { seed, numRuns: 300 } }
   )
+
+  it("a revision recorded as parked elsewhere does not hold its successors; a copy of it is parked again", () => {
+    const progress = new StreamProgress<string>()
+    // Known when the stream is first loaded: 1 and 3 were parked by an earlier run, 0 is not applied yet.
+    progress.learn("s", -1n, [1n, 3n])
+    expect(progress.offer("s", 0n, "0", 0)).toBe("dispatch")
+    expect(progress.offer("s", 2n, "2", 0)).toBe("dispatch")
+    expect(progress.offer("s", 4n, "4", 0)).toBe("dispatch")
+    expect(progress.offer("s", 1n, "1 replayed", 0)).toBe("replayed")
+    expect(progress.held).toBe(0)
+    for (const r of [4n, 0n, 2n]) progress.complete("s", r, String(r))
+    const due = progress.due()
+    expect(due.map((d) => [d.stream, d.revision])).toEqual([["s", 4n]])
+    expect([...progress.committed(due[0]!)].sort()).toEqual(["0", "2", "4"])
+    expect(progress.durable("s")).toBe(4n)
+  })
+
+  it("learning that the missing revision was parked elsewhere releases what waited for it", () => {
+    const progress = new StreamProgress<string>()
+    progress.learn("s", undefined)
+    expect(progress.offer("s", 0n, "0", 0)).toBe("dispatch")
+    expect(progress.offer("s", 2n, "2", 0)).toBe("held")
+    expect(progress.offer("s", 4n, "4", 0)).toBe("held")
+    expect(progress.waiting().map((w) => [w.expected, w.before])).toEqual([[1n, 2n]])
+    // A refresh of the held stream: another consumer parked 1 and 3 (and applied nothing yet).
+    expect(progress.learn("s", undefined, [1n, 3n])).toEqual({ dispatch: ["2", "4"], duplicates: [] })
+    expect(progress.held).toBe(0)
+    expect(progress.waiting()).toEqual([])
+    for (const r of [0n, 2n, 4n]) progress.complete("s", r, String(r))
+    expect(progress.due().map((d) => [d.stream, d.revision])).toEqual([["s", 4n]])
+  })
 })

@@ -13,6 +13,10 @@
  *   stream and applies them itself, and skips — recording the decision — those
  *   that are gone (deleted, truncated by `$maxCount`/`$maxAge`). No wait is
  *   forever, and none depends on the group redelivering.
+ * - A revision recorded as parked (by an earlier run, or another consumer) is
+ *   settled for good and the group does not hand it over again: the stream moves
+ *   past it at once, its successors do not wait for it, and a copy (a replay) is
+ *   parked again rather than applied out of order.
  * - A completed delivery is acknowledged only once its stream's progress,
  *   recorded after the documents it covers, covers it; poison is parked (or,
  *   read from the stream, dead-lettered) before the progress passes it. So what
@@ -34,7 +38,7 @@ import type { Tracked } from "./tracked.js"
 const FILL_COUNT = 256n
 
 const replayReason = (delivery: Delivery) =>
-  `replayed after the progress of ${delivery.streamId} passed it: applying it now could break ` +
+  `replayed after ${delivery.streamId} moved past it (parked before): applying it now could break ` +
   "the stream's order (rebuild the projection to include it)"
 
 /** A record of a system stream (`$…`): a link handed over as itself because its event is gone. */
@@ -122,6 +126,7 @@ export class StreamOrder {
       const duplicates: Array<Tracked> = []
       const held = new Set<string>()
       const replayed: Array<Tracked> = []
+      const passed: Array<Tracked> = []
       const candidates: Array<Tracked> = []
       const now = yield* Clock.currentTimeMillis
       for (const delivery of deliveries) {
@@ -136,6 +141,8 @@ export class StreamOrder {
         if (!p.knows(delivery.streamId)) p.learn(delivery.streamId, undefined)
         const outcome = p.offer(delivery.streamId, delivery.revision, tracked, now)
         if (outcome === "duplicate") candidates.push(tracked)
+        // Read from the stream to fill a gap: already parked, there is nothing to settle with the group.
+        else if (outcome === "replayed" && fetched) passed.push(tracked)
         else if (outcome === "replayed") replayed.push(tracked)
         else if (outcome === "held") held.add(delivery.streamId)
         else {
@@ -149,6 +156,7 @@ export class StreamOrder {
       yield* this.refresh([...new Set(candidates.map((t) => t.delivery.streamId))])
       yield* this.acknowledgeDuplicates([...duplicates, ...candidates])
       yield* this.parkReplayed(replayed)
+      yield* this.acknowledge(passed)
       yield* this.settlement.settle(done)
       // Another consumer may have applied the missing events: look before waiting.
       yield* this.refresh([...held])
@@ -315,7 +323,7 @@ export class StreamOrder {
     const parked: Array<Tracked> = []
     const applied: Array<Tracked> = []
     for (const tracked of items) {
-      if (this.progress.isParked(tracked.delivery.streamId, tracked.delivery.revision)) parked.push(tracked)
+      if (this.progress.isParked(tracked.delivery.streamId, tracked.delivery.revision) && !this.fetched.has(tracked)) parked.push(tracked)
       else applied.push(tracked)
     }
     this.ctx.totals.duplicates += applied.length

@@ -118,10 +118,14 @@ export class StreamProgress<T> {
         inFlight: 0
       }
       this.streams.set(stream, state)
+      this.passParked(state)
+      this.advanceCompleted(state)
       return none
     }
     for (const p of parked) state.parked.add(p)
     if (r > state.durable) this.advanceDurable(state, r)
+    this.passParked(state)
+    this.advanceCompleted(state)
     return this.release(state)
   }
 
@@ -133,10 +137,14 @@ export class StreamProgress<T> {
   /** Offers a delivery of a known stream. `dispatch` also covers a copy of one in flight here (the fold skips it). */
   offer(stream: string, revision: bigint, item: T, now: number): Offer {
     const state = this.state(stream)
-    // A replay of a parked event is parked again, not acknowledged as applied.
-    if (revision <= state.durable) return state.parked.has(revision) ? "replayed" : "duplicate"
+    // A copy of a parked event is parked again, not applied (its successors may be) nor acknowledged as applied.
+    if (state.parked.has(revision)) return "replayed"
+    if (revision <= state.durable) return "duplicate"
     if (revision <= state.dispatched + 1n) {
-      if (revision === state.dispatched + 1n) state.dispatched = revision
+      if (revision === state.dispatched + 1n) {
+        state.dispatched = revision
+        this.passParked(state)
+      }
       state.inFlight++
       return "dispatch"
     }
@@ -176,6 +184,7 @@ export class StreamProgress<T> {
     state.skipped.set(from, effective)
     state.unrecorded.push(effective)
     state.dispatched = gap.to
+    this.passParked(state)
     this.advanceCompleted(state)
     return this.release(state)
   }
@@ -243,9 +252,24 @@ export class StreamProgress<T> {
     return state
   }
 
+  /**
+   * Revisions parked elsewhere (recorded in the store by an earlier run or another
+   * consumer) are settled for good and never come back from the group: the stream
+   * moves past them as if this engine had dispatched and completed them.
+   */
+  private passParked(state: State<T>): void {
+    for (;;) {
+      const next = state.dispatched + 1n
+      if (!state.parked.has(next)) return
+      state.dispatched = next
+      if (next > state.completed) state.done.add(next)
+    }
+  }
+
   private advanceDurable(state: State<T>, revision: bigint): void {
     state.durable = revision
     if (state.dispatched < revision) state.dispatched = revision
+    this.passParked(state)
     if (state.completed < revision) {
       state.completed = revision
       for (const r of state.done) if (r <= revision) state.done.delete(r)
@@ -276,11 +300,6 @@ export class StreamProgress<T> {
     if (state.held.size === 0) return none
     const dispatch: Array<T> = []
     const duplicates: Array<T> = []
-    for (const [revision, copies] of state.held) {
-      if (revision > state.durable) continue
-      duplicates.push(...copies)
-      state.held.delete(revision)
-    }
     for (;;) {
       const next = state.dispatched + 1n
       const copies = state.held.get(next)
@@ -289,6 +308,14 @@ export class StreamProgress<T> {
       state.dispatched = next
       state.inFlight += copies.length
       dispatch.push(...copies)
+      this.passParked(state)
+    }
+    // What the durable or dispatched revision passed without it (covered, or parked elsewhere):
+    // duplicates, acknowledged (or, parked, parked again).
+    for (const [revision, copies] of state.held) {
+      if (revision > state.durable && !(revision <= state.dispatched && state.parked.has(revision))) continue
+      duplicates.push(...copies)
+      state.held.delete(revision)
     }
     this.heldCount -= dispatch.length + duplicates.length
     if (state.held.size === 0) state.heldSince = undefined
