@@ -68,10 +68,12 @@ describe("HTTP endpoint", () => {
     Effect.gen(function*() {
       const dataDir = mkdtempSync(path.join(tmpdir(), "reconciler-http-"))
       yield* Effect.addFinalizer(() => Effect.sync(() => rmSync(dataDir, { recursive: true, force: true })))
-      const eventStore = yield* spawn("src/bin/embedded-eventstore.ts", ["--port", "0"])
+      // Each server in a process of its own (`reconciler embedded` starts both; each process serves one of them here),
+      // so that MongoDB can be killed and restarted alone.
+      const eventStore = yield* spawn("src/bin/reconciler.ts", ["embedded", "--eventstore-port", "0", "--mongo-port", "0"])
       const eventStoreUri = (yield* eventStore.line(/EventStoreDB listening on (\S+)/))[1]!
-      const mongoArgs = (port: string) => ["--port", port, "--data-dir", path.join(dataDir, "mongo")]
-      const mongo = yield* spawn("src/bin/embedded-mongo.ts", mongoArgs("0"))
+      const mongoArgs = (port: string) => ["embedded", "--eventstore-port", "0", "--mongo-port", port, "--data-dir", path.join(dataDir, "servers")]
+      const mongo = yield* spawn("src/bin/reconciler.ts", mongoArgs("0"))
       const mongoUri = (yield* mongo.line(/MongoDB listening on (mongodb:\/\/\S+)/))[1]!
       const mongoPort = /:(\d+)\//.exec(mongoUri)![1]!
 
@@ -173,7 +175,7 @@ describe("HTTP endpoint", () => {
       yield* service.line(/ledger: stalled: 10 positions behind the head/)
 
       // ---- and comes back on its port, with its journal ---------------------------------
-      const again = yield* spawn("src/bin/embedded-mongo.ts", mongoArgs(mongoPort))
+      const again = yield* spawn("src/bin/reconciler.ts", mongoArgs(mongoPort))
       yield* again.line(/MongoDB listening on/)
       yield* poll("healthy after the store is back", `${url}/healthz`, (r) => r.status === 200, 1200)
       const ready = yield* poll("ready after the store is back", `${url}/readyz`, (r) => r.status === 200, 1200)
