@@ -26,8 +26,6 @@ export interface GroupSource {
   /** Whether newly appended records may concern the group. */
   readonly touches: (records: ReadonlyArray<EventRecord>) => boolean
   readonly sequenceOf: (record: EventRecord) => bigint
-  /** The newest sequence there is, if any. */
-  readonly lastKnown: () => bigint | undefined
   /** Checkpoints and positions as the protocol shows them. */
   readonly format: (sequence: bigint) => string
   readonly parse: (text: string) => bigint | undefined
@@ -48,10 +46,6 @@ export const streamSource = (store: Store, stream: string): GroupSource => ({
   },
   touches: (records) => records.some((r) => r.streamId === stream),
   sequenceOf: (r) => r.revision,
-  lastKnown: () => {
-    const n = store.nextRevision(stream)
-    return n === 0n ? undefined : n - 1n
-  },
   format: (sequence) => sequence.toString(10),
   parse: (text) => (/^\d+$/.test(text) ? BigInt(text) : undefined),
   formatStart: (startFrom) => startFrom === "start" ? "0" : startFrom === "end" ? "-1" : startFrom.toString(10)
@@ -93,7 +87,6 @@ export const allSource = (store: Store, filter: AllFilter | undefined): GroupSou
     },
     touches: (records) => records.some(matches),
     sequenceOf: (r) => r.position,
-    lastKnown: () => (store.lastPosition === 0n ? undefined : store.lastPosition),
     format: positionText,
     parse: (text) => {
       const m = /^C:(\d+)\/P:(\d+)$/.exec(text) ?? /^(\d+)$/.exec(text)

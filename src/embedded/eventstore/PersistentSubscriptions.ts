@@ -142,6 +142,13 @@ export const checkpointStreamOf = (stream: string, group: string) =>
 export class Group {
   private subscribers: Array<Subscriber> = []
   private nextRead = 0n
+  /**
+   * The newest sequence the group has read (into its buffer), as the real server's
+   * "last known event" statistic: unknown until the group's first read (not the
+   * stream's head), so that an observer cannot mistake a group that has not read
+   * yet for one with nothing left to do.
+   */
+  private lastRead: bigint | undefined = undefined
   private readonly pending: Array<Message> = []
   private readonly retry: Array<Message> = []
   private readonly outstanding = new Map<string, Outstanding>()
@@ -206,6 +213,7 @@ export class Group {
     const cp = this.store.readStream(this.checkpointStream, "end", true, 1)?.[0]
     const checkpoint = cp ? this.source.parse(decoder.decode(cp.data).trim().replace(/^"|"$/g, "")) : undefined
     this.lastCheckpoint = checkpoint
+    this.lastRead = undefined
     this.nextRead = checkpoint !== undefined ? checkpoint + 1n : this.source.start(this.settings.startFrom)
   }
 
@@ -463,8 +471,9 @@ export class Group {
   get lastCheckpointed(): bigint | undefined {
     return this.lastCheckpoint
   }
+  /** The newest sequence the group has read; `undefined` before its first read. */
   get lastKnown(): bigint | undefined {
-    return this.source.lastKnown()
+    return this.lastRead
   }
   get connections(): ReadonlyArray<{ sink: SubscriberSink; inFlight: number; available: number; totalItems: number }> {
     return this.subscribers.map((s) => ({
@@ -547,6 +556,7 @@ export class Group {
       const sequence = this.source.sequenceOf(record)
       this.pending.push({ resolved, id, sequence, retryCount: 0 })
       this.inProgress.add(sequence)
+      if (this.lastRead === undefined || sequence > this.lastRead) this.lastRead = sequence
     }
     if (advanced) this.nextRead = next
     return records.length > 0 || advanced
