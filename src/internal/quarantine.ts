@@ -27,16 +27,7 @@ import type { Current } from "./fold.js"
 import { decodeStored, describe, documentCodec, foldBatch } from "./fold.js"
 
 /** A recorded event as the quarantine keeps it: identity by position (stream, revision). */
-export interface Recorded {
-  readonly eventId: string
-  readonly eventType: string
-  readonly streamId: string
-  readonly revision: bigint
-  readonly position: bigint
-  readonly data: Uint8Array
-  readonly metadata: Uint8Array
-  readonly created: Date
-}
+export type Recorded = Omit<HeldEvent, "projection" | "document">
 
 /** A delivery as the quarantine keeps it (raw bytes, identity by position). */
 export const fromDelivery = (delivery: Delivery): Recorded => ({
