@@ -55,6 +55,7 @@ import {
   type DeadLetter,
   type DocumentMeta,
   type HeldEvent,
+  type RecordedEvent,
   type Resolution,
   type DocumentWrite,
   ReadModelStore,
@@ -578,13 +579,7 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
       return docs.map((d): HeldEvent => ({
         projection: String(d.projection),
         document: String(d.document),
-        eventId: String(d.eventId),
-        eventType: String(d.eventType),
-        streamId: String(d.streamId),
-        revision: toBigInt(d.revision) ?? 0n,
-        position: toBigInt(d.position) ?? 0n,
-        data: bytes(d.data),
-        metadata: bytes(d.metadata),
+        ...decodeRecorded(d),
         created: d.created instanceof Date ? d.created : new Date(String(d.created))
       }))
     }),
@@ -732,10 +727,8 @@ const encodeLetter = (letter: DeadLetter): Document => {
   }
 }
 
-const decodeLetter = (d: Document): DeadLetter => ({
-  id: String(d._id ?? d.id),
-  projection: String(d.projection),
-  ...(typeof d.document === "string" ? { document: d.document } : {}),
+/** The fields a dead letter and a held event share, as stored. */
+const decodeRecorded = (d: Document): RecordedEvent => ({
   eventId: String(d.eventId),
   eventType: String(d.eventType),
   streamId: String(d.streamId),
@@ -743,6 +736,13 @@ const decodeLetter = (d: Document): DeadLetter => ({
   position: toBigInt(d.position) ?? 0n,
   data: bytes(d.data),
   metadata: bytes(d.metadata),
+})
+
+const decodeLetter = (d: Document): DeadLetter => ({
+  id: String(d._id ?? d.id),
+  projection: String(d.projection),
+  ...(typeof d.document === "string" ? { document: d.document } : {}),
+  ...decodeRecorded(d),
   reason: String(d.reason),
   at: d.at instanceof Date ? d.at : new Date(String(d.at))
 })

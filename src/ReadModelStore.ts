@@ -126,6 +126,22 @@ export interface SkippedGap {
 }
 
 /**
+ * A recorded event as dead letters and held events keep it: identified by its
+ * position (stream and revision), with its raw bytes.
+ *
+ * @since 0.1.0
+ */
+export interface RecordedEvent {
+  readonly eventId: string
+  readonly eventType: string
+  readonly streamId: string
+  readonly revision: bigint
+  readonly position: bigint
+  readonly data: Uint8Array
+  readonly metadata: Uint8Array
+}
+
+/**
  * An event the engine could not apply, kept with its raw bytes and the reason.
  *
  * When `document` is set the letter quarantines that document: its later events
@@ -135,19 +151,12 @@ export interface SkippedGap {
  *
  * @since 0.1.0
  */
-export interface DeadLetter {
+export interface DeadLetter extends RecordedEvent {
   /** {@link letterId} of the projection, the document and the event's position: never the event id alone. */
   readonly id: string
   readonly projection: string
   /** The quarantined document (or a handler's key); absent for an event whose documents are unknown. */
   readonly document?: string | undefined
-  readonly eventId: string
-  readonly eventType: string
-  readonly streamId: string
-  readonly revision: bigint
-  readonly position: bigint
-  readonly data: Uint8Array
-  readonly metadata: Uint8Array
   readonly reason: string
   readonly at: Date
 }
@@ -193,16 +202,9 @@ export const letterId = (projection: string, document: string | undefined, strea
  *
  * @since 0.1.0
  */
-export interface HeldEvent {
+export interface HeldEvent extends RecordedEvent {
   readonly projection: string
   readonly document: string
-  readonly eventId: string
-  readonly eventType: string
-  readonly streamId: string
-  readonly revision: bigint
-  readonly position: bigint
-  readonly data: Uint8Array
-  readonly metadata: Uint8Array
   readonly created: Date
 }
 
