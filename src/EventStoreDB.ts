@@ -100,7 +100,8 @@ export const config: Config.Config<Options> = Config.all({
  * @since 0.1.0
  */
 export const resubscriptions = Metric.counter("eventstore_resubscriptions", {
-  description: "EventStoreDB subscriptions resubscribed after a drop"
+  description: "EventStoreDB subscriptions resubscribed after a drop",
+  incremental: true
 })
 
 const defaultResubscribe: Schedule.Schedule<unknown, EventSourceError> = Schedule.exponential("100 millis").pipe(

@@ -67,6 +67,42 @@ describe("Telemetry", () => {
       expect(Prometheus.value(families, "telemetry_test_behind", { projection: "a" })).toBe(7)
     }))
 
+  it.scoped("the engine's totals are Prometheus counters named <name>_total, counting what the run did", () =>
+    Effect.gen(function*() {
+      const metrics = yield* Layer.build(Telemetry.prometheusLayer()).pipe(Effect.map(Context.get(Telemetry.PrometheusMetrics)))
+      const projection = { projection: "ledger" }
+      // The registry is the process's: counts are compared before and after this run.
+      const totals = (text: string) => {
+        const families = Prometheus.parse(text)
+        return Object.fromEntries(
+          ["reconciler_events_processed", "reconciler_events_skipped", "reconciler_events_dead_lettered"].map((name) => {
+            expect(families.has(name), `${name} has no series under its bare name`).toBe(false)
+            const family = families.get(`${name}_total`)
+            if (family !== undefined) expect(family.type).toBe("counter")
+            return [name, Prometheus.value(families, `${name}_total`, projection) ?? 0]
+          })
+        )
+      }
+      const before = totals(yield* metrics.scrape)
+      const log = yield* InMemory.makeEventLog({ endAtHead: true })
+      const store = yield* InMemory.makeStore()
+      yield* log.append("ledger-1", [
+        ...Array.from({ length: 4 }, () => ({ type: "Credited", data: { doc: "doc-1", amount: 1 } })),
+        { type: "Forgotten", data: {} },
+        { type: "Credited", data: { doc: "doc-2", amount: "ten" } }
+      ])
+      yield* Reconciler.run(ledger, { commitInterval: "10 millis" }).pipe(
+        Effect.provideService(EventSource, log.port),
+        Effect.provideService(ReadModelStore, store.port)
+      )
+      const text = yield* metrics.scrape
+      expect(text).toMatch(/^# TYPE reconciler_events_processed_total counter$/m)
+      const after = totals(text)
+      expect(after.reconciler_events_processed! - before.reconciler_events_processed!).toBe(4)
+      expect(after.reconciler_events_skipped! - before.reconciler_events_skipped!).toBe(1)
+      expect(after.reconciler_events_dead_lettered! - before.reconciler_events_dead_lettered!).toBe(1)
+    }))
+
   it.scopedLive("with OTEL_EXPORTER_OTLP_ENDPOINT: the engine's spans reach the collector over OTLP/HTTP", () =>
     Effect.gen(function*() {
       const sink = yield* collector

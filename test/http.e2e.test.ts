@@ -59,9 +59,12 @@ const poll = (what: string, url: string, accept: (response: Response) => boolean
 const ledgerOf = (response: Response) =>
   (response.json().projections as Array<Record<string, unknown>>).find((p) => p.projection === "ledger")!
 
-/** Engine counters export as Prometheus counters (`_total`) once incremental, as gauges before. */
-const counter = (families: Map<string, Prometheus.Family>, name: string, labels: Record<string, string>) =>
-  Prometheus.value(families, `${name}_total`, labels) ?? Prometheus.value(families, name, labels)
+/** A total as Prometheus wants it: a `counter` family named `<name>_total`, and no other series under the bare name. */
+const counter = (families: Map<string, Prometheus.Family>, name: string, labels: Record<string, string>) => {
+  expect(families.get(`${name}_total`)?.type, `${name}_total is a counter`).toBe("counter")
+  expect(families.has(name), `${name} is exported only as ${name}_total`).toBe(false)
+  return Prometheus.value(families, `${name}_total`, labels)
+}
 
 describe("HTTP endpoint", () => {
   it.scopedLive("end to end: /metrics counts what was appended; /readyz follows the distance; /healthz 503 while the store is down, 200 after", () =>
