@@ -25,7 +25,7 @@ import type * as EventStoreServer from "./embedded/EventStoreServer.js"
 import type * as MongoServer from "./embedded/MongoServer.js"
 import * as EmbeddedProcess from "./internal/embeddedProcess.js"
 import { EventSource as EventSourceTag } from "./EventSource.js"
-import type { Delivery, EventSource, EventSourceError, GroupStatus } from "./EventSource.js"
+import type { EventSource, EventSourceError, GroupStatus } from "./EventSource.js"
 import * as EventStoreDB from "./EventStoreDB.js"
 import type * as HttpEndpointModule from "./HttpEndpoint.js"
 import * as Monitor from "./Monitor.js"
@@ -291,17 +291,12 @@ export const run = Effect.fn("App.run")(function*(
     }
     const projections = resolved.filter((r): r is Projection<any, any> => r._tag === "Projection")
     if (sampling.size > 0 && projections.length > 0) yield* Effect.forkScoped(Verify.sample(projections, sampling))
-    const source = warnOnPark(yield* EventSourceTag)
-    const store = warnOnDeadLetter(yield* ReadModelStoreTag)
     // Run together as the engine groups them (projections over the same categories share one
-    // subscription): a stall restarts the group's run.
+    // subscription): a stall restarts the group's run. The engine logs dead letters and parks itself.
     yield* Effect.forEach(
       runTogether(resolved, options.mode ?? "catch-up"),
       (group) => monitor.supervise(group, (onProgress) => Reconciler.runAll(group, { ...options, onProgress })),
       { concurrency: "unbounded", discard: true }
-    ).pipe(
-      Effect.provideService(EventSourceTag, source),
-      Effect.provideService(ReadModelStoreTag, store)
     )
   })).pipe(
     Effect.onInterrupt(() => Effect.logInfo("stopped; checkpoints committed"))
@@ -318,42 +313,6 @@ const runTogether = (runnables: ReadonlyArray<Runnable>, mode: "catch-up" | "per
   }
   return [...byCategories.values()]
 }
-
-/** The store, logging a warning per dead-lettered event with its whole reason. */
-const warnOnDeadLetter = (store: ReadModelStore["Type"]): ReadModelStore["Type"] => ({
-  ...store,
-  deadLetter: (letter) =>
-    store.deadLetter(letter).pipe(
-      Effect.tap(() =>
-        Effect.logWarning(
-          `dead-lettered: projection ${letter.projection}, event ${letter.eventId} (${letter.eventType}), ` +
-            `stream ${letter.streamId} revision ${letter.revision}, position ${letter.position}: ${letter.reason}`
-        )
-      )
-    )
-})
-
-/** The source, logging a warning per parked delivery (persistent mode) with its whole reason. */
-const warnOnPark = (source: EventSource["Type"]): EventSource["Type"] => ({
-  ...source,
-  subscribe: (subscription) =>
-    subscription.mode === "catch-up"
-      ? source.subscribe(subscription)
-      : Stream.map(source.subscribe(subscription), (delivery): Delivery => ({
-        ...delivery,
-        settle: (settlement) =>
-          settlement._tag === "Nack" && settlement.action === "park"
-            ? delivery.settle(settlement).pipe(
-              Effect.tap(() =>
-                Effect.logWarning(
-                  `parked: group ${subscription.group}, event ${delivery.id} (${delivery.type}), ` +
-                    `stream ${delivery.streamId} revision ${delivery.revision}: ${settlement.reason}`
-                )
-              )
-            )
-            : delivery.settle(settlement)
-      }))
-})
 
 const definedOnly = <A extends object>(options: A): A =>
   Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined)) as A

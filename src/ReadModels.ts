@@ -126,15 +126,53 @@ export const claim = Effect.fn("ReadModels.claim")(function*(projection: Project
  *
  * @since 0.1.0
  */
-export const resolve = (runnables: ReadonlyArray<Runnable>) =>
-  Effect.forEach(runnables, (runnable) =>
-    runnable._tag === "Projection"
-      ? Effect.map(claim(runnable), (collection): Runnable => withCollection(runnable, collection))
-      : Effect.succeed(runnable))
+export const resolve = (runnables: ReadonlyArray<Runnable>) => Effect.forEach(runnables, guard)
 
-/** The projection writing `collection` instead of its own. @since 0.1.0 */
+/**
+ * The read model a projection moved to another collection belongs to. A symbol
+ * key, so that it survives a spread (`{ ...withCollection(p, c), name }`) and
+ * stays out of JSON.
+ */
+const readModelKey: unique symbol = Symbol.for("effect-reconciler/ReadModels/readModel")
+
+/** The read model a projection writes: its `collection`, or the one it was moved from by {@link withCollection}. @since 0.1.0 */
+export const readModelOf = (projection: Projection<any, any>): string =>
+  (projection as { readonly [readModelKey]?: string })[readModelKey] ?? projection.collection
+
+/** The projection writing `collection` instead of its own (it remembers its read model). @since 0.1.0 */
 export const withCollection = <P extends Projection<any, any>>(projection: P, collection: string): P =>
-  collection === projection.collection ? projection : { ...projection, collection }
+  collection === projection.collection
+    ? projection
+    : { ...projection, collection, [readModelKey]: readModelOf(projection) }
+
+/**
+ * The guard every engine run passes (`Reconciler.run` / `runAll`, and so
+ * `App.run`, `Rebuild` and `Verify`): a projection writing its read model's own
+ * name is {@link claim}ed — the first version registers it, a version that has
+ * a collection of its own is moved to it, any other fails with
+ * {@link VersionConflict} (or {@link ReadModelTaken}); a projection moved to
+ * another collection by {@link withCollection} (a rebuild's version
+ * collection, a scratch collection) fails with {@link VersionConflict} when
+ * that collection is another version's. Already-claimed projections cost one
+ * read of the registry and no write. Handlers pass unchanged.
+ *
+ * @since 0.1.0
+ */
+export const guard = Effect.fn("ReadModels.guard")(function*(runnable: Runnable) {
+  if (runnable._tag !== "Projection") return runnable
+  const readModel = readModelOf(runnable)
+  if (readModel === runnable.collection) return withCollection(runnable, yield* claim(runnable))
+  const store = yield* ReadModelStore
+  const found = yield* store.registration(readModel)
+  if (Option.isSome(found)) {
+    const r = found.value
+    const other = Object.entries(r.versions).find(([v, c]) => c === runnable.collection && v !== String(runnable.version))
+    if (other !== undefined) {
+      return yield* new VersionConflict({ readModel, projection: runnable.name, version: runnable.version, live: r.live })
+    }
+  }
+  return runnable
+})
 
 /**
  * Where the live version of a read model is: its collection (the read model's

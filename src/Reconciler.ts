@@ -25,9 +25,11 @@
 import type { Duration, Schedule } from "effect"
 import { Effect } from "effect"
 import { InvalidRunOptions, ReconcilerError } from "./Errors.js"
-import type { EventSource } from "./EventSource.js"
+import { EventSource } from "./EventSource.js"
 import type { Runnable } from "./Projection.js"
-import type { ReadModelStore } from "./ReadModelStore.js"
+import * as ReadModels from "./ReadModels.js"
+import { ReadModelStore } from "./ReadModelStore.js"
+import { loggingDeadLetters, loggingParks } from "./internal/deadLetterLog.js"
 import { runGroup } from "./internal/engine.js"
 import type { Mode } from "./internal/fold.js"
 import { metrics as engineMetrics } from "./internal/metrics.js"
@@ -126,18 +128,50 @@ export interface Progress {
 /** Metrics, tagged with `projection`. @since 0.1.0 */
 export const metrics = engineMetrics
 
+/** What a run can fail with: the engine's errors, and the read-model guard's. @since 0.1.0 */
+export type RunError = ReconcilerError | InvalidRunOptions | ReadModels.VersionConflict | ReadModels.ReadModelTaken
+
+/**
+ * Every run starts here: the projections pass the read-model guard
+ * ({@link ReadModels.guard}: the version registry `App.run` and `Rebuild`
+ * use, with its typed errors), and each dead letter recorded and each
+ * delivery parked is logged as a warning, once.
+ */
+const entry = (
+  runnables: ReadonlyArray<Runnable>,
+  body: (guarded: ReadonlyArray<Runnable>) => Effect.Effect<void, RunError, EventSource | ReadModelStore>
+): Effect.Effect<void, RunError, EventSource | ReadModelStore> =>
+  Effect.gen(function*() {
+    const source = yield* EventSource
+    const store = yield* ReadModelStore
+    const guarded = yield* Effect.forEach(runnables, (runnable) =>
+      ReadModels.guard(runnable).pipe(
+        Effect.catchTag("StoreError", (cause) =>
+          Effect.fail(
+            new ReconcilerError({ projection: runnable.name, message: `reading the read-model registry: ${cause.message}`, cause })
+          ))
+      ))
+    return yield* body(guarded).pipe(
+      Effect.provideService(EventSource, loggingParks(source)),
+      Effect.provideService(ReadModelStore, loggingDeadLetters(store))
+    )
+  })
+
 /**
  * Runs a projection or handler until interrupted, or until a finite source ends
  * (then after draining everything). Fails with {@link ReconcilerError} on a
- * non-transient store or source error, after draining.
+ * non-transient store or source error, after draining; before it starts, with
+ * `VersionConflict` / `ReadModelTaken` when the projection's version may not
+ * write its collection (see {@link ReadModels.guard}). Logs a warning per
+ * dead-lettered or parked event.
  *
  * @since 0.1.0
  */
 export const run = (
   runnable: Runnable,
   options: RunOptions = {}
-): Effect.Effect<void, ReconcilerError | InvalidRunOptions, EventSource | ReadModelStore> =>
-  Effect.flatMap(Options.resolve(options), (resolved) => runGroup([runnable], resolved))
+): Effect.Effect<void, RunError, EventSource | ReadModelStore> =>
+  Effect.flatMap(Options.resolve(options), (resolved) => entry([runnable], (guarded) => runGroup(guarded, resolved)))
 
 /**
  * Runs several projections and handlers side by side until interrupted, each
@@ -152,7 +186,7 @@ export const run = (
 export const runAll = (
   runnables: ReadonlyArray<Runnable>,
   options: RunOptions = {}
-): Effect.Effect<void, ReconcilerError | InvalidRunOptions, EventSource | ReadModelStore> =>
+): Effect.Effect<void, RunError, EventSource | ReadModelStore> =>
   options.group !== undefined && runnables.length > 1
     ? Effect.fail(
       new InvalidRunOptions({
@@ -160,10 +194,11 @@ export const runAll = (
       })
     )
     : Effect.flatMap(Options.resolve(options), (resolved) =>
-      Effect.all(groups(runnables, resolved.mode).map((group) => runGroup(group, resolved)), {
-        concurrency: "unbounded",
-        discard: true
-      }))
+      entry(runnables, (guarded) =>
+        Effect.all(groups(guarded, resolved.mode).map((group) => runGroup(group, resolved)), {
+          concurrency: "unbounded",
+          discard: true
+        })))
 
 /** Catch-up runnables grouped by their set of categories (one subscription each); persistent ones alone. */
 const groups = (runnables: ReadonlyArray<Runnable>, mode: Mode): Array<Array<Runnable>> => {

@@ -481,10 +481,8 @@ export const makeEngineQuarantine = (
         released.add(part.document)
         documents.delete(part.document)
         const swept = yield* sweep(runnable, part.document, options).pipe(Effect.provideService(ReadModelStore, store))
-        if (swept.next !== undefined) {
-          documents.add(part.document)
-          yield* logQuarantined(runnable, swept.next)
-        }
+        // (its new letter is logged where it is recorded: see deadLetterLog)
+        if (swept.next !== undefined) documents.add(part.document)
       }
       if (released.size > 0) yield* report
       return released
@@ -499,7 +497,6 @@ export const makeEngineQuarantine = (
         const letter = letterFor(id, p.document, p.event, p.reason, at)
         yield* store.deadLetter(letter)
         documents.add(p.document)
-        yield* logQuarantined(runnable, letter)
       }
       // A duplicate of the blocking event (or of one applied before it) in the same batch is not held.
       const blockingAt = new Map(poisoned.map((p) => [p.document, p.event.position]))
@@ -509,9 +506,3 @@ export const makeEngineQuarantine = (
     })
   return { documents, hold, quarantine, report }
 }
-
-const logQuarantined = (runnable: Runnable, letter: DeadLetter) =>
-  Effect.logWarning(
-    `${runnable.name}: document ${letter.document} quarantined at ${letter.streamId}@${letter.revision} ` +
-      `(${letter.eventType}, letter ${letter.id}): ${letter.reason.split("\n")[0]}`
-  )
