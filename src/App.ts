@@ -526,14 +526,15 @@ export class AwaitTimeout extends Data.TaggedError("AwaitTimeout")<{
   }
 }
 
-/** Events before the checkpoint searched for the appended one (a caller that waited before asking). */
+/** Events before the checkpoint searched for the appended one, by a source that cannot place an event itself. */
 const LOOKBACK = 100n
 
 /**
  * The delivery of an appended event in the projection's subscription, found
  * from a little before the checkpoint (or the head). When only a later event
  * of the same stream is found first, it is the answer: its position bounds the
- * appended one's from above.
+ * appended one's from above. The fallback for sources without `positionOf`
+ * and `readStream`.
  */
 const subscriptionPosition = (runnable: Runnable, appended: Appended, mode: "catch-up" | "persistent") =>
   Effect.gen(function*() {
@@ -549,6 +550,43 @@ const subscriptionPosition = (runnable: Runnable, appended: Appended, mode: "cat
       onNone: () => Effect.dieMessage(`the subscription of ${runnable.name} ended before ${appended.streamId}@${appended.revision}`),
       onSome: (d) => Effect.succeed(d)
     })
+  })
+
+/** The source cannot place the appended event in the subscription yet (asked again). */
+class NotPlaced extends Data.TaggedError("NotPlaced")<{}> {}
+
+/**
+ * The position a catch-up checkpoint reaches once the projection has applied
+ * the appended event: from the source's `positionOf` (exact: an `$all`
+ * position for the index and several categories, a link revision found by
+ * bisection for `$ce-`), asked again while the source cannot place it yet
+ * (its category link not written); otherwise the append's `$all` position for
+ * several categories, or a search of the subscription.
+ */
+const catchUpTarget = (runnable: Runnable, appended: Appended, options: AwaitOptions) =>
+  Effect.gen(function*() {
+    const source = yield* EventSourceTag
+    if (source.positionOf !== undefined) {
+      return yield* source.positionOf(runnable.categories, appended).pipe(
+        Effect.flatMap(Option.match({ onNone: () => Effect.fail(new NotPlaced()), onSome: Effect.succeed })),
+        Effect.retry({ schedule: Schedule.spaced(options.interval ?? "20 millis"), while: (e) => e._tag === "NotPlaced" }),
+        Effect.catchTag("NotPlaced", () => Effect.dieMessage("unreachable: retried while not placed"))
+      )
+    }
+    return runnable.categories.length > 1 && appended.position !== undefined
+      ? EventStoreDB.allPosition(appended.position)
+      : (yield* subscriptionPosition(runnable, appended, "catch-up")).position
+  })
+
+/** The appended event itself: read from its stream (one event), or searched for in the subscription. */
+const appendedDelivery = (runnable: Runnable, appended: Appended) =>
+  Effect.gen(function*() {
+    const source = yield* EventSourceTag
+    if (source.readStream !== undefined) {
+      const [first] = yield* source.readStream(appended.streamId, appended.revision, 1)
+      if (first !== undefined && first.revision === appended.revision) return first
+    }
+    return yield* subscriptionPosition(runnable, appended, "persistent")
   })
 
 const waitFor = <E, R>(
@@ -585,15 +623,13 @@ export const awaitPosition = Effect.fn("App.awaitPosition")(function*(
   const awaited = `${appended.streamId}@${appended.revision}`
   yield* waitFor(runnable, awaited, options, Effect.gen(function*() {
     if (mode === "catch-up") {
-      const target = runnable.categories.length > 1 && appended.position !== undefined
-        ? EventStoreDB.allPosition(appended.position)
-        : (yield* subscriptionPosition(runnable, appended, mode)).position
+      const target = yield* catchUpTarget(runnable, appended, options)
       const id = checkpointId(runnable)
       return yield* until(Effect.map(store.readCheckpoint(id), Option.exists((c) => c >= target)), options)
     }
     // Persistent: no single position; every document the event touches tells.
     if (runnable._tag !== "Projection") return yield* Effect.dieMessage("awaitPosition in persistent mode needs a projection")
-    const delivery = yield* subscriptionPosition(runnable, appended, "persistent")
+    const delivery = yield* appendedDelivery(runnable, appended)
     const event = decoder(runnable.events)(delivery)
     if (event === undefined || typeof event === "string") return // not applied to any document, by design
     const key = runnable.key(event as never)
@@ -631,9 +667,7 @@ export const awaitDocument = Effect.fn("App.awaitDocument")(function*(
         options
       )
     }
-    const target = projection.categories.length > 1 && appended.position !== undefined
-      ? EventStoreDB.allPosition(appended.position)
-      : (yield* subscriptionPosition(projection, appended, mode)).position
+    const target = yield* catchUpTarget(projection, appended, options)
     const checkpoint = checkpointId(projection)
     yield* until(
       Effect.zipWith(

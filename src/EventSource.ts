@@ -146,6 +146,22 @@ export class EventSource extends Context.Tag("effect-reconciler/EventSource")<
       after: Option.Option<bigint>
     ) => Effect.Effect<Option.Option<{ readonly position: bigint; readonly created: Date }>, EventSourceError>
     /**
+     * Optional. The position of one appended event in the catch-up
+     * subscription of the given categories — the position a projection's
+     * checkpoint reaches once it has applied that event — found without
+     * reading the subscription. Its `$all` position helps where the append
+     * reported it. None while the source cannot place it yet (a category link
+     * the server has not written), or never for an event outside the categories.
+     */
+    readonly positionOf?: (
+      categories: ReadonlyArray<string>,
+      event: {
+        readonly streamId: string
+        readonly revision: bigint
+        readonly position?: { readonly commit: bigint; readonly prepare: bigint } | undefined
+      }
+    ) => Effect.Effect<Option.Option<bigint>, EventSourceError>
+    /**
      * Optional. A consumer group as the server sees it, summed over the
      * group's subscriptions (one per category); none when it does not exist.
      */

@@ -35,8 +35,8 @@ import type {
 } from "@eventstore/db-client"
 import { Chunk, Config, ConfigError, Effect, Layer, Metric, Option, Redacted, Schedule, Stream } from "effect"
 import type { Delivery, Settlement, Subscription } from "./EventSource.js"
-import { EventSource, EventSourceError } from "./EventSource.js"
-import type { ClientKind, GroupSubscription, StoreClient, StreamFilter, Unsubscribable } from "./internal/eventStoreClient.js"
+import { categoryOf, EventSource, EventSourceError } from "./EventSource.js"
+import type { AllPosition, ClientKind, GroupSubscription, StoreClient, StreamFilter, Unsubscribable } from "./internal/eventStoreClient.js"
 import { ClientPackageConflict, esdb, kindOf, kurrentdb, versionAtLeast } from "./internal/eventStoreClient.js"
 
 /**
@@ -718,12 +718,28 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
       catch: sourceError(`reading ${streamId} from revision ${from}`)
     }).pipe(Effect.withSpan("EventStoreDB.readStream", { attributes: { streamId } }))
 
+  /** The first event of filtered `$all` after position `after` (an `$all` prepare position), with its creation time. */
+  const firstOfAllAfter = (filter: StreamFilter, label: string, after: Option.Option<bigint>) =>
+    Effect.tryPromise({
+      try: async () => {
+        let found: { position: bigint; created: Date } | undefined
+        // The read includes `after` itself: two events, the first beyond it wins (read to the end: no open call left).
+        for await (const resolved of client.readAllForwards!(filter, Option.getOrUndefined(Option.map(after, positionOfAll)), 2)) {
+          const recorded = resolved.event?.position ?? resolved.link?.position
+          if (found !== undefined || recorded === undefined) continue
+          const position = allPosition(recorded)
+          if (Option.isSome(after) && position <= after.value) continue
+          const created = (resolved.event ?? resolved.link)?.created
+          found = { position, created: created instanceof Date ? created : new Date(0) }
+        }
+        return found
+      },
+      catch: sourceError(`reading the first event after the checkpoint in ${label}`)
+    })
+
   /** The first link after `after` in a category stream, with its event's creation time. */
-  const firstAfter = (categories: ReadonlyArray<string>, after: Option.Option<bigint>) => {
-    const unique = [...new Set(categories)]
-    // Several categories are positioned along `$all`, which the client reads unfiltered: not answered.
-    if (unique.length !== 1) return Effect.succeed(Option.none<{ position: bigint; created: Date }>())
-    const stream = categoryStream(unique[0]!)
+  const firstLinkAfter = (category: string, after: Option.Option<bigint>) => {
+    const stream = categoryStream(category)
     return Effect.tryPromise({
       try: async () => {
         let found: { position: bigint; created: Date } | undefined
@@ -747,8 +763,104 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
         return found
       },
       catch: sourceError(`reading the first event after the checkpoint in ${stream}`)
-    }).pipe(Effect.map(Option.fromNullable), Effect.withSpan("EventStoreDB.firstAfter"))
+    })
   }
+
+  /**
+   * The first event after `after`, in the positions the catch-up subscription
+   * of these categories uses: a `$ce-` link revision, or — for the `$idx-ce-`
+   * index and for several categories — an `$all` position (several
+   * categories only with a client that filters reads).
+   */
+  const firstAfter = (categories: ReadonlyArray<string>, after: Option.Option<bigint>) =>
+    Effect.gen(function*() {
+      const unique = [...new Set(categories)]
+      if (unique.length === 1) {
+        return (yield* readsIndex)
+          ? yield* firstOfAllAfter({ prefixes: [indexStream(unique[0]!)] }, indexStream(unique[0]!), after)
+          : yield* firstLinkAfter(unique[0]!, after)
+      }
+      if (unique.length === 0 || client.readAllForwards === undefined) return undefined
+      const regex = categoriesRegex(unique)
+      return yield* firstOfAllAfter({ regex }, `$all (${regex})`, after)
+    }).pipe(Effect.map(Option.fromNullable), Effect.withSpan("EventStoreDB.firstAfter"))
+
+  /** The `$all` position of event `revision` of a stream (read from it when the append did not say). */
+  const allPositionOf = (appended: { readonly streamId: string; readonly revision: bigint; readonly position?: AllPosition | undefined }) =>
+    appended.position !== undefined
+      ? Effect.succeed<bigint | undefined>(allPosition(appended.position))
+      : Effect.tryPromise({
+        try: async () => {
+          let position: bigint | undefined
+          try {
+            for await (const resolved of client.readStreamForwards(appended.streamId, appended.revision, 1)) {
+              if (resolved.event?.revision === appended.revision && resolved.event.position !== undefined) {
+                position = allPosition(resolved.event.position)
+              }
+            }
+          } catch (e) {
+            const type = errorType(e)
+            if (type === "stream-not-found" || type === "stream-deleted") return undefined
+            throw e
+          }
+          return position
+        },
+        catch: sourceError(`reading ${appended.streamId}@${appended.revision}`)
+      })
+
+  /** The link at `revision` of a category stream: the linked event's `$all` position (undefined when the event is gone) and identity. */
+  const linkAt = (stream: string, revision: bigint) =>
+    Effect.tryPromise({
+      try: async () => {
+        let found: { all: bigint | undefined; streamId: string | undefined; revision: bigint | undefined } | undefined
+        for await (const resolved of client.readStreamForwards(stream, revision, 1, true)) {
+          const position = resolved.event?.position
+          found = {
+            all: position === undefined ? undefined : allPosition(position),
+            streamId: resolved.event?.streamId,
+            revision: resolved.event?.revision
+          }
+        }
+        return found
+      },
+      catch: sourceError(`reading ${stream}@${revision}`)
+    })
+
+  /**
+   * Where an appended event sits in the catch-up subscription of `categories`.
+   * Along `$all` (the index, several categories): its `$all` position, no
+   * read when the append reported it. Along `$ce-<category>`: the revision of
+   * its link, by bisection over the links (`$by_category` writes them in `$all`
+   * order): about log2(links) reads of one event each; none while the link is
+   * not written yet.
+   */
+  const positionOf = (
+    categories: ReadonlyArray<string>,
+    appended: { readonly streamId: string; readonly revision: bigint; readonly position?: AllPosition | undefined }
+  ) =>
+    Effect.gen(function*() {
+      const unique = [...new Set(categories)]
+      const category = Option.getOrUndefined(categoryOf(appended.streamId))
+      if (category === undefined || !unique.includes(category)) return Option.none<bigint>()
+      const target = yield* allPositionOf(appended)
+      if (target === undefined) return Option.none<bigint>()
+      if (unique.length > 1 || (yield* readsIndex)) return Option.some(target)
+      const stream = categoryStream(category)
+      const head = yield* newest(category)
+      if (head === undefined) return Option.none<bigint>()
+      // The first link whose event is at or after the target; a link whose event is gone counts as before it
+      // (a few such links can only make the answer later, never earlier).
+      let lo = 0n
+      let hi = head.revision + 1n
+      while (lo < hi) {
+        const mid = (lo + hi) / 2n
+        const link = yield* linkAt(stream, mid)
+        if (link?.all !== undefined && link.all >= target) hi = mid
+        else lo = mid + 1n
+      }
+      if (lo > head.revision) return Option.none<bigint>() // not linked yet
+      return Option.some(lo)
+    }).pipe(Effect.withSpan("EventStoreDB.positionOf"))
 
   /** The group's info on each category stream, summed. */
   const groupStatus = (categories: ReadonlyArray<string>, group: string) =>
@@ -787,7 +899,7 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
         Effect.withSpan("EventStoreDB.groupStatus", { attributes: { group } })
       )
 
-  return EventSource.of({ subscribe, head, readStream, firstAfter, groupStatus })
+  return EventSource.of({ subscribe, head, readStream, firstAfter, positionOf, groupStatus })
 })
 
 /**

@@ -364,6 +364,14 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
           }
           return Option.none()
         }),
+      positionOf: (categories, appended) =>
+        Effect.sync(() => {
+          // Every subscription is positioned along the one log.
+          const event = log.find((e) => e.streamId === appended.streamId && e.revision === appended.revision)
+          return event !== undefined && event.category !== undefined && categories.includes(event.category)
+            ? Option.some(event.position)
+            : Option.none()
+        }),
       groupStatus: (categories, group) =>
         Effect.sync(() => {
           const set = new Set(categories)

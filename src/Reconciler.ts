@@ -23,7 +23,7 @@
  * @since 0.1.0
  */
 import type { Duration, Schedule } from "effect"
-import { Effect } from "effect"
+import { Effect, Metric } from "effect"
 import { InvalidRunOptions, ReconcilerError } from "./Errors.js"
 import { EventSource } from "./EventSource.js"
 import type { Runnable } from "./Projection.js"
@@ -139,6 +139,7 @@ export type RunError = ReconcilerError | InvalidRunOptions | ReadModels.VersionC
  */
 const entry = (
   runnables: ReadonlyArray<Runnable>,
+  retrySchedule: Schedule.Schedule<unknown>,
   body: (guarded: ReadonlyArray<Runnable>) => Effect.Effect<void, RunError, EventSource | ReadModelStore>
 ): Effect.Effect<void, RunError, EventSource | ReadModelStore> =>
   Effect.gen(function*() {
@@ -146,6 +147,13 @@ const entry = (
     const store = yield* ReadModelStore
     const guarded = yield* Effect.forEach(runnables, (runnable) =>
       ReadModels.guard(runnable).pipe(
+        // as every store operation of the engine: transient errors are retried (and counted)
+        Effect.tapError((e) =>
+          e._tag === "StoreError" && e.transient
+            ? Metric.increment(Metric.tagged(engineMetrics.retries, "projection", runnable.name))
+            : Effect.void
+        ),
+        Effect.retry({ schedule: retrySchedule, while: (e) => e._tag === "StoreError" && e.transient }),
         Effect.catchTag("StoreError", (cause) =>
           Effect.fail(
             new ReconcilerError({ projection: runnable.name, message: `reading the read-model registry: ${cause.message}`, cause })
@@ -171,7 +179,7 @@ export const run = (
   runnable: Runnable,
   options: RunOptions = {}
 ): Effect.Effect<void, RunError, EventSource | ReadModelStore> =>
-  Effect.flatMap(Options.resolve(options), (resolved) => entry([runnable], (guarded) => runGroup(guarded, resolved)))
+  Effect.flatMap(Options.resolve(options), (resolved) => entry([runnable], resolved.retrySchedule, (guarded) => runGroup(guarded, resolved)))
 
 /**
  * Runs several projections and handlers side by side until interrupted, each
@@ -194,7 +202,7 @@ export const runAll = (
       })
     )
     : Effect.flatMap(Options.resolve(options), (resolved) =>
-      entry(runnables, (guarded) =>
+      entry(runnables, resolved.retrySchedule, (guarded) =>
         Effect.all(groups(guarded, resolved.mode).map((group) => runGroup(group, resolved)), {
           concurrency: "unbounded",
           discard: true

@@ -69,6 +69,10 @@ export interface StoreClient {
   readonly groupInfo: (stream: string, group: string) => Promise<PersistentSubscriptionToStreamInfo>
   /** The newest `maxCount` events of filtered `$all`, newest first; `undefined` for a client that cannot filter reads. */
   readonly readAllBackwards: ((filter: StreamFilter, maxCount: number) => AsyncIterable<ResolvedEvent>) | undefined
+  /** Filtered `$all` from `from` (inclusive; the start when none) on, at most `maxCount` events; `undefined` as above. */
+  readonly readAllForwards:
+    | ((filter: StreamFilter, from: AllPosition | undefined, maxCount: number) => AsyncIterable<ResolvedEvent>)
+    | undefined
   /** The server version from `ServerFeatures` (`"unknown"` when the server does not say). */
   readonly serverVersion: () => Promise<string>
   readonly dispose: () => Promise<void>
@@ -150,6 +154,7 @@ export const esdb = async (connectionString: string): Promise<StoreClient> => {
       client.readStream(stream, { direction: FORWARDS, fromRevision: from, maxCount, resolveLinkTos }),
     groupInfo: (stream, group) => client.getPersistentSubscriptionToStreamInfo(stream, group),
     readAllBackwards: undefined,
+    readAllForwards: undefined,
     serverVersion: () => serverVersionOf(client),
     dispose: () => disposeFully(client)
   }
@@ -188,6 +193,13 @@ export const kurrentdb = async (connectionString: string): Promise<StoreClient> 
       same(client.readAll({
         direction: k.BACKWARDS,
         fromPosition: k.END,
+        maxCount,
+        filter: filterWith(k.streamNameFilter, filter) as ReturnType<typeof k.streamNameFilter>
+      })),
+    readAllForwards: (filter, from, maxCount) =>
+      same(client.readAll({
+        direction: k.FORWARDS,
+        fromPosition: from ?? k.START,
         maxCount,
         filter: filterWith(k.streamNameFilter, filter) as ReturnType<typeof k.streamNameFilter>
       })),
