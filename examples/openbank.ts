@@ -11,11 +11,11 @@
  * `EVENTSTORE_CONNECTION_STRING` / `MONGODB_URI` are set). `npm start` runs the
  * bigger demo over the same projections (examples/demo.ts).
  */
-import { EventStoreDBClient, jsonEvent } from "@eventstore/db-client"
-import { Console, Effect, Redacted, Schema } from "effect"
+import { Console, Context, Effect, Layer, Redacted, Schema } from "effect"
 import { MongoClient } from "mongodb"
 import { pathToFileURL } from "node:url"
 import * as App from "../src/App.js"
+import * as Appender from "../src/Appender.js"
 import * as Logging from "../src/Logging.js"
 import { Projection } from "../src/index.js"
 
@@ -228,11 +228,11 @@ export const simulate = function*(count: number, seed = 42): Generator<readonly 
 const main = Effect.gen(function*() {
   const endpoints = yield* App.Endpoints
   yield* Console.log(App.describeEndpoints(endpoints))
-  const client = EventStoreDBClient.connectionString(Redacted.value(endpoints.eventStore.connectionString))
-  yield* Effect.addFinalizer(() => Effect.promise(() => client.dispose()))
-  for (const [stream, event] of simulate(60)) {
-    yield* Effect.promise(() => client.appendToStream(stream, jsonEvent(event)))
-  }
+  // Through the project's client (either package, by the connection string's scheme).
+  const appender = yield* Layer.build(Appender.layer({ connectionString: endpoints.eventStore.connectionString })).pipe(
+    Effect.map(Context.get(Appender.Appender))
+  )
+  for (const [stream, event] of simulate(60)) yield* appender.append(stream, [event])
   yield* App.runUntilCaughtUp(projections)
 
   const mongo = yield* Effect.acquireRelease(

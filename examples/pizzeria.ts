@@ -12,11 +12,11 @@
  * caught up and prints the read models. `reconciler run --module
  * examples/pizzeria.ts` runs the same projections as a service.
  */
-import { EventStoreDBClient, jsonEvent } from "@eventstore/db-client"
-import { Console, Effect, Redacted, Schema } from "effect"
+import { Console, Context, Effect, Layer, Redacted, Schema } from "effect"
 import { MongoClient } from "mongodb"
 import { pathToFileURL } from "node:url"
 import * as App from "../src/App.js"
+import * as Appender from "../src/Appender.js"
 import * as Logging from "../src/Logging.js"
 import { Projection } from "../src/index.js"
 
@@ -208,11 +208,11 @@ export const sampleOrders = (): Array<readonly [string, Array<{ type: keyof type
 const main = Effect.gen(function*() {
   const endpoints = yield* App.Endpoints
   yield* Console.log(App.describeEndpoints(endpoints))
-  const client = EventStoreDBClient.connectionString(Redacted.value(endpoints.eventStore.connectionString))
-  yield* Effect.addFinalizer(() => Effect.promise(() => client.dispose()))
-  for (const [stream, events] of sampleOrders()) {
-    yield* Effect.promise(() => client.appendToStream(stream, events.map((e) => jsonEvent(e))))
-  }
+  // Through the project's client (either package, by the connection string's scheme).
+  const appender = yield* Layer.build(Appender.layer({ connectionString: endpoints.eventStore.connectionString })).pipe(
+    Effect.map(Context.get(Appender.Appender))
+  )
+  for (const [stream, events] of sampleOrders()) yield* appender.append(stream, events)
   yield* App.runUntilCaughtUp(projections)
 
   const mongo = yield* Effect.acquireRelease(

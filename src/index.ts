@@ -7,6 +7,7 @@
  * @since 0.1.0
  */
 export * as App from "./App.js"
+export * as Appender from "./Appender.js"
 export * as EventSource from "./EventSource.js"
 export * as EventStoreDB from "./EventStoreDB.js"
 export * as InMemory from "./InMemory.js"

@@ -191,3 +191,46 @@ describe("npm start", () => {
       expect(bad.output()).toContain("--events must be an integer")
     }))
 })
+
+// ---- the examples as users run them, with either client ------------------------------------
+
+describe("examples through either client", () => {
+  it.scopedLive("openbank and pizzeria run to the end with an esdb:// and a kurrentdb:// connection string", () =>
+    Effect.gen(function*() {
+      // The servers in a process of their own: each example chooses its client package freely.
+      const servers = yield* spawn("src/bin/reconciler.ts", ["embedded", "--eventstore-port", "0", "--mongo-port", "0"])
+      const esdb = (yield* servers.line(/EventStoreDB listening on (esdb:\/\/\S+)/))[1]!
+      const mongo = (yield* servers.line(/MongoDB listening on (mongodb:\/\/\S+)/))[1]!
+      const kurrentdb = esdb.replace(/^esdb:/, "kurrentdb:")
+      const runs = [
+        { example: "openbank", connection: esdb },
+        { example: "openbank", connection: kurrentdb },
+        { example: "pizzeria", connection: esdb },
+        { example: "pizzeria", connection: kurrentdb }
+      ]
+      // Two at a time: the machine is shared.
+      const outputs = yield* Effect.forEach(runs, ({ connection, example }, i) =>
+        Effect.gen(function*() {
+          const child = yield* spawn(`examples/${example}.ts`, [], {
+            EVENTSTORE_CONNECTION_STRING: connection,
+            EVENTSTORE_CLIENT: undefined,
+            MONGODB_URI: mongo,
+            MONGODB_DATABASE: `examples_${i}`
+          })
+          const exit = yield* child.exit("50 seconds")
+          expect(exit, `${example} over ${connection}: ${child.output()}`).toEqual({ code: 0, signal: null })
+          return { example, connection, output: child.output() }
+        }), { concurrency: 2 })
+      for (const { connection, example, output } of outputs) {
+        expect(output, connection).not.toContain("ClientPackageConflict")
+        if (example === "openbank") {
+          // every account shows its owner's name, joined from the person's stream
+          expect(output).toMatch(/^accounts:$/m)
+          expect(output).toMatch(/^ {2}\{"_id":"a\d+","kind":"account","ownerId":"p\d+","owner":"[A-Z][a-z]+ [A-Z][a-z]+",/m)
+        } else {
+          expect(output).toMatch(/^orders:$/m)
+          expect(output).toMatch(/^kitchen: \{"_id":"kitchen",/m)
+        }
+      }
+    }), { timeout: 180_000 })
+})

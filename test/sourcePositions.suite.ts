@@ -18,6 +18,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Context, Effect, Fiber, Layer, Option, Redacted, Stream } from "effect"
 import * as App from "../src/App.js"
+import * as Appender from "../src/Appender.js"
 import * as EventStoreServer from "../src/embedded/EventStoreServer.js"
 import { EventSource } from "../src/EventSource.js"
 import * as EventStoreDB from "../src/EventStoreDB.js"
@@ -117,4 +118,14 @@ describe(`source positions (${clientKind})`, () => {
         expect((yield* store.port.load("ledger", ["ledger-late"])).get("ledger-late")?.body).toMatchObject({ total: 1 })
       }), { timeout: 60_000 })
   }
+
+  it.scoped("Appender: a bad connection string is a typed error that does not quote it", () =>
+    Effect.gen(function*() {
+      const secret = "s3cret-password"
+      const error = yield* Layer.build(Appender.layer({ connectionString: Redacted.make(`esdb://admin:${secret}@:::nonsense`) })).pipe(
+        Effect.flip
+      )
+      expect(error._tag).toBe("AppendError")
+      expect(error.message).not.toContain(secret)
+    }))
 })

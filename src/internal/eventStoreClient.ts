@@ -41,9 +41,25 @@ export interface AllPosition {
   readonly prepare: bigint
 }
 
-/** The operations of one client, as the event source uses them. */
+/** An event to append: JSON data (and metadata) under a type; the server gives it an id when none is set. */
+export interface NewEvent {
+  readonly type: string
+  readonly data: unknown
+  readonly metadata?: unknown
+  readonly id?: string | undefined
+}
+
+/** What an append reports: the stream's last revision after it, and the `$all` position when the server says. */
+export interface AppendResult {
+  readonly nextExpectedRevision: bigint
+  readonly position: AllPosition | undefined
+}
+
+/** The operations of one client, as the event source (and `Appender`) use them. */
 export interface StoreClient {
   readonly kind: ClientKind
+  /** Appends `events` to `stream` in one write, whatever the stream's state. */
+  readonly appendToStream: (stream: string, events: ReadonlyArray<NewEvent>) => Promise<AppendResult>
   /** `readAhead`: events the subscription's readable buffers ahead of its reader (its high-water mark). */
   readonly subscribeToStream: (
     stream: string,
@@ -104,6 +120,15 @@ type MakeFilter = { (o: { regex: string }): unknown; (o: { prefixes: Array<strin
 const filterWith = (make: MakeFilter, filter: StreamFilter) =>
   "regex" in filter ? make({ regex: filter.regex }) : make({ prefixes: [...filter.prefixes] })
 
+/** A package's `jsonEvent`, given only the fields that are set. */
+const toJsonEvent = <E>(make: (event: any) => E, event: NewEvent): E =>
+  make({
+    type: event.type,
+    data: event.data,
+    ...(event.metadata === undefined ? {} : { metadata: event.metadata }),
+    ...(event.id === undefined ? {} : { id: event.id })
+  })
+
 /** Thrown when a process that already uses one client package is asked to load the other. */
 export class ClientPackageConflict extends Error {
   readonly _tag = "ClientPackageConflict"
@@ -133,11 +158,23 @@ const claimProcess = () => {
 export const esdb = async (connectionString: string): Promise<StoreClient> => {
   claimProcess()
   claim("esdb")
-  const { BACKWARDS, END, EventStoreDBClient, FORWARDS, persistentSubscriptionToStreamSettingsFromDefaults, START, streamNameFilter } =
-    await import("@eventstore/db-client")
+  const {
+    BACKWARDS,
+    END,
+    EventStoreDBClient,
+    FORWARDS,
+    jsonEvent,
+    persistentSubscriptionToStreamSettingsFromDefaults,
+    START,
+    streamNameFilter
+  } = await import("@eventstore/db-client")
   const client = EventStoreDBClient.connectionString(connectionString)
   return {
     kind: "esdb",
+    appendToStream: async (stream, events) => {
+      const result = await client.appendToStream(stream, events.map((e) => toJsonEvent(jsonEvent, e)))
+      return { nextExpectedRevision: result.nextExpectedRevision, position: result.position }
+    },
     subscribeToStream: (stream, { after, resolveLinkTos }, readAhead) =>
       client.subscribeToStream(stream, { fromRevision: after ?? START, resolveLinkTos }, { highWaterMark: readAhead }),
     subscribeToAll: ({ after, filter }, readAhead) =>
@@ -170,6 +207,10 @@ export const kurrentdb = async (connectionString: string): Promise<StoreClient> 
   const same = <A>(a: unknown) => a as A
   return {
     kind: "kurrentdb",
+    appendToStream: async (stream, events) => {
+      const result = await client.appendToStream(stream, events.map((e) => toJsonEvent(k.jsonEvent, e)))
+      return { nextExpectedRevision: result.nextExpectedRevision, position: result.position }
+    },
     subscribeToStream: (stream, { after, resolveLinkTos }, readAhead) =>
       same(client.subscribeToStream(stream, { fromRevision: after ?? k.START, resolveLinkTos }, { highWaterMark: readAhead })),
     subscribeToAll: ({ after, filter }, readAhead) =>
