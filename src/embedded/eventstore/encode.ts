@@ -77,6 +77,9 @@ interface Plan {
   readonly size: number
 }
 
+/** `StreamIdentifier { stream_name = 3 }`: proto3 leaves an empty name out. */
+const streamField = (size: number) => (size === 0 ? 0 : lenField(3, size))
+
 const entrySize = (key: number, value: number) => lenField(1, key) + lenField(2, value)
 
 const plan = (record: EventRecord, form: UuidForm): Plan => {
@@ -90,7 +93,7 @@ const plan = (record: EventRecord, form: UuidForm): Plan => {
   const created = record.created.toString(10)
   const entries = [entrySize(4, type), entrySize(12, contentType), entrySize(7, created.length)] as const
   const size = lenField(1, uuidSize) +
-    lenField(2, lenField(3, streamSize)) +
+    lenField(2, streamField(streamSize)) +
     u64Field(3, Number(record.revision)) +
     u64Field(4, Number(record.position)) +
     u64Field(5, Number(record.position)) +
@@ -115,14 +118,15 @@ const putRecorded = (buf: Buffer, at: number, p: Plan): number => {
     buf.set(p.id, at)
     at += p.idSize
   }
-  at = putLen(buf, at, 2, lenField(3, p.streamSize))
-  at = putString(buf, at, 3, r.streamId, p.streamSize)
+  at = putLen(buf, at, 2, streamField(p.streamSize))
+  if (p.streamSize > 0) at = putString(buf, at, 3, r.streamId, p.streamSize)
   at = putU64(buf, at, 3, Number(r.revision))
   at = putU64(buf, at, 4, Number(r.position))
   at = putU64(buf, at, 5, Number(r.position))
-  at = putEntry(buf, at, p.entries[0], "type", 4, r.type, p.type)
+  // map entries in key order, as the generated classes write them
   at = putEntry(buf, at, p.entries[1], "content-type", 12, r.contentType, p.contentType)
   at = putEntry(buf, at, p.entries[2], "created", 7, p.created, p.created.length)
+  at = putEntry(buf, at, p.entries[0], "type", 4, r.type, p.type)
   at = putBytes(buf, at, 7, r.metadata)
   return putBytes(buf, at, 8, r.data)
 }
