@@ -216,6 +216,39 @@ const waiter = (store: Store, call: ReadCall, calls: OpenCalls) => {
   }
 }
 
+/** The parts both wrong-expected-version messages share (`Append`'s and `BatchAppend`'s; their revision fields are named apart). */
+interface WrongExpectedVersionMessage {
+  setCurrentNoStream(value: InstanceType<typeof shared.Empty>): unknown
+  setExpectedAny(value: InstanceType<typeof shared.Empty>): unknown
+  setExpectedNoStream(value: InstanceType<typeof shared.Empty>): unknown
+  setExpectedStreamExists(value: InstanceType<typeof shared.Empty>): unknown
+}
+
+/** Fills a wrong-expected-version message: the stream's current revision (or none) and what the append expected. */
+const fillWrongExpectedVersion = <M extends WrongExpectedVersionMessage>(
+  w: M,
+  error: WrongExpectedVersion,
+  revision: { readonly current: (w: M, revision: string) => unknown; readonly expected: (w: M, revision: string) => unknown }
+): M => {
+  if (error.current === undefined) w.setCurrentNoStream(new shared.Empty())
+  else revision.current(w, error.current.toString(10))
+  switch (error.expected._tag) {
+    case "Exact":
+      revision.expected(w, error.expected.revision.toString(10))
+      break
+    case "Any":
+      w.setExpectedAny(new shared.Empty())
+      break
+    case "NoStream":
+      w.setExpectedNoStream(new shared.Empty())
+      break
+    case "StreamExists":
+      w.setExpectedStreamExists(new shared.Empty())
+      break
+  }
+  return w
+}
+
 export const makeStreamsService = (store: Store, options: StreamsOptions): grpc.UntypedServiceImplementation => ({
   append(
     call: grpc.ServerReadableStream<InstanceType<typeof streams.AppendReq>, unknown>,
@@ -262,24 +295,10 @@ export const makeStreamsService = (store: Store, options: StreamsOptions): grpc.
         callback(null, resp)
       } catch (error) {
         if (error instanceof WrongExpectedVersion) {
-          const w = new streams.AppendResp.WrongExpectedVersion()
-          if (error.current === undefined) w.setCurrentNoStream(new shared.Empty())
-          else w.setCurrentRevision(error.current.toString(10))
-          switch (error.expected._tag) {
-            case "Exact":
-              w.setExpectedRevision(error.expected.revision.toString(10))
-              break
-            case "Any":
-              w.setExpectedAny(new shared.Empty())
-              break
-            case "NoStream":
-              w.setExpectedNoStream(new shared.Empty())
-              break
-            case "StreamExists":
-              w.setExpectedStreamExists(new shared.Empty())
-              break
-          }
-          resp.setWrongExpectedVersion(w)
+          resp.setWrongExpectedVersion(fillWrongExpectedVersion(new streams.AppendResp.WrongExpectedVersion(), error, {
+            current: (w, revision) => w.setCurrentRevision(revision),
+            expected: (w, revision) => w.setExpectedRevision(revision)
+          }))
           callback(null, resp)
         } else if (error instanceof StreamDeleted) {
           callback(streamDeletedError(error.streamId))
@@ -339,23 +358,10 @@ const rpcStatus = (code: grpc.status, message: string, typeName: string, detail:
 
 const batchError = (error: unknown, streamId: string) => {
   if (error instanceof WrongExpectedVersion) {
-    const w = new shared.WrongExpectedVersion()
-    if (error.current === undefined) w.setCurrentNoStream(new shared.Empty())
-    else w.setCurrentStreamRevision(error.current.toString(10))
-    switch (error.expected._tag) {
-      case "Exact":
-        w.setExpectedStreamPosition(error.expected.revision.toString(10))
-        break
-      case "Any":
-        w.setExpectedAny(new shared.Empty())
-        break
-      case "NoStream":
-        w.setExpectedNoStream(new shared.Empty())
-        break
-      case "StreamExists":
-        w.setExpectedStreamExists(new shared.Empty())
-        break
-    }
+    const w = fillWrongExpectedVersion(new shared.WrongExpectedVersion(), error, {
+      current: (w, revision) => w.setCurrentStreamRevision(revision),
+      expected: (w, revision) => w.setExpectedStreamPosition(revision)
+    })
     return rpcStatus(grpc.status.FAILED_PRECONDITION, `Wrong expected version on ${streamId}`, "event_store.client.WrongExpectedVersion", w)
   }
   if (error instanceof StreamDeleted) {
