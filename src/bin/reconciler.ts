@@ -15,6 +15,7 @@
  * reconciler cutover --module M --projection P [--require-identical] [--cleanup]
  * reconciler verify  --module M [--projection P] [--repair]
  * reconciler embedded --eventstore-port P --mongo-port Q [--data-dir D] [--transaction-lifetime-limit-seconds S]
+ *                     [--host H] [--max-append-size BYTES] [--no-batch-append] [--no-secondary-indexes] [--fsync]
  * ```
  *
  * Endpoints and engine settings come from the environment (listed by `--help`);
@@ -41,6 +42,7 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
+import * as net from "node:net"
 import * as path from "node:path"
 import type * as AppModule from "../App.js"
 import type { Runnable } from "../Projection.js"
@@ -406,6 +408,29 @@ const embeddedServers = Command.make(
       }))),
       Options.withDefault(60),
       Options.withDescription("MongoDB aborts transactions open longer than this (a crashed client's locks go with them)")
+    ),
+    host: Options.text("host").pipe(
+      Options.withSchema(Schema.String.pipe(Schema.filter((h) => net.isIP(h) !== 0 || h === "localhost", {
+        message: () => "--host must be an IP address or localhost"
+      }))),
+      Options.withDefault("127.0.0.1"),
+      Options.withDescription("the address both servers listen on")
+    ),
+    maxAppendSize: Options.integer("max-append-size").pipe(
+      Options.withSchema(Schema.Int.pipe(Schema.greaterThanOrEqualTo(1, {
+        message: () => "--max-append-size must be a whole number of bytes, at least 1"
+      }))),
+      Options.withDefault(1024 * 1024),
+      Options.withDescription("EventStoreDB refuses appends larger than this many bytes (a real server's MaxAppendSize)")
+    ),
+    noBatchAppend: Options.boolean("no-batch-append").pipe(
+      Options.withDescription("EventStoreDB offers no BatchAppend, as servers before 21.10 (clients append one call each)")
+    ),
+    noSecondaryIndexes: Options.boolean("no-secondary-indexes").pipe(
+      Options.withDescription("EventStoreDB is a 24.10 without the $idx-ce- / $idx-et- secondary indexes of KurrentDB 25.1")
+    ),
+    fsync: Options.boolean("fsync").pipe(
+      Options.withDescription("MongoDB syncs its journal to disk on every write (with --data-dir)")
     )
   },
   (args) =>
@@ -414,9 +439,18 @@ const embeddedServers = Command.make(
         Promise.all([import("../embedded/EventStoreServer.js"), import("../embedded/MongoServer.js")])
       )
       const dataDir = (name: string) => Option.getOrUndefined(Option.map(args.dataDir, (dir) => path.join(dir, name)))
-      const eventStore = yield* EventStoreServer.make({ port: args.eventstorePort, dataDir: dataDir("eventstore") })
+      const eventStore = yield* EventStoreServer.make({
+        port: args.eventstorePort,
+        host: args.host,
+        dataDir: dataDir("eventstore"),
+        maxAppendSize: args.maxAppendSize,
+        batchAppend: !args.noBatchAppend,
+        secondaryIndexes: !args.noSecondaryIndexes
+      })
       const mongo = yield* MongoServer.make({
         port: args.mongoPort,
+        host: args.host,
+        fsync: args.fsync,
         dataDir: dataDir("mongo"),
         transactionLifetimeLimitSeconds: args.transactionLifetime
       })

@@ -9,10 +9,10 @@ import { openJournal } from "./Journal.js"
 import { OpenCalls } from "./OpenCalls.js"
 import { makePersistentService } from "./PersistentService.js"
 import { PersistentSubscriptions } from "./PersistentSubscriptions.js"
-import { featuresGrpc, load as loadProtocol, persistentGrpc, streamsGrpc } from "./proto.js"
+import { featuresGrpc, load as loadProtocol, persistentGrpc } from "./proto.js"
 import { makeServerFeaturesService } from "./ServerFeaturesService.js"
 import { Store } from "./Store.js"
-import { makeStreamsService } from "./StreamsService.js"
+import { makeStreamsService, streamsDefinition } from "./StreamsService.js"
 
 export interface StartOptions {
   readonly port?: number | undefined
@@ -54,7 +54,7 @@ export const start = async (options: StartOptions): Promise<Running> => {
     // a server without BatchAppend (before 21.10) does not implement it at all
     delete streamsService.batchAppend
   }
-  server.addService(streamsGrpc.StreamsService, streamsService)
+  server.addService(streamsDefinition(), streamsService)
   server.addService(persistentGrpc.PersistentSubscriptionsService, makePersistentService(groups, calls))
   server.addService(featuresGrpc.ServerFeaturesService, makeServerFeaturesService({ batchAppend, secondaryIndexes: options.secondaryIndexes ?? true }))
   const host = options.host ?? "127.0.0.1"

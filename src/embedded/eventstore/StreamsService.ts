@@ -11,9 +11,9 @@ import * as grpc from "@grpc/grpc-js"
 import type { EventRecord, Expected, ProposedEvent, Store } from "./Store.js"
 import { categoryOf, StreamDeleted, WrongExpectedVersion } from "./Store.js"
 import type { OpenCalls } from "./OpenCalls.js"
-import { any, shared, status, streams } from "./proto.js"
+import { readEventResp } from "./encode.js"
+import { any, shared, status, streams, streamsGrpc } from "./proto.js"
 import {
-  fillReadEvent,
   readExpected,
   readStreamName,
   readUuid,
@@ -30,9 +30,23 @@ type FilterOptions = InstanceType<typeof streams.ReadReq.Options.FilterOptions>
 
 const BATCH = 256
 
-/** Writes with backpressure: resolves once the call can take more, or is gone. */
-const write = (call: grpc.ServerWritableStream<ReadReq, ReadResp>, message: ReadResp): Promise<void> | undefined => {
-  if (call.write(message)) return undefined
+/** What a read call sends: protocol messages, or events already serialized by {@link readEventResp}. */
+type ReadOut = ReadResp | Buffer
+type ReadCall = grpc.ServerWritableStream<ReadReq, ReadOut>
+
+/**
+ * Messages a read call may have queued before it waits for the client. The
+ * call's own buffer holds 16 (its `write` turns false past that): waiting for
+ * 'drain' there ends each turn after a few events, so the client pulls about
+ * two events at a time; a deeper queue keeps the connection busy while still
+ * bounding what a slow reader makes the server hold.
+ */
+const QUEUED = 256
+
+/** Writes with backpressure: resolves once the call can take more, or is gone; `undefined` when it can at once. */
+const write = (call: ReadCall, message: ReadOut): Promise<void> | undefined => {
+  call.write(message)
+  if (call.writableLength < QUEUED) return undefined
   return new Promise<void>((resolve) => {
     const done = () => {
       call.off("drain", done)
@@ -46,12 +60,23 @@ const write = (call: grpc.ServerWritableStream<ReadReq, ReadResp>, message: Read
   })
 }
 
-const eventResp = (store: Store, record: EventRecord, resolveLinks: boolean, form: UuidForm): ReadResp => {
-  const resolved = store.resolve(record, resolveLinks)
+/**
+ * The service definition served: `Read` also sends pre-serialized messages
+ * (buffers), everything else as generated.
+ */
+export const streamsDefinition = (): grpc.ServiceDefinition => {
+  const definition = streamsGrpc.StreamsService as unknown as grpc.ServiceDefinition
+  const read = definition.read!
+  const serialize = read.responseSerialize
+  return {
+    ...definition,
+    read: { ...read, responseSerialize: (value: unknown) => (Buffer.isBuffer(value) ? value : serialize(value)) }
+  }
+}
+
+const eventResp = (store: Store, record: EventRecord, resolveLinks: boolean, form: UuidForm): Buffer => {
   store.stats.eventsRead++
-  const resp = new streams.ReadResp()
-  resp.setEvent(fillReadEvent(new streams.ReadResp.ReadEvent(), resolved, streams.ReadResp.ReadEvent.RecordedEvent, form))
-  return resp
+  return readEventResp(store.resolve(record, resolveLinks), form)
 }
 
 /** Tells a catch-up subscriber it has read everything there is (live events follow). */
@@ -62,7 +87,7 @@ const caughtUpMessage = () => {
 }
 
 /** Tells a new catch-up subscriber it is subscribed. */
-const confirm = (call: grpc.ServerWritableStream<ReadReq, ReadResp>) => {
+const confirm = (call: ReadCall) => {
   const confirmation = new streams.ReadResp()
   const c = new streams.ReadResp.SubscriptionConfirmation()
   c.setSubscriptionId(randomUUID())
@@ -113,7 +138,7 @@ const missingMetadataError = () =>
     "required-metadata-properties": "type,content-type"
   })
 
-const fail = (call: grpc.ServerWritableStream<ReadReq, ReadResp>, error: unknown) => {
+const fail = (call: ReadCall, error: unknown) => {
   if (error instanceof StreamDeleted) call.emit("error", streamDeletedError(error.streamId))
   else call.emit("error", statusError(grpc.status.INTERNAL, undefined, String(error)))
 }
@@ -160,7 +185,7 @@ const makeFilter = (filter: FilterOptions | undefined, secondaryIndexes: boolean
  * Wakes a waiting subscription when records are appended; ends it with the
  * given status on server shutdown (`stopped` turns true).
  */
-const waiter = (store: Store, call: grpc.ServerWritableStream<ReadReq, ReadResp>, calls: OpenCalls) => {
+const waiter = (store: Store, call: ReadCall, calls: OpenCalls) => {
   let wake: (() => void) | undefined
   let stopped = false
   const fire = () => {
@@ -189,6 +214,39 @@ const waiter = (store: Store, call: grpc.ServerWritableStream<ReadReq, ReadResp>
       call.off("cancelled", fire)
     }
   }
+}
+
+/** The parts both wrong-expected-version messages share (`Append`'s and `BatchAppend`'s; their revision fields are named apart). */
+interface WrongExpectedVersionMessage {
+  setCurrentNoStream(value: InstanceType<typeof shared.Empty>): unknown
+  setExpectedAny(value: InstanceType<typeof shared.Empty>): unknown
+  setExpectedNoStream(value: InstanceType<typeof shared.Empty>): unknown
+  setExpectedStreamExists(value: InstanceType<typeof shared.Empty>): unknown
+}
+
+/** Fills a wrong-expected-version message: the stream's current revision (or none) and what the append expected. */
+const fillWrongExpectedVersion = <M extends WrongExpectedVersionMessage>(
+  w: M,
+  error: WrongExpectedVersion,
+  revision: { readonly current: (w: M, revision: string) => unknown; readonly expected: (w: M, revision: string) => unknown }
+): M => {
+  if (error.current === undefined) w.setCurrentNoStream(new shared.Empty())
+  else revision.current(w, error.current.toString(10))
+  switch (error.expected._tag) {
+    case "Exact":
+      revision.expected(w, error.expected.revision.toString(10))
+      break
+    case "Any":
+      w.setExpectedAny(new shared.Empty())
+      break
+    case "NoStream":
+      w.setExpectedNoStream(new shared.Empty())
+      break
+    case "StreamExists":
+      w.setExpectedStreamExists(new shared.Empty())
+      break
+  }
+  return w
 }
 
 export const makeStreamsService = (store: Store, options: StreamsOptions): grpc.UntypedServiceImplementation => ({
@@ -237,24 +295,10 @@ export const makeStreamsService = (store: Store, options: StreamsOptions): grpc.
         callback(null, resp)
       } catch (error) {
         if (error instanceof WrongExpectedVersion) {
-          const w = new streams.AppendResp.WrongExpectedVersion()
-          if (error.current === undefined) w.setCurrentNoStream(new shared.Empty())
-          else w.setCurrentRevision(error.current.toString(10))
-          switch (error.expected._tag) {
-            case "Exact":
-              w.setExpectedRevision(error.expected.revision.toString(10))
-              break
-            case "Any":
-              w.setExpectedAny(new shared.Empty())
-              break
-            case "NoStream":
-              w.setExpectedNoStream(new shared.Empty())
-              break
-            case "StreamExists":
-              w.setExpectedStreamExists(new shared.Empty())
-              break
-          }
-          resp.setWrongExpectedVersion(w)
+          resp.setWrongExpectedVersion(fillWrongExpectedVersion(new streams.AppendResp.WrongExpectedVersion(), error, {
+            current: (w, revision) => w.setCurrentRevision(revision),
+            expected: (w, revision) => w.setExpectedRevision(revision)
+          }))
           callback(null, resp)
         } else if (error instanceof StreamDeleted) {
           callback(streamDeletedError(error.streamId))
@@ -265,7 +309,7 @@ export const makeStreamsService = (store: Store, options: StreamsOptions): grpc.
     })
   },
 
-  read(call: grpc.ServerWritableStream<ReadReq, ReadResp>) {
+  read(call: ReadCall) {
     void read(store, options, call).catch((error) => fail(call, error))
   },
 
@@ -314,23 +358,10 @@ const rpcStatus = (code: grpc.status, message: string, typeName: string, detail:
 
 const batchError = (error: unknown, streamId: string) => {
   if (error instanceof WrongExpectedVersion) {
-    const w = new shared.WrongExpectedVersion()
-    if (error.current === undefined) w.setCurrentNoStream(new shared.Empty())
-    else w.setCurrentStreamRevision(error.current.toString(10))
-    switch (error.expected._tag) {
-      case "Exact":
-        w.setExpectedStreamPosition(error.expected.revision.toString(10))
-        break
-      case "Any":
-        w.setExpectedAny(new shared.Empty())
-        break
-      case "NoStream":
-        w.setExpectedNoStream(new shared.Empty())
-        break
-      case "StreamExists":
-        w.setExpectedStreamExists(new shared.Empty())
-        break
-    }
+    const w = fillWrongExpectedVersion(new shared.WrongExpectedVersion(), error, {
+      current: (w, revision) => w.setCurrentStreamRevision(revision),
+      expected: (w, revision) => w.setExpectedStreamPosition(revision)
+    })
     return rpcStatus(grpc.status.FAILED_PRECONDITION, `Wrong expected version on ${streamId}`, "event_store.client.WrongExpectedVersion", w)
   }
   if (error instanceof StreamDeleted) {
@@ -490,7 +521,7 @@ const removeStream = <
   }
 }
 
-const read = async (store: Store, { calls, secondaryIndexes }: StreamsOptions, call: grpc.ServerWritableStream<ReadReq, ReadResp>): Promise<void> => {
+const read = async (store: Store, { calls, secondaryIndexes }: StreamsOptions, call: ReadCall): Promise<void> => {
   const options = call.request.getOptions()!
   const form: UuidForm = options.getUuidOption()?.hasStructured() ? "structured" : "string"
   const resolveLinks = options.getResolveLinks()
