@@ -32,11 +32,10 @@ export const make = (ctx: Context, watermark: Watermark, order?: StreamOrder): B
  * No checkpoint travels with the write unless `transactional` is set: guarded
  * writes are idempotent by themselves, and the committer alone moves the
  * checkpoint, after them.
- */
-/*
- * The per-batch spans capture no stack trace: it would point into the engine's own
- * batch loop, tells a user nothing, and capturing it cost 2% of the engine's CPU
- * (bench/engine.ts profile).
+ *
+ * The per-batch spans capture no stack trace: it would point into the engine's
+ * own batch loop, tells a user nothing, and capturing it cost 2% of the
+ * engine's CPU (bench/engine.ts profile).
  */
 const projectionBatch = (
   ctx: Context,
