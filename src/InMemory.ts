@@ -109,6 +109,12 @@ interface Group {
 
 const noMetadata = new Uint8Array(0)
 
+/** Catch-up deliveries are never settled (the engine's checkpoint acknowledges them). */
+const settleNothing = (): Effect.Effect<void> => Effect.void
+
+/** A recorded event kept in the shape of its catch-up delivery, so that handing it over copies nothing. */
+type LogRecord = RecordedEvent & Pick<Delivery, "retryCount" | "settle">
+
 /**
  * Makes an in-memory event log serving the {@link EventSource} port.
  *
@@ -116,7 +122,7 @@ const noMetadata = new Uint8Array(0)
  */
 export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<EventLog> =>
   Effect.sync(() => {
-    const log: Array<RecordedEvent> = []
+    const log: Array<LogRecord> = []
     const revisions = new Map<string, bigint>()
     const groups = new Map<string, Group>()
     const chunkSize = Math.max(1, options.chunkSize ?? 1)
@@ -150,7 +156,7 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
           const revision = (revisions.get(streamId) ?? -1n) + 1n
           revisions.set(streamId, revision)
           const bytes = event.data instanceof Uint8Array
-          const record: RecordedEvent = {
+          const record: LogRecord = {
             id: event.id ?? crypto.randomUUID(),
             type: event.type,
             streamId,
@@ -161,7 +167,9 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
             data: bytes ? event.data as Uint8Array : Buffer.from(JSON.stringify(event.data)),
             metadata: event.metadata === undefined ? noMetadata : Buffer.from(JSON.stringify(event.metadata)),
             isJson: !bytes,
-            created: new Date()
+            created: new Date(),
+            retryCount: 0,
+            settle: settleNothing
           }
           log.push(record)
           return record
@@ -171,8 +179,6 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
       })
 
     let pulled = 0
-    // Catch-up deliveries are never settled (the engine's checkpoint acknowledges them).
-    const settleNothing = () => Effect.void
     /** A delivery; `onSettle` only for persistent ones. */
     const deliver = (event: RecordedEvent, retryCount: number, onSettle?: (s: Settlement) => void): Delivery => {
       pulled++
@@ -206,6 +212,13 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
       }
     }
 
+    /** A catch-up delivery: the record itself (immutable), counted as handed over. */
+    const handOver = (event: LogRecord): Delivery => {
+      pulled++
+      if (voice !== undefined) voice--
+      return event
+    }
+
     // A failure on demand: every subscription's next pull fails with it, once.
     let failure: EventSourceError | undefined
     let failuresLeft = 0
@@ -219,7 +232,7 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
 
     const catchUp = (categories: ReadonlySet<string>, after: bigint | undefined): Stream.Stream<Delivery, EventSourceError> => {
       let index = after === undefined ? 0 : Number(after)
-      let duplicate: RecordedEvent | undefined
+      let duplicate: LogRecord | undefined
       return Stream.repeatEffectChunkOption(Effect.gen(function*() {
         while (true) {
           yield* waitWhileSilent
@@ -227,7 +240,7 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
           const chunk: Array<Delivery> = []
           while (chunk.length < chunkSize && !silent()) {
             if (duplicate !== undefined) {
-              chunk.push(deliver(duplicate, 0))
+              chunk.push(handOver(duplicate))
               duplicate = undefined
               continue
             }
@@ -239,7 +252,7 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
               if (chunk.length > 0) break
               return yield* Effect.fail(Option.some(dropped()))
             }
-            const delivery = deliver(event, 0)
+            const delivery = handOver(event)
             chunk.push(delivery)
             if (faults.duplicateRate !== undefined && next() < faults.duplicateRate) {
               duplicate = event

@@ -100,6 +100,51 @@ describe("Reconciler", () => {
       })
   )
 
+  it.scoped("backpressure with chunks: a chunk never takes deliveries in flight past the bound", () =>
+    Effect.gen(function*() {
+      const lanes = 3
+      const laneBuffer = 4
+      const batchSize = 5
+      const bound = lanes * laneBuffer + batchSize
+      // Chunks of 7 do not divide the bound: the last chunk before it must be split.
+      const log = yield* InMemory.makeEventLog({ endAtHead: true, chunkSize: 7 })
+      const history = credits(500, 40)
+      yield* appendHistory(log, history)
+      const store = yield* InMemory.makeStore()
+      // Every delivery taken in is keyed once (one document each here), so taken in and
+      // not yet durably written is `keyed - written()`, seen at every write.
+      let keyed = 0
+      const counting: typeof ledger = {
+        ...ledger,
+        key: (event) => {
+          keyed++
+          return ledger.key(event)
+        }
+      }
+      let most = 0
+      const written = () =>
+        [...store.documents(ledger.collection).values()]
+          .reduce((n, doc) => n + (doc.body as { applied: Array<string> }).applied.length, 0)
+      const port: Port = {
+        ...store.port,
+        write: (batch) =>
+          Effect.sync(() => {
+            most = Math.max(most, keyed - written())
+          }).pipe(Effect.zipRight(Effect.sleep("10 millis")), Effect.zipRight(store.port.write(batch)))
+      }
+      const fiber = yield* Effect.fork(
+        Reconciler.run(counting, { retrySchedule: Schedule.forever, lanes, laneBuffer, batchSize }).pipe(
+          Effect.provideService(EventSource.EventSource, log.port),
+          Effect.provideService(ReadModelStore.ReadModelStore, port)
+        )
+      )
+      const { exit } = yield* driveToEnd(fiber)
+      expect(Exit.isSuccess(exit)).toBe(true)
+      expect(bodies(store)).toEqual(Object.fromEntries(referenceFold(history)))
+      expect(most).toBeLessThanOrEqual(bound)
+      expect(most).toBeGreaterThanOrEqual(bound - batchSize)
+    }))
+
   it.scoped("interrupted mid-batch: drains in-flight work, commits the checkpoint, never calls the store after release", () =>
     Effect.gen(function*() {
       const rejections: Array<unknown> = []

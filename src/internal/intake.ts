@@ -4,14 +4,15 @@
  * here), each with its own checkpoint: the subscription starts after the
  * lowest of them, and a pipeline ignores what its checkpoint already covers.
  *
- * Work moves in the chunks the source hands over. Before each pull the intake
- * waits until every pipeline has room under its in-flight bound, so the bound
- * is exceeded by at most one chunk; that backpressure reaches the source.
+ * Work moves in the chunks the source hands over. Before each pull, and within a
+ * chunk whenever a pipeline reaches its in-flight bound, the intake waits until
+ * every pipeline has room: deliveries in flight never exceed the bound, and
+ * that backpressure reaches the source.
  * A dropped subscription resumes after the last delivery taken in (catch-up) or
  * from the group (persistent); what is in flight stays tracked.
  */
 import type { Duration } from "effect"
-import { Effect, ExecutionStrategy, Exit, Metric, Option, Scope, Stream } from "effect"
+import { Chunk, Effect, ExecutionStrategy, Exit, Metric, Option, Scope, Stream } from "effect"
 import type { ReconcilerError } from "../Errors.js"
 import type { EventSource, EventSourceError, Subscription } from "../EventSource.js"
 import type { Resolved } from "./options.js"
@@ -63,6 +64,11 @@ export const run = (
     ? first.settlement.gate.room
     : Effect.forEach(pipelines, (p) => p.settlement.gate.room, { discard: true })
   const done: Array<Array<Tracked>> = pipelines.map(() => [])
+  const gates = pipelines.map((p) => p.settlement.gate)
+  const hasRoom = (): boolean => {
+    for (const gate of gates) if (gate.inFlight >= gate.bound) return false
+    return true
+  }
 
   const pullOnce = Effect.gen(function*() {
     const scope = yield* Scope.fork(subscriptions, ExecutionStrategy.sequential)
@@ -85,20 +91,29 @@ export const run = (
         for (const pipeline of pipelines) yield* pipeline.offer(chunk)
         continue
       }
-      for (const delivery of chunk) {
-        activity.position = delivery.position
-        lastDispatched = delivery.position
-        for (let i = 0; i < pipelines.length; i++) {
-          const tracked = pipelines[i]!.route(delivery)
-          if (tracked !== undefined) done[i]!.push(tracked)
+      // Routed synchronously while every pipeline has room; at the bound, what routing
+      // finished is settled and the rest of the chunk waits for room, so that the
+      // deliveries in flight never exceed the bound (not even by part of a chunk).
+      const deliveries = Chunk.toReadonlyArray(chunk)
+      for (let at = 0; at < deliveries.length;) {
+        if (!hasRoom()) yield* room
+        for (; at < deliveries.length && hasRoom(); at++) {
+          const delivery = deliveries[at]!
+          activity.position = delivery.position
+          lastDispatched = delivery.position
+          for (let i = 0; i < pipelines.length; i++) {
+            const tracked = pipelines[i]!.route(delivery)
+            if (tracked !== undefined) done[i]!.push(tracked)
+          }
         }
-      }
-      // Reached the head: nothing more is coming at once, the lanes write what they hold.
-      if (behind && !activity.backlog) for (const p of pipelines) p.flushLanes()
-      for (let i = 0; i < pipelines.length; i++) {
-        const finished = done[i]!
-        done[i] = []
-        yield* pipelines[i]!.afterChunk(finished)
+        // Reached the head: nothing more is coming at once, the lanes write what they hold.
+        if (at === deliveries.length && behind && !activity.backlog) for (const p of pipelines) p.flushLanes()
+        for (let i = 0; i < pipelines.length; i++) {
+          const finished = done[i]!
+          if (finished.length === 0) continue
+          done[i] = []
+          yield* pipelines[i]!.afterChunk(finished)
+        }
       }
     }
   })

@@ -99,12 +99,24 @@ export class Pipeline {
     if (typeof event === "string") return partDone(tracked, event)
     const runnable = this.ctx.runnable
     const laneCount = this.lanes.length
+    let key: string | ReadonlyArray<string>
+    let lane: number
+    try {
+      key = runnable.key(event as never)
+      // One document (the usual case): no arrays on the way.
+      if (typeof key === "string") lane = laneOf(this.partition(event, key), laneCount)
+      else if (!Array.isArray(key)) throw new TypeError(`key returned ${String(key)}`)
+    } catch (error) {
+      return partDone(tracked, `key or partition failed on ${delivery.type}: ${describe(error)}`)
+    }
+    if (typeof key === "string") {
+      this.lanes[lane!]!.push({ tracked, event, key })
+      return undefined
+    }
     let keys: ReadonlyArray<string>
     let lanesOf: ReadonlyArray<number>
     try {
-      const key = runnable.key(event as never)
-      keys = typeof key === "string" ? [key] : Array.isArray(key) ? [...new Set(key)] : []
-      if (typeof key !== "string" && !Array.isArray(key)) throw new TypeError(`key returned ${String(key)}`)
+      keys = [...new Set(key)]
       for (const k of keys) if (typeof k !== "string") throw new TypeError(`key returned a non-string: ${String(k)}`)
       lanesOf = keys.map((k) => laneOf(this.partition(event, k), laneCount))
     } catch (error) {
