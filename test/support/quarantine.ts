@@ -6,10 +6,13 @@
  * that throws for the second only (`Split`), and a payload its schema rejects
  * (`Credited` with amount "lots") — which its "fixed" version all accepts.
  */
-import { FastCheck as fc, Schema } from "effect"
+import { Clock, Effect, FastCheck as fc, Schema } from "effect"
 import type { InMemory } from "../../src/index.js"
 import { Projection } from "../../src/index.js"
+import * as DeadLetters from "../../src/internal/deadLetters.js"
+import type { Runnable } from "../../src/Projection.js"
 import type { Resolution } from "../../src/ReadModelStore.js"
+import { ReadModelStore } from "../../src/ReadModelStore.js"
 
 export const Account = Schema.Struct({ total: Schema.Number, applied: Schema.Array(Schema.String) })
 export type Account = typeof Account.Type
@@ -120,3 +123,25 @@ export const referenceFold = (events: ReadonlyArray<Recorded>, resolutions: Read
   }
   return docs
 }
+
+/**
+ * Ends every open letter of `runnable` by skipping it, as `reconciler
+ * dead-letters skip --all` does (a release may quarantine the document again at
+ * a later held poison event: that letter is skipped too). Returns how many
+ * letters ended.
+ */
+export const skipAll = (runnable: Runnable, port: ReadModelStore["Type"], mode: "catch-up" | "persistent") =>
+  Effect.gen(function*() {
+    let ended = 0
+    for (let round = 0; round < 100; round++) {
+      const open = yield* DeadLetters.open([runnable]).pipe(Effect.retry({ while: (e) => e.transient }))
+      if (open.length === 0) return ended
+      // A release is idempotent: one that met a transient store error runs again.
+      const outcomes = yield* DeadLetters.resolveAll(open, { action: "skipped", by: "property" }, mode).pipe(
+        Effect.retry({ while: (e) => e.transient })
+      )
+      ended += outcomes.filter((o) => o._tag === "Released" || o._tag === "Requarantined").length
+    }
+    return yield* Effect.die(new Error("letters did not end within 100 rounds"))
+    // A real clock for the releases' retries of transient store errors, also under a TestClock.
+  }).pipe(Effect.provideService(ReadModelStore, port), Effect.withClock(Clock.make()))
