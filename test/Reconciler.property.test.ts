@@ -196,6 +196,7 @@ describe("Reconciler over random histories", () => {
     ],
     ([history, params]) =>
       Effect.scoped(Effect.gen(function*() {
+        if (process.env.DEBUG_CASE) console.log(JSON.stringify([history, params]))
         const { log, poison, store } = yield* scenario("persistent", history, params)
         // Quarantine: each letter blocks one document at a poison event, parked in the group.
         const parkedNow = new Set(log.parked("ledger@1").map((p) => p.event.id))
@@ -203,6 +204,14 @@ describe("Reconciler over random histories", () => {
           expect(letter.document).toBeDefined()
           expect(poison.has(letter.eventId)).toBe(true)
           expect(parkedNow.has(letter.eventId)).toBe(true)
+          // Blocked: nothing of the blocking event's stream after it applied to the document.
+          const at = Number(letter.eventId.slice(1))
+          const body = store.documents(ledger.collection).get(letter.document!)?.body as { applied: ReadonlyArray<string> } | undefined
+          for (const id of body?.applied ?? []) {
+            const index = Number(id.slice(1))
+            expect(history[index]!.stream === history[at]!.stream && index > at, `${letter.document} applied ${id} after its block at ${letter.eventId}`)
+              .toBe(false)
+          }
         }
         // Every letter ends (skipped: `Exploded` never applies); the held events then apply in order.
         yield* skipAll(ledger, store.port, "persistent")
