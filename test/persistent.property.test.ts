@@ -20,6 +20,7 @@ import { InMemory, Projection, Reconciler } from "../src/index.js"
 import { ReadModelStore, StoreError } from "../src/ReadModelStore.js"
 import type { Step } from "./support/ledger.js"
 import { historyArbitrary, Ledger, poisonIds, propertySeed, referenceFold, toNewEvent } from "./support/ledger.js"
+import { skipAll } from "./support/quarantine.js"
 
 /** The ledger projection over its own category (one per run). */
 const ledgerOf = (category: string) =>
@@ -150,14 +151,19 @@ const scenario = (history: ReadonlyArray<Step>, params: Params) =>
             if (first && settlement._tag === "Nack" && settlement.action === "park") parkedBy.add(idOf(delivery.id))
             if (first && settlement._tag === "Ack") {
               const id = idOf(delivery.id)
-              // A copy of a poison event may be acked once the event is parked (or dead-lettered) elsewhere.
+              // A copy of a poison event may be acked once the event is parked (or dead-lettered) elsewhere,
+              // and any event once held durably for a quarantined document.
               const letters = new Set(store.letters().map((l) => idOf(l.eventId)))
+              const held = new Set(store.held().map((h) => `${h.document}:${idOf(h.eventId)}`))
               if (poison.has(id)) {
-                if (!parkedBy.has(id) && !letters.has(id)) violations.push(`${id} (poison) acked before it was parked`)
+                const heldForAll = keysOf(stepOf(id)).every((key) => held.has(`${key}:${id}`))
+                if (!parkedBy.has(id) && !letters.has(id) && !heldForAll) violations.push(`${id} (poison) acked before it was parked`)
               } else for (const key of keysOf(stepOf(id))) {
                 const docs = store.stored(projection.collection)
                 const applied = (docs.get(key)?.body as Ledger | undefined)?.applied ?? []
-                if (!applied.includes(delivery.id)) violations.push(`${id} acked before applied to ${key}`)
+                if (!applied.includes(delivery.id) && !held.has(`${key}:${id}`)) {
+                  violations.push(`${id} acked before applied to (or held for) ${key}`)
+                }
               }
             }
             first = false
@@ -268,12 +274,18 @@ const scenario = (history: ReadonlyArray<Step>, params: Params) =>
       }
       return ids
     })
-    /** Poison is set aside with its reason: parked (or, when the engine read it from its stream, dead-lettered). */
-    const quarantined = readParked.pipe(Effect.map((parked) => {
+    /**
+     * Poison is set aside with its reason: parked (or, when the engine read it from its stream,
+     * dead-lettered), or it quarantined its document and its letter ended (skipped).
+     */
+    const quarantined = readParked.pipe(Effect.zip(store.port.resolutions(projection.name + "@" + projection.version)), Effect.map(([parked, resolutions]) => {
       for (const letter of store.letters()) parked.add(idOf(letter.eventId))
+      for (const r of resolutions) parked.add(idOf(r.letter.eventId))
       return parked
     }))
     const check = Effect.gen(function*() {
+      // An operator ends the letters (`dead-letters skip --all`) while the engines run.
+      yield* skipAll(projection, store.port, "persistent")
       const actual = documents()
       const missing: Array<string> = []
       for (const [id, doc] of expected) {
