@@ -19,35 +19,18 @@ import * as EventStoreDB from "../src/EventStoreDB.js"
 import { InMemory, Projection, Reconciler } from "../src/index.js"
 import { ReadModelStore, StoreError } from "../src/ReadModelStore.js"
 import type { Step } from "./support/ledger.js"
-import { historyArbitrary, Ledger, poisonIds, propertySeed, referenceFold, toNewEvent } from "./support/ledger.js"
+import { historyArbitrary, ledger, Ledger, poisonIds, propertySeed, referenceFold, toNewEvent } from "./support/ledger.js"
 import { skipAll } from "./support/quarantine.js"
 
-/** The ledger projection over its own category (one per run). */
+/** The test ledger (test/support/ledger.ts) over its own category (one per run). */
 const ledgerOf = (category: string) =>
   Projection.make({
-    name: "ledger",
+    name: ledger.name,
     categories: [category],
-    document: Ledger,
-    events: {
-      Credited: Schema.Struct({ doc: Schema.String, amount: Schema.Int }),
-      Linked: Schema.Struct({ a: Schema.String, b: Schema.String }),
-      Closed: Schema.Struct({ doc: Schema.String }),
-      Exploded: Schema.Struct({ doc: Schema.String })
-    },
-    key: (event) => event.type === "Linked" ? [event.data.a, event.data.b] : event.data.doc,
-    evolve: (doc, event) => {
-      const applied = [...(doc?.applied ?? []), event.id]
-      switch (event.type) {
-        case "Credited":
-          return { total: (doc?.total ?? 0) + event.data.amount, applied }
-        case "Linked":
-          return { total: doc?.total ?? 0, applied }
-        case "Closed":
-          return undefined
-        case "Exploded":
-          throw new Error(`exploded on ${event.data.doc}`)
-      }
-    }
+    document: ledger.document,
+    events: ledger.events,
+    key: ledger.key,
+    evolve: ledger.evolve
   })
 
 const stopArbitrary = fc.record({
