@@ -193,7 +193,7 @@ export class StreamOrder {
           if (reason === undefined) continue
           blocking.add(tracked)
           if (this.fetched.has(tracked)) continue
-          yield* tracked.delivery.settle(nack("park", `quarantined its document: ${reason}`)).pipe(
+          yield* tracked.delivery.settle(nack("park", reason)).pipe(
             Effect.catchAll((error) => Effect.logWarning("parking a delivery failed", error.message))
           )
         }
