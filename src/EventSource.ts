@@ -162,6 +162,15 @@ export class EventSource extends Context.Tag("effect-reconciler/EventSource")<
       }
     ) => Effect.Effect<Option.Option<bigint>, EventSourceError>
     /**
+     * Optional, persistent mode. Replays the parked messages of a consumer
+     * group (on each category's subscription): the server pushes them to the
+     * group's subscribers again before new events, with `retryCount` 0 and
+     * their positions unchanged, and removes them from the parked stream. The
+     * replay is not durable (a server restart before delivery loses it from the
+     * group), so nothing may depend on the copies arriving.
+     */
+    readonly replayParked?: (categories: ReadonlyArray<string>, group: string) => Effect.Effect<void, EventSourceError>
+    /**
      * Optional. A consumer group as the server sees it, summed over the
      * group's subscriptions (one per category); none when it does not exist.
      */

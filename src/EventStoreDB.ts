@@ -899,7 +899,15 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
         Effect.withSpan("EventStoreDB.groupStatus", { attributes: { group } })
       )
 
-  return EventSource.of({ subscribe, head, readStream, firstAfter, positionOf, groupStatus })
+  /** Replays the group's parked messages on each category stream. */
+  const replayParked = (categories: ReadonlyArray<string>, group: string) =>
+    Effect.forEach([...new Set(categories)], (category) =>
+      Effect.tryPromise({
+        try: () => client.replayParked(categoryStream(category), group),
+        catch: sourceError(`replaying the parked messages of group ${group} on ${categoryStream(category)}`)
+      }), { discard: true }).pipe(Effect.withSpan("EventStoreDB.replayParked", { attributes: { group } }))
+
+  return EventSource.of({ subscribe, head, readStream, firstAfter, positionOf, groupStatus, replayParked })
 })
 
 /**

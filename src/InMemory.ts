@@ -385,6 +385,14 @@ export const makeEventLog = (options: EventLogOptions = {}): Effect.Effect<Event
             ? Option.some(event.position)
             : Option.none()
         }),
+      replayParked: (categories, group) =>
+        Effect.sync(() => {
+          // As the server: the parked messages go to the group's subscribers first, retry count 0.
+          const g = groups.get(`${[...new Set(categories)].sort().join(",")}::${group}`)
+          if (g === undefined) return
+          g.retry.unshift(...g.parked.splice(0).map(({ event }) => ({ event, retryCount: 0 })))
+          wake()
+        }),
       groupStatus: (categories, group) =>
         Effect.sync(() => {
           const set = new Set(categories)

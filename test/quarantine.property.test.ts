@@ -22,7 +22,9 @@ import { checkpointId } from "../src/Projection.js"
 import * as Quarantine from "../src/internal/quarantine.js"
 import { propertySeed } from "./support/ledger.js"
 import type { Recorded, Step } from "./support/quarantine.js"
+import type { Account } from "./support/quarantine.js"
 import { accounts, referenceFold, stepArbitrary, toEvents } from "./support/quarantine.js"
+import type { Resolution } from "../src/ReadModelStore.js"
 
 type Port = ReadModelStore.ReadModelStore["Type"]
 
@@ -88,14 +90,26 @@ const steady = (port: Port): Port =>
     ])
   ) as unknown as Port
 
-/** While quarantined, a document never moves past its blocking event. */
-const blockedNeverAdvance = (raw: Port) =>
+/**
+ * While quarantined, a document never moves past its blocking event (persistent
+ * mode: past it in its stream; a consumer group does not order streams).
+ */
+const blockedNeverAdvance = (raw: Port, mode: Mode = "catch-up") =>
   Effect.gen(function*() {
     const port = steady(raw)
     const violations: Array<string> = []
     for (const letter of yield* port.deadLetters(ID)) {
       if (letter.document === undefined) continue
       const stored = (yield* port.load(broken.collection, [letter.document])).get(letter.document)
+      if (mode === "persistent") {
+        for (const at of (stored?.body as Account | undefined)?.applied ?? []) {
+          const [stream, revision] = at.split("@") as [string, string]
+          if (stream === letter.streamId && BigInt(revision) >= letter.revision) {
+            violations.push(`${letter.document} applied ${at} at or past its blocking event at ${letter.streamId}@${letter.revision}`)
+          }
+        }
+        continue
+      }
       const position = stored?.meta.position
       if (position !== undefined && position >= letter.position) {
         violations.push(`${letter.document} moved to ${position} past its blocking event at ${letter.position}`)
@@ -104,8 +118,16 @@ const blockedNeverAdvance = (raw: Port) =>
     return violations
   })
 
+type Mode = "catch-up" | "persistent"
+
 /** Ends open letters with the decisions; a release may crash (and is run again). Returns when none is open. */
-const resolveLetters = (port: Port, params: Params, decided: Map<string, "skip" | "fix" | "unfixed-then-fix">, only?: number) =>
+const resolveLetters = (
+  port: Port,
+  params: Params,
+  decided: Map<string, "skip" | "fix" | "unfixed-then-fix">,
+  only?: number,
+  mode: Mode = "catch-up"
+) =>
   Effect.gen(function*() {
     const crashes = [...params.releaseCrashes]
     const triedUnfixed = new Set<string>()
@@ -135,7 +157,8 @@ const resolveLetters = (port: Port, params: Params, decided: Map<string, "skip" 
       const release = yield* Quarantine.resolve(
         unfixedFirst ? broken : fixed,
         letter,
-        decision === "skip" ? { action: "skipped", by: "property" } : { action: "retried", by: "property" }
+        decision === "skip" ? { action: "skipped", by: "property" } : { action: "retried", by: "property" },
+        { mode }
       ).pipe(Effect.provideService(ReadModelStore.ReadModelStore, target), Effect.either)
       if (release._tag === "Left") {
         rerun = letter.id // crashed: run again
@@ -149,7 +172,7 @@ const resolveLetters = (port: Port, params: Params, decided: Map<string, "skip" 
 
 const immediate = Schedule.forever
 
-const inMemoryScenario = (history: readonly [ReadonlyArray<Step>, ReadonlyArray<Step>], params: Params) =>
+const inMemoryScenario = (history: readonly [ReadonlyArray<Step>, ReadonlyArray<Step>], params: Params, mode: Mode = "catch-up") =>
   Effect.gen(function*() {
     const log = yield* InMemory.makeEventLog({ endAtHead: true, faults: { seed: params.seed, duplicateRate: params.duplicateRate } })
     const store = yield* InMemory.makeStore({
@@ -157,7 +180,13 @@ const inMemoryScenario = (history: readonly [ReadonlyArray<Step>, ReadonlyArray<
       transientFailureRate: params.transientFailureRate,
       lostAcknowledgementRate: params.lostAcknowledgementRate
     })
-    const options: Reconciler.RunOptions = { lanes: params.lanes, batchSize: params.batchSize, retrySchedule: immediate }
+    const options: Reconciler.RunOptions = {
+      mode,
+      lanes: params.lanes,
+      batchSize: params.batchSize,
+      retrySchedule: immediate,
+      resubscribeSchedule: immediate
+    }
     const violations: Array<string> = []
     const runPhase = Effect.gen(function*() {
       for (const stop of params.stops) {
@@ -173,13 +202,13 @@ const inMemoryScenario = (history: readonly [ReadonlyArray<Step>, ReadonlyArray<
           gated.crash()
           yield* Fiber.await(fiber)
         } else yield* Fiber.interrupt(fiber)
-        violations.push(...(yield* blockedNeverAdvance(store.port)))
+        violations.push(...(yield* blockedNeverAdvance(store.port, mode)))
       }
       yield* Reconciler.run(broken, options).pipe(
         Effect.provideService(EventSource.EventSource, log.port),
         Effect.provideService(ReadModelStore.ReadModelStore, store.port)
       )
-      violations.push(...(yield* blockedNeverAdvance(store.port)))
+      violations.push(...(yield* blockedNeverAdvance(store.port, mode)))
     })
     const append = (steps: ReadonlyArray<Step>, offset: number) =>
       Effect.forEach(toEvents(steps, offset), ({ event, stream }) => log.append(stream, [event]), { discard: true })
@@ -188,10 +217,10 @@ const inMemoryScenario = (history: readonly [ReadonlyArray<Step>, ReadonlyArray<
     yield* append(history[0], 0)
     yield* runPhase
     // Some letters end while the engine is stopped; then more events come.
-    yield* resolveLetters(store.port, params, decided, 2)
+    yield* resolveLetters(store.port, params, decided, 2, mode)
     yield* append(history[1], history[0].length)
     yield* runPhase
-    yield* resolveLetters(store.port, params, decided)
+    yield* resolveLetters(store.port, params, decided, undefined, mode)
     // The fixed projection goes live: nothing is left to apply.
     yield* Reconciler.run(fixed, options).pipe(
       Effect.provideService(EventSource.EventSource, log.port),
@@ -207,7 +236,10 @@ const inMemoryScenario = (history: readonly [ReadonlyArray<Step>, ReadonlyArray<
       open: store.letters(),
       held: store.held(),
       checkpoint: store.checkpoint(ID),
-      total: log.events.length
+      total: log.events.length,
+      /** Persistent mode: events parked in the group without a letter (their documents unknown). */
+      parked: log.parked(ID).map((p) => ({ streamId: p.event.streamId, revision: p.event.revision })),
+      unsettled: log.unsettled().now
     }
   })
 
@@ -231,13 +263,65 @@ describe("quarantine over random histories", () => {
   )
 })
 
+/** The order a consumer group keeps: per document, the same events (each once), each stream's in order. */
+const sameUpToStreamOrder = (actual: ReadonlyMap<string, unknown>, expected: ReadonlyMap<string, Account>) => {
+  expect([...actual.keys()].sort()).toEqual([...expected.keys()].sort())
+  for (const [id, doc] of expected) {
+    const body = actual.get(id) as Account
+    expect(body.total, `${id} total`).toBe(doc.total)
+    expect([...body.applied].sort(), `${id} events`).toEqual([...doc.applied].sort())
+    const seen = new Map<string, bigint>()
+    for (const at of body.applied) {
+      const [stream, revision] = at.split("@") as [string, string]
+      expect(BigInt(revision) > (seen.get(stream) ?? -1n), `${id}: ${at} after a later event of ${stream}`).toBe(true)
+      seen.set(stream, BigInt(revision))
+    }
+  }
+}
+
+describe("quarantine in persistent mode over random histories", () => {
+  const seed = propertySeed("quarantine persistent (in-memory)")
+  it.effect.prop(
+    "in-memory consumer group: after every letter ended, each document is its reference fold minus its skipped events; blocked documents never advance",
+    [historyArbitrary(25), paramsArbitrary],
+    ([history, params]) =>
+      Effect.scoped(Effect.gen(function*() {
+        const result = yield* inMemoryScenario(history, params, "persistent")
+        expect(result.violations).toEqual([])
+        expect(result.open).toEqual([])
+        expect(result.held).toEqual([])
+        // Undecodable events (documents unknown) are parked without a letter in persistent mode: not applied.
+        // (A parked event with a letter quarantined its document: its letter says how it ended.)
+        const lettered = new Set(result.resolutions.map((r) => `${r.letter.streamId}@${r.letter.revision}`))
+        const unknown = result.parked
+          .filter((p) => !lettered.has(`${p.streamId}@${p.revision}`))
+          .map((p) => ({ letter: { ...p, document: undefined }, action: "skipped" }) as unknown as Resolution)
+        sameUpToStreamOrder(result.documents, referenceFold(result.recorded, [...result.resolutions, ...unknown]))
+        expect(result.unsettled).toBe(0)
+      })),
+    { fastCheck: { seed, numRuns } }
+  )
+})
+
 describe("quarantine through the real clients", () => {
   const seed = propertySeed("quarantine (embedded servers)")
   // Live clock: the engine polls the real servers until it has caught up.
   it.live.prop(
     "EventStoreDB and MongoDB clients on the embedded servers: the same, with restarts",
     [historyArbitrary(10), paramsArbitrary],
-    ([history, params]) =>
+    ([history, params]) => realScenario(history, params, "catch-up"),
+    { fastCheck: { seed, numRuns: Number(process.env.PROPERTY_RUNS_REAL ?? 6) }, timeout: 240_000 }
+  )
+  const persistentSeed = propertySeed("quarantine persistent (embedded servers)")
+  it.live.prop(
+    "persistent mode, a consumer group on the embedded servers through the real clients: the same, with restarts",
+    [historyArbitrary(10), paramsArbitrary],
+    ([history, params]) => realScenario(history, params, "persistent"),
+    { fastCheck: { seed: persistentSeed, numRuns: Number(process.env.PROPERTY_RUNS_REAL ?? 6) }, timeout: 240_000 }
+  )
+})
+
+const realScenario = (history: readonly [ReadonlyArray<Step>, ReadonlyArray<Step>], params: Params, mode: Mode) =>
       Effect.scoped(Effect.gen(function*() {
         const eventStore = yield* EventStoreServer.make()
         const mongo = yield* MongoServer.make()
@@ -251,14 +335,20 @@ describe("quarantine through the real clients", () => {
         )
         const context = yield* Layer.build(ports)
         const port = yield* ReadModelStore.ReadModelStore.pipe(Effect.provide(context))
-        const options: Reconciler.RunOptions = { lanes: params.lanes, batchSize: params.batchSize, commitInterval: "10 millis" }
+        const options: Reconciler.RunOptions = {
+          mode,
+          lanes: params.lanes,
+          batchSize: params.batchSize,
+          commitInterval: "10 millis",
+          holdCheck: "20 millis"
+        }
         const violations: Array<string> = []
         const runPhase = (projection: typeof broken) =>
           Effect.gen(function*() {
             // A restart per stop (the engine drains and starts again from its checkpoint).
             for (let i = 0; i <= params.stops.length; i++) {
               yield* App.runUntilCaughtUp([projection], options).pipe(Effect.provide(context))
-              violations.push(...(yield* blockedNeverAdvance(port)))
+              violations.push(...(yield* blockedNeverAdvance(port, mode)))
             }
           })
         const append = (steps: ReadonlyArray<Step>, offset: number) =>
@@ -270,10 +360,10 @@ describe("quarantine through the real clients", () => {
         const decided = new Map<string, "skip" | "fix" | "unfixed-then-fix">()
         yield* append(history[0], 0)
         yield* runPhase(broken)
-        yield* resolveLetters(port, params, decided, 2)
+        yield* resolveLetters(port, params, decided, 2, mode)
         yield* append(history[1], history[0].length)
         yield* runPhase(broken)
-        yield* resolveLetters(port, params, decided)
+        yield* resolveLetters(port, params, decided, undefined, mode)
         yield* runPhase(fixed)
         expect(violations).toEqual([])
         expect(yield* port.deadLetters(ID)).toEqual([])
@@ -298,8 +388,26 @@ describe("quarantine through the real clients", () => {
           }
         })
         expect(documents.held).toBe(0)
-        expect(documents.docs).toEqual(Object.fromEntries(referenceFold(recorded, yield* port.resolutions(ID))))
-      })),
-    { fastCheck: { seed, numRuns: Number(process.env.PROPERTY_RUNS_REAL ?? 6) }, timeout: 240_000 }
-  )
-})
+        const resolutions = yield* port.resolutions(ID)
+        if (mode === "catch-up") {
+          expect(documents.docs).toEqual(Object.fromEntries(referenceFold(recorded, resolutions)))
+          return
+        }
+        // Persistent: undecodable events are parked in the group without a letter (not applied).
+        const parked = yield* Effect.promise(async () => {
+          const found: Array<{ streamId: string; revision: bigint }> = []
+          try {
+            for await (const e of client.readStream(`$persistentsubscription-$ce-acct::${ID}-parked`, { resolveLinkTos: true })) {
+              if (e.event) found.push({ streamId: e.event.streamId, revision: e.event.revision })
+            }
+          } catch {
+            // no parked stream: nothing was parked
+          }
+          return found
+        })
+        const lettered = new Set(resolutions.map((r) => `${r.letter.streamId}@${r.letter.revision}`))
+        const unknown = parked
+          .filter((p) => !lettered.has(`${p.streamId}@${p.revision}`))
+          .map((p) => ({ letter: { ...p, document: undefined }, action: "skipped" }) as unknown as Resolution)
+        sameUpToStreamOrder(new Map(Object.entries(documents.docs)), referenceFold(recorded, [...resolutions, ...unknown]))
+      }))

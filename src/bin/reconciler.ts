@@ -275,19 +275,21 @@ const retry = Command.make(
   "retry",
   { module: modulePath, projection: projectionNames, embedded, all: allLetters, by: decidedBy, ids: letterIds },
   (args) =>
-    withApp(args, (_, runnables) =>
+    withApp(args, (app, runnables) =>
       Effect.gen(function*() {
         // Into the collection each version writes (refused for a version that has none).
         const [DeadLetters, { ReadModels }] = yield* Effect.all([loadDeadLetters, loadVersions])
         yield* DeadLetters.run(yield* ReadModels.resolve(runnables), { ids: args.ids, all: args.all }, {
           action: "retried",
           by: DeadLetters.currentUser(Option.getOrUndefined(args.by))
-        })
+        }, yield* placement(app))
       }))
 ).pipe(Command.withDescription(described(
   "Apply dead letters again with the projections as they are now (after a fix), then the events held behind them, " +
-    "in order, and release their documents. Exit 1 if one fails again.",
-  Usage.endpointVariables
+    "in order, and release their documents. Exit 1 if one fails again. Persistent mode (RECONCILER_MODE): then " +
+    "replay the group's parked messages; the engine acknowledges the copies of ended letters, never applying them twice.",
+  Usage.endpointVariables,
+  Usage.placementVariables
 )))
 
 const skip = Command.make(
@@ -302,20 +304,26 @@ const skip = Command.make(
     ids: letterIds
   },
   (args) =>
-    withApp(args, (_, runnables) =>
+    withApp(args, (app, runnables) =>
       Effect.gen(function*() {
         const [DeadLetters, { ReadModels }] = yield* Effect.all([loadDeadLetters, loadVersions])
         yield* DeadLetters.run(yield* ReadModels.resolve(runnables), { ids: args.ids, all: args.all }, {
           action: "skipped",
           by: DeadLetters.currentUser(Option.getOrUndefined(args.by)),
           reason: Option.getOrUndefined(args.reason)
-        })
+        }, yield* placement(app))
       }))
 ).pipe(Command.withDescription(described(
   "Skip dead letters by decision (recorded with who and why): their events are never applied; the events held " +
-    "behind them apply in order and their documents are released.",
-  Usage.endpointVariables
+    "behind them apply in order and their documents are released. Persistent mode (RECONCILER_MODE): then replay " +
+    "the group's parked messages, as retry does.",
+  Usage.endpointVariables,
+  Usage.placementVariables
 )))
+
+/** Where the projections run (RECONCILER_MODE, RECONCILER_GROUP): persistent letters are parked in the group. */
+const placement = (app: typeof AppModule) =>
+  Effect.map(app.settings, (s) => ({ mode: s.mode ?? "catch-up", group: s.group }))
 
 const deadLetters = Command.make("dead-letters").pipe(
   Command.withDescription("Inspect, retry and skip dead-lettered events (each quarantines its document until it ends)."),

@@ -34,7 +34,7 @@ export interface Context {
   readonly durably: Durably
   readonly fail: (message: string) => (cause: StoreError | EventSourceError) => ReconcilerError
   readonly totals: Totals
-  /** Catch-up: the quarantined documents (or handler keys) and how they are held; persistent mode parks instead. */
+  /** The quarantined documents (or handler keys) and how they are held (both modes). */
   readonly quarantine: EngineQuarantine | undefined
   /** Handlers: `handlerAttempts` on the retry schedule. */
   readonly handlerSchedule: Schedule.Schedule<unknown>
@@ -51,7 +51,7 @@ export interface Context {
   }
 }
 
-/** `letters`: the projection's open dead letters (catch-up), whose documents start quarantined. */
+/** `letters`: the projection's open dead letters, whose documents start quarantined. */
 export const make = (
   runnable: Runnable,
   options: Resolved,
@@ -82,8 +82,8 @@ export const make = (
   return {
     runnable,
     id: checkpointId(runnable),
-    quarantine: options.mode === "catch-up" && letters !== undefined
-      ? makeEngineQuarantine(runnable, store, letters, { handlerSchedule })
+    quarantine: letters !== undefined
+      ? makeEngineQuarantine(runnable, store, letters, { handlerSchedule, mode: options.mode })
       : undefined,
     handlerSchedule,
     options,

@@ -7,10 +7,12 @@
  */
 import * as os from "node:os"
 import { Console, Data, Effect, Schedule } from "effect"
+import { EventSource } from "../EventSource.js"
 import type { Runnable } from "../Projection.js"
 import { checkpointId } from "../Projection.js"
 import type { DeadLetter } from "../ReadModelStore.js"
 import { ReadModelStore } from "../ReadModelStore.js"
+import type { Mode } from "./fold.js"
 import type { Decision, Release } from "./quarantine.js"
 import { resolve } from "./quarantine.js"
 
@@ -149,22 +151,62 @@ export const describeRelease = (release: Release): { readonly line: string; read
 const transientRetry = Schedule.exponential("100 millis").pipe(Schedule.jittered, Schedule.intersect(Schedule.recurs(5)))
 
 /**
+ * Where the projections run: the mode decides which markers tell an event
+ * applied; in persistent mode the consumer group (default: the projection's
+ * `name@version`) holds the parked copies of the letters' events.
+ */
+export interface Placement {
+  readonly mode: Mode
+  readonly group?: string | undefined
+}
+
+/**
  * Retries or skips the letters, in position order; returns their outcomes. A
  * transient store error runs that letter's release again (a release is
  * idempotent: the markers pass what it applied already).
  */
-export const resolveAll = (letters: ReadonlyArray<Addressed>, decision: Decision) =>
+export const resolveAll = (letters: ReadonlyArray<Addressed>, decision: Decision, mode: Mode = "catch-up") =>
   Effect.forEach(letters, ({ letter, runnable }) =>
-    resolve(runnable, letter, decision).pipe(Effect.retry({ schedule: transientRetry, while: (error) => error.transient })))
+    resolve(runnable, letter, decision, { mode }).pipe(Effect.retry({ schedule: transientRetry, while: (error) => error.transient })))
+
+/**
+ * Persistent mode: replays the parked messages of the groups of `runnables`.
+ * The parked copies of letters that ended come back to the running engines,
+ * which acknowledge them as duplicates (never applied twice); copies of letters
+ * still open are parked again. Returns one line per group; a failed replay is
+ * reported, not fatal: the letters ended in the store whatever the group does.
+ */
+export const replayParked = (runnables: ReadonlyArray<Runnable>, group: string | undefined) =>
+  Effect.gen(function*() {
+    const source = yield* EventSource
+    const lines: Array<string> = []
+    if (source.replayParked === undefined) return lines
+    for (const runnable of runnables) {
+      const name = group ?? checkpointId(runnable)
+      const outcome = yield* Effect.either(source.replayParked(runnable.categories, name))
+      lines.push(
+        outcome._tag === "Right"
+          ? `parked messages of group ${name} replayed (copies of ended letters are acknowledged, the others parked again)`
+          : `warning: replaying the parked messages of group ${name} failed (${outcome.left.message}); ` +
+            "the letters ended all the same, the parked copies stay until parked messages are replayed"
+      )
+    }
+    return lines
+  })
 
 /**
  * Runs `retry` or `skip` and prints one line per letter; sets exit code 1 when
  * a letter did not end or its document is quarantined again.
  */
-export const run = (runnables: ReadonlyArray<Runnable>, target: Target, decision: Decision) =>
+export const run = (
+  runnables: ReadonlyArray<Runnable>,
+  target: Target,
+  decision: Decision,
+  placement: Placement = { mode: "catch-up" }
+) =>
   Effect.gen(function*() {
     const letters = yield* select(runnables, target)
-    const outcomes = yield* resolveAll(letters, decision)
+    const outcomes = yield* resolveAll(letters, decision, placement.mode)
     let failures = 0
     for (const outcome of outcomes) {
       const { line, ok } = describeRelease(outcome)
@@ -173,6 +215,10 @@ export const run = (runnables: ReadonlyArray<Runnable>, target: Target, decision
     }
     const verb = decision.action === "retried" ? "retried" : "skipped"
     yield* Console.log(`${outcomes.length - failures} of ${outcomes.length} letter(s) ${verb} and released`)
+    if (placement.mode === "persistent" && outcomes.length > 0) {
+      const touched = runnables.filter((r) => letters.some((l) => l.runnable === r))
+      for (const line of yield* replayParked(touched, placement.group)) yield* Console.log(line)
+    }
     if (failures > 0) yield* Effect.sync(() => (process.exitCode = 1))
   })
 

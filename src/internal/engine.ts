@@ -34,10 +34,8 @@ export const runGroup = (
       const pipelines: Array<Pipeline> = []
       for (const runnable of runnables) {
         const base = Context.make(runnable, options, store)
-        // Catch-up: the documents quarantined so far stay quarantined.
-        const ctx = options.mode === "catch-up"
-          ? Context.make(runnable, options, store, yield* base.durably(store.deadLetters(base.id), "reading the dead letters"))
-          : base
+        // The documents quarantined so far stay quarantined.
+        const ctx = Context.make(runnable, options, store, yield* base.durably(store.deadLetters(base.id), "reading the dead letters"))
         if (ctx.quarantine !== undefined) yield* ctx.quarantine.report
         const checkpoint = options.mode === "catch-up"
           ? yield* ctx.durably(store.readCheckpoint(ctx.id), "reading the checkpoint")

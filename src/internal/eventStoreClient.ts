@@ -81,6 +81,8 @@ export interface StoreClient {
     maxCount: number,
     resolveLinkTos?: boolean
   ) => AsyncIterable<ResolvedEvent>
+  /** Pushes a consumer group's parked messages to its subscribers again (all of them), before new events. */
+  readonly replayParked: (stream: string, group: string) => Promise<void>
   /** A consumer group as the server describes it (settings, and counts of messages in flight and parked). */
   readonly groupInfo: (stream: string, group: string) => Promise<PersistentSubscriptionToStreamInfo>
   /** The newest `maxCount` events of filtered `$all`, newest first; `undefined` for a client that cannot filter reads. */
@@ -190,6 +192,7 @@ export const esdb = async (connectionString: string): Promise<StoreClient> => {
     readStreamForwards: (stream, from, maxCount, resolveLinkTos = false) =>
       client.readStream(stream, { direction: FORWARDS, fromRevision: from, maxCount, resolveLinkTos }),
     groupInfo: (stream, group) => client.getPersistentSubscriptionToStreamInfo(stream, group),
+    replayParked: (stream, group) => client.replayParkedMessagesToStream(stream, group),
     readAllBackwards: undefined,
     readAllForwards: undefined,
     serverVersion: () => serverVersionOf(client),
@@ -230,6 +233,7 @@ export const kurrentdb = async (connectionString: string): Promise<StoreClient> 
     readStreamForwards: (stream, from, maxCount, resolveLinkTos = false) =>
       same(client.readStream(stream, { direction: k.FORWARDS, fromRevision: from, maxCount, resolveLinkTos })),
     groupInfo: (stream, group) => same(client.getPersistentSubscriptionToStreamInfo(stream, group)),
+    replayParked: (stream, group) => client.replayParkedMessagesToStream(stream, group),
     readAllBackwards: (filter, maxCount) =>
       same(client.readAll({
         direction: k.BACKWARDS,

@@ -69,6 +69,8 @@ export class Pipeline {
       ? new StreamOrder(ctx, this.settlement, (tracked) => this.dispatch(tracked), readStream)
       : undefined
     this.settlement.order = this.order
+    // Persistent quarantine: copies of events their stream's progress covers are not held again.
+    if (this.order !== undefined && ctx.quarantine !== undefined) ctx.quarantine.progress = this.order.durable
     this.committer = new Committer(ctx, this.settlement, start)
     this.lanes = Array.from({ length: ctx.options.lanes }, () => new Lane<Part>())
     this.settlement.gate.onBlocked = () => this.flushLanes()

@@ -23,7 +23,7 @@ import { checkpointId, decoderOf } from "../Projection.js"
 import type { DeadLetter, HeldEvent, Resolution, StoredDocument } from "../ReadModelStore.js"
 import type { StoreError } from "../ReadModelStore.js"
 import { letterId, ReadModelStore } from "../ReadModelStore.js"
-import type { Current } from "./fold.js"
+import type { Current, Mode } from "./fold.js"
 import { decodeStored, describe, documentCodec, foldBatch } from "./fold.js"
 
 /** A recorded event as the quarantine keeps it: identity by position (stream, revision). */
@@ -111,6 +111,12 @@ const decodeRecorded = (runnable: Runnable) => {
 export interface ReleaseOptions {
   /** Retries of a handler that fails, before it counts as failed again. */
   readonly handlerSchedule?: Schedule.Schedule<unknown> | undefined
+  /**
+   * How the projection runs (default catch-up): it decides which markers tell
+   * an event applied — the document's position (catch-up) or its per-stream
+   * revisions (persistent).
+   */
+  readonly mode?: Mode | undefined
 }
 
 /** One step of a release: apply the event, or (skip) mark it passed without evolving. */
@@ -155,7 +161,7 @@ const applySteps = (
     let applied = 0
     for (const step of steps) {
       const failure = runnable._tag === "Projection"
-        ? yield* projectionStep(runnable, document, step, decode)
+        ? yield* projectionStep(runnable, document, step, decode, options.mode ?? "catch-up")
         : yield* handlerStep(runnable, step, decode, options)
       if (failure !== undefined) return { applied, failed: { event: step.event, reason: failure } }
       yield* store.releaseHeld(id, document, [step.event])
@@ -169,7 +175,8 @@ const projectionStep = (
   projection: Projection<any, any, any>,
   document: string,
   step: Step,
-  decode: ReturnType<typeof decodeRecorded>
+  decode: ReturnType<typeof decodeRecorded>,
+  mode: Mode
 ): Effect.Effect<string | undefined, StoreError, ReadModelStore> =>
   Effect.gen(function*() {
     const store = yield* ReadModelStore
@@ -184,7 +191,7 @@ const projectionStep = (
       const stored = loaded.get(document)
       if (step.skip || decoded === undefined) {
         // Skipped (or no longer a declared type): the markers pass it without evolving.
-        const write = passWrite(document, stored, step.event)
+        const write = passWrite(document, stored, step.event, mode)
         if (write === undefined) return undefined
         const outcome = yield* store.write({ collection: projection.collection, writes: [write] })
         if (outcome.conflicts.includes(document)) continue
@@ -200,7 +207,8 @@ const projectionStep = (
         }
         current.set(k, result.right)
       }
-      const fold = foldBatch(projection, codec, "catch-up", (k) => current.get(k), [{ event: decoded, key: document }], true)
+      // Persistent mode: no stream progress here (it passed the held events when they were held), only the markers.
+      const fold = foldBatch(projection, codec, mode, (k) => current.get(k), [{ event: decoded, key: document }], true)
       if (fold.poisoned.length > 0) return fold.poisoned[0]!.reason
       if (fold.writes.length === 0) return undefined // already applied
       const outcome = yield* store.write({ collection: projection.collection, writes: fold.writes })
@@ -211,17 +219,20 @@ const projectionStep = (
   })
 
 /** The write that marks `event` passed on a document without evolving it; `undefined` when the markers already pass it. */
-const passWrite = (document: string, stored: StoredDocument | undefined, event: Recorded) => {
+const passWrite = (document: string, stored: StoredDocument | undefined, event: Recorded, mode: Mode) => {
   const meta = stored?.meta
-  if (meta?.position !== undefined && meta.position >= event.position) return undefined
+  const streams = meta?.streams ?? {}
+  if (mode === "catch-up" ? meta?.position !== undefined && meta.position >= event.position : (streams[event.streamId] ?? -1n) >= event.revision) {
+    return undefined
+  }
   return {
     id: document,
     expectedVersion: meta?.version ?? 0,
     body: stored?.body,
     meta: {
       version: (meta?.version ?? 0) + 1,
-      position: event.position,
-      streams: meta?.streams ?? {},
+      position: mode === "catch-up" ? event.position : meta?.position,
+      streams: mode === "catch-up" ? streams : { ...streams, [event.streamId]: event.revision },
       deleted: stored === undefined ? true : meta!.deleted
     }
   }
@@ -441,6 +452,18 @@ export interface EngineQuarantine {
   ) => Effect.Effect<void, StoreError>
   /** Sets the `reconciler_quarantined_documents` gauge to the number quarantined now. */
   readonly report: Effect.Effect<void>
+  /**
+   * Persistent mode: the recorded progress of a source stream as the engine
+   * knows it (set by the pipeline). A part at or below it is a copy of an event
+   * that completed already (applied, held, or blocking): it is not held again.
+   */
+  progress: ((stream: string) => bigint | undefined) | undefined
+  /**
+   * Persistent mode: whether the event at (stream, revision) quarantined a
+   * document in this run, with the reason; asked once, when its delivery
+   * settles: it is then parked in the group, where `retry`/`skip` find it.
+   */
+  readonly takeBlocking: (stream: string, revision: bigint) => string | undefined
 }
 
 /** Documents (or handler keys) quarantined now, tagged with `projection`. */
@@ -456,23 +479,43 @@ export const makeEngineQuarantine = (
   options: ReleaseOptions = {}
 ): EngineQuarantine => {
   const id = checkpointId(runnable)
+  const persistent = options.mode === "persistent"
   const documents = quarantinedDocuments(letters)
+  /** Persistent mode: the blocking events of this run whose deliveries have not settled yet. */
+  const blockingNow = new Map<string, string>()
+  const key = (stream: string, revision: bigint) => `${revision}@${stream}`
+  const takeBlocking = (stream: string, revision: bigint) => {
+    const k = key(stream, revision)
+    const reason = blockingNow.get(k)
+    blockingNow.delete(k)
+    return reason
+  }
   const gauge = Metric.tagged(quarantinedGauge, "projection", runnable.name)
   const report = Effect.suspend(() => Metric.set(gauge, documents.size))
-  const hold = (parts: ReadonlyArray<HeldPart>) =>
+  const hold = (all: ReadonlyArray<HeldPart>) =>
     Effect.gen(function*() {
+      // Persistent mode: a copy of an event its stream's progress covers completed already.
+      const covered = (p: HeldPart) => {
+        const progress = engine.progress?.(p.event.streamId)
+        return progress !== undefined && p.event.revision <= progress
+      }
+      const parts = persistent && engine.progress !== undefined ? all.filter((p) => !covered(p)) : all
       if (parts.length === 0) return new Set<string>()
       // Held first, then the letters read: a release that races with this either sees
       // the held events or is seen here (see the module's comment).
       yield* store.hold(parts.map((p) => heldFor(id, p.document, p.event)))
-      const blocking = new Map<string, bigint>()
+      const blocking = new Map<string, DeadLetter>()
       for (const letter of yield* store.deadLetters(id)) {
-        if (letter.document !== undefined) blocking.set(letter.document, letter.position)
+        if (letter.document !== undefined) blocking.set(letter.document, letter)
       }
-      // Redelivered after a restart: the blocking event itself, or events the document applied before it.
+      // Redelivered after a restart: the blocking event itself, or events the document applied before it
+      // (persistent mode: before it in its stream; the order of different streams is not kept).
       const stale = parts.filter((p) => {
-        const at = blocking.get(p.document)
-        return at !== undefined && p.event.position <= at
+        const letter = blocking.get(p.document)
+        if (letter === undefined) return false
+        return persistent
+          ? p.event.streamId === letter.streamId && p.event.revision <= letter.revision
+          : p.event.position <= letter.position
       })
       for (const p of stale) yield* store.releaseHeld(id, p.document, [p.event])
       const released = new Set<string>()
@@ -497,12 +540,22 @@ export const makeEngineQuarantine = (
         const letter = letterFor(id, p.document, p.event, p.reason, at)
         yield* store.deadLetter(letter)
         documents.add(p.document)
+        if (persistent) blockingNow.set(key(p.event.streamId, p.event.revision), p.reason)
       }
       // A duplicate of the blocking event (or of one applied before it) in the same batch is not held.
-      const blockingAt = new Map(poisoned.map((p) => [p.document, p.event.position]))
-      const later = held.filter((p) => !(blockingAt.has(p.document) && p.event.position <= blockingAt.get(p.document)!))
+      const blockingOf = new Map(poisoned.map((p) => [p.document, p.event]))
+      const before = (p: HeldPart) => {
+        const blocking = blockingOf.get(p.document)
+        if (blocking === undefined) return false
+        return persistent
+          ? p.event.streamId === blocking.streamId && p.event.revision <= blocking.revision
+          : p.event.position <= blocking.position
+      }
+      const later = held.filter((p) => !before(p))
       if (later.length > 0) yield* store.hold(later.map((p) => heldFor(id, p.document, p.event)))
       if (poisoned.length > 0) yield* report
     })
-  return { documents, hold, quarantine, report }
+  // `hold` reads `progress` from it: the pipeline sets it once the stream order exists.
+  const engine: EngineQuarantine = { documents, hold, quarantine, report, progress: undefined, takeBlocking }
+  return engine
 }

@@ -105,6 +105,21 @@ export class StreamOrder {
     streams.length === 0 ? Effect.void : Effect.gen(this, function*() {
       const at = this.epoch
       const stored = yield* this.ctx.durably(this.ctx.store.loadProgress(this.ctx.id, streams), "loading stream progress")
+      // Another consumer moved a stream on: it may have quarantined documents meanwhile. Their letters
+      // are read before anything this progress releases is dispatched (the letter is durable before
+      // the progress that passes its event), so no consumer applies a blocked document's later events.
+      const quarantine = this.ctx.quarantine
+      if (quarantine !== undefined) {
+        let moved = false
+        for (const [stream, record] of stored) {
+          const known = this.progress.durable(stream)
+          if (record.revision > (known ?? -1n)) moved = true
+        }
+        if (moved) {
+          const letters = yield* this.ctx.durably(this.ctx.store.deadLetters(this.ctx.id), "reading the dead letters")
+          for (const letter of letters) if (letter.document !== undefined) quarantine.documents.add(letter.document)
+        }
+      }
       if (this.learnedAt.size > 100_000) this.learnedAt.clear()
       for (const stream of streams) {
         if ((this.learnedAt.get(stream) ?? -1) < at) this.learnedAt.set(stream, at)
@@ -167,7 +182,24 @@ export class StreamOrder {
   /** Completed deliveries: poison set aside, progress recorded, then acknowledged. */
   settle(finished: ReadonlyArray<Tracked>): Effect.Effect<void, ReconcilerError> {
     return Effect.gen(this, function*() {
+      const quarantine = this.ctx.quarantine
+      // Deliveries whose event quarantined a document (its letter is durable): parked in the group,
+      // where `dead-letters retry`/`skip` replay it from; the stream's progress records it parked.
+      const blocking = new Set<Tracked>()
+      if (quarantine !== undefined) {
+        for (const tracked of finished) {
+          if (tracked.poison !== undefined || this.unordered.has(tracked)) continue
+          const reason = quarantine.takeBlocking(tracked.delivery.streamId, tracked.delivery.revision)
+          if (reason === undefined) continue
+          blocking.add(tracked)
+          if (this.fetched.has(tracked)) continue
+          yield* tracked.delivery.settle(nack("park", reason)).pipe(
+            Effect.catchAll((error) => Effect.logWarning("parking a delivery failed", error.message))
+          )
+        }
+      }
       for (const tracked of finished) {
+        if (blocking.has(tracked)) continue
         // A copy of a parked event the fold found covered by the progress: it was never applied, so
         // it is parked again rather than acknowledged (which, for a replay, would drop it).
         if (
@@ -189,7 +221,8 @@ export class StreamOrder {
           unordered.push(tracked)
           continue
         }
-        this.progress.complete(tracked.delivery.streamId, tracked.delivery.revision, tracked, tracked.poison !== undefined)
+        const parked = tracked.poison !== undefined || blocking.has(tracked)
+        this.progress.complete(tracked.delivery.streamId, tracked.delivery.revision, tracked, parked)
         streams.add(tracked.delivery.streamId)
       }
       // Copies of deliveries the progress already covered go at once, and what no stream orders.
@@ -283,10 +316,42 @@ export class StreamOrder {
   }
 
   /**
-   * A parked event replayed after its stream's progress passed it: applying it
-   * now would break the stream's order, so it is parked again, saying why.
+   * A parked event replayed after its stream's progress passed it. One whose
+   * letters all ended (retried or skipped, see `dead-letters`) is done: it is
+   * acknowledged as a duplicate, never applied again. Any other is parked
+   * again, saying why: applying it now would break the stream's order.
    */
-  private parkReplayed(items: ReadonlyArray<Tracked>): Effect.Effect<void> {
+  private parkReplayed(all: ReadonlyArray<Tracked>): Effect.Effect<void, ReconcilerError> {
+    if (all.length === 0) return Effect.void
+    return Effect.flatMap(this.ended(all), (ended) => {
+      const items = all.filter((tracked) => !ended.has(tracked))
+      const done = all.filter((tracked) => ended.has(tracked))
+      this.ctx.totals.duplicates += done.length
+      const acknowledged = done.length === 0
+        ? Effect.void
+        : Metric.incrementBy(this.ctx.metrics.duplicates, done.length).pipe(Effect.zipRight(this.acknowledge(done)))
+      return Effect.zipRight(acknowledged, this.parkAgain(items))
+    })
+  }
+
+  /** The replayed deliveries whose event has a resolved letter and no open one (read from the store). */
+  private ended(items: ReadonlyArray<Tracked>): Effect.Effect<ReadonlySet<Tracked>, ReconcilerError> {
+    const { durably, id, store } = this.ctx
+    return Effect.gen(function*() {
+      const at = (streamId: string, revision: bigint) => `${revision}@${streamId}`
+      const open = new Set((yield* durably(store.deadLetters(id), "reading the dead letters")).map((l) => at(l.streamId, l.revision)))
+      const resolved = new Set(
+        (yield* durably(store.resolutions(id), "reading the resolved letters")).map((r) => at(r.letter.streamId, r.letter.revision))
+      )
+      return new Set(items.filter((t) => {
+        const key = at(t.delivery.streamId, t.delivery.revision)
+        return resolved.has(key) && !open.has(key)
+      }))
+    })
+  }
+
+  /** Parks replayed deliveries again, saying why. */
+  private parkAgain(items: ReadonlyArray<Tracked>): Effect.Effect<void> {
     if (items.length === 0) return Effect.void
     this.ctx.totals.deadLettered += items.length
     return Effect.forEach(
@@ -318,7 +383,7 @@ export class StreamOrder {
   }
 
   /** Acknowledges duplicates; those of parked events (replays, or copies of them) are parked again instead. */
-  private acknowledgeDuplicates(items: ReadonlyArray<Tracked>): Effect.Effect<void> {
+  private acknowledgeDuplicates(items: ReadonlyArray<Tracked>): Effect.Effect<void, ReconcilerError> {
     if (items.length === 0) return Effect.void
     const parked: Array<Tracked> = []
     const applied: Array<Tracked> = []

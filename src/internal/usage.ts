@@ -51,6 +51,11 @@ export const engineVariables: ReadonlyArray<Variable> = [
   { name: "RECONCILER_GROUP", meaning: "persistent mode: the consumer group", default: "<projection>@<version>" }
 ]
 
+/** Where projections run, for the commands that settle their dead letters. */
+export const placementVariables: ReadonlyArray<Variable> = engineVariables.filter((v) =>
+  v.name === "RECONCILER_MODE" || v.name === "RECONCILER_GROUP"
+)
+
 /** How the output looks (every command). */
 export const noColor: Variable = {
   name: "NO_COLOR",

@@ -6,10 +6,14 @@
  * that throws for the second only (`Split`), and a payload its schema rejects
  * (`Credited` with amount "lots") — which its "fixed" version all accepts.
  */
-import { FastCheck as fc, Schema } from "effect"
+import { Effect, FastCheck as fc, Schema } from "effect"
 import type { InMemory } from "../../src/index.js"
 import { Projection } from "../../src/index.js"
+import * as DeadLetters from "../../src/internal/deadLetters.js"
+import type { Runnable } from "../../src/Projection.js"
 import type { Resolution } from "../../src/ReadModelStore.js"
+import type { StoreError } from "../../src/ReadModelStore.js"
+import { ReadModelStore } from "../../src/ReadModelStore.js"
 
 export const Account = Schema.Struct({ total: Schema.Number, applied: Schema.Array(Schema.String) })
 export type Account = typeof Account.Type
@@ -120,3 +124,35 @@ export const referenceFold = (events: ReadonlyArray<Recorded>, resolutions: Read
   }
   return docs
 }
+
+/**
+ * Ends every open letter of `runnable` by skipping it, as `reconciler
+ * dead-letters skip --all` does (a release may quarantine the document again at
+ * a later held poison event: that letter is skipped too). Returns how many
+ * letters ended.
+ */
+export const skipAll = (runnable: Runnable, port: ReadModelStore["Type"], mode: "catch-up" | "persistent") =>
+  Effect.gen(function*() {
+    let ended = 0
+    for (let round = 0; round < 100; round++) {
+      const open = yield* DeadLetters.open([runnable])
+      if (open.length === 0) return ended
+      const outcomes = yield* DeadLetters.resolveAll(open, { action: "skipped", by: "property" }, mode)
+      ended += outcomes.filter((o) => o._tag === "Released" || o._tag === "Requarantined").length
+    }
+    return yield* Effect.die(new Error("letters did not end within 100 rounds"))
+  }).pipe(Effect.provideService(ReadModelStore, steady(port)))
+
+/** The port with transient failures retried at once (the releases' own schedule would wait on the clock). */
+export const steady = (port: ReadModelStore["Type"]): ReadModelStore["Type"] =>
+  Object.fromEntries(
+    Object.entries(port).map(([name, f]) => [
+      name,
+      (...args: Array<unknown>) => {
+        const result = (f as (...a: Array<unknown>) => unknown)(...args)
+        return Effect.isEffect(result)
+          ? (result as Effect.Effect<unknown, StoreError>).pipe(Effect.retry({ while: (e) => e.transient }))
+          : result
+      }
+    ])
+  ) as unknown as ReadModelStore["Type"]
