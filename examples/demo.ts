@@ -14,8 +14,7 @@
  * Prints `verified <N> events, <D> documents, 0 mismatches` and exits 0, or lists
  * the differing documents and exits 1. `npm start -- --help` for the options.
  */
-import { EventStoreDBClient, jsonEvent } from "@eventstore/db-client"
-import { NodeRuntime } from "@effect/platform-node"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Console, Effect, Exit, Fiber, LogLevel, Option, Redacted } from "effect"
 import { MongoClient } from "mongodb"
 import { randomUUID } from "node:crypto"
@@ -26,7 +25,8 @@ import * as Logging from "../src/Logging.js"
 import * as Progress from "../src/internal/progress.js"
 import { Projection, ReadModelStore, Verify } from "../src/index.js"
 import type { BankEvent } from "./openbank.js"
-import { projections, simulate } from "./openbank.js"
+import { projections } from "./openbank.js"
+import * as Tellers from "./tellers.js"
 
 const usage = `Usage: npm start -- [--events N] [--seed S]
 
@@ -164,9 +164,10 @@ const parse = (argv: ReadonlyArray<string>): Args | "help" => {
   }
 }
 
-const demo = (args: Args) =>
+const demo = (args: Args, tellers: Tellers.Tellers) =>
   Effect.gen(function*() {
     const started = Date.now()
+    const startUp = performance.now() / 1000 // node, modules, the servers' child process
     const endpoints = yield* App.Endpoints
     yield* Console.log(
       `openbank demo: ${args.events} events; ${App.describeEndpoints(endpoints)}` +
@@ -174,10 +175,6 @@ const demo = (args: Args) =>
     )
     // Ids are unique per run against a real EventStoreDB, so runs never share streams.
     const run = endpoints.eventStore.embedded ? "" : `${randomUUID().slice(0, 8)}`
-    const client = yield* Effect.acquireRelease(
-      Effect.sync(() => EventStoreDBClient.connectionString(Redacted.value(endpoints.eventStore.connectionString))),
-      (client) => Effect.promise(() => client.dispose())
-    )
 
     // The projections run while the bank appends. Forked into this scope, so that
     // the engine is stopped (and drains) before the layers close the clients.
@@ -220,38 +217,24 @@ const demo = (args: Args) =>
       Effect.forkScoped
     )
 
-    // Tellers append concurrently, each event after those it depends on (its own
-    // stream's earlier events, the owner's registration, the credited account's opening).
-    yield* Effect.tryPromise(async (signal) => {
-      const last = new Map<string, Promise<unknown>>()
-      const inFlight = new Set<Promise<unknown>>()
-      for (const [stream, event] of simulate(args.events, args.seed)) {
-        if (signal.aborted) break // interrupted (Ctrl-C): stop appending
-        const next = run === "" ? { stream, event } : prefix(run, stream, event)
-        while (inFlight.size >= TELLERS) await Promise.race(inFlight)
-        const after = [next.stream, ...dependencies(next.event)].flatMap((s) => last.get(s) ?? [])
-        const append: Promise<unknown> = Promise.all(after)
-          .then(() => client.appendToStream(next.stream, jsonEvent(next.event)))
-          .then((result) => {
-            // the prepare position: how the engine positions several-category subscriptions
-            positions.push(result.position?.prepare ?? BigInt(positions.length))
-            sorted = false
-            appended++
-          })
-        last.set(next.stream, append)
-        inFlight.add(append)
-        const settled = () => void inFlight.delete(append)
-        append.then(settled, settled) // a failure surfaces through race / all below
+    // The bank appends from a process of its own (examples/tellers.ts), off the engine's thread.
+    yield* tellers.append(
+      { connectionString: Redacted.value(endpoints.eventStore.connectionString), events: args.events, seed: args.seed, run },
+      (acknowledged) => {
+        for (const position of acknowledged) positions.push(position)
+        sorted = false
+        appended += acknowledged.length
       }
-      await Promise.all(inFlight)
-    })
+    )
+    const appendedAt = Date.now()
     yield* App.awaitCaughtUpWhile(engine, projections)
     yield* Fiber.interrupt(reporter)
     yield* observe
     progress.done(line())
     // A clean stop: the engine drains and commits before the clients close.
     yield* Fiber.interrupt(engine)
-    const elapsed = (Date.now() - started) / 1000
+    const stopped = Date.now()
+    const elapsed = (stopped - started) / 1000
 
     if (args.tamper) {
       const mongo = yield* Effect.acquireRelease(
@@ -264,7 +247,7 @@ const demo = (args: Args) =>
     }
     // The check users run in production too (`reconciler verify`): every projection folded
     // again from the recorded events, every stored document compared with the fold.
-    const reports = yield* Effect.forEach(projections, (projection) => Verify.verify(projection))
+    const reports = yield* Effect.forEach(projections, (projection) => Verify.verify(projection), { concurrency: "unbounded" })
     const mismatches = reports.flatMap((report) => report.mismatches.map((m) => ({ ...m, collection: report.collection })))
     for (const m of mismatches.slice(0, 50)) {
       yield* Console.error(`mismatch ${m.collection}/${m.id}: expected ${canonical(m.expected)}, got ${canonical(m.stored)}`)
@@ -276,19 +259,13 @@ const demo = (args: Args) =>
       `verified ${events} events, ${documents} documents, ${mismatches.length} mismatch${mismatches.length === 1 ? "" : "es"} ` +
         `(${elapsed.toFixed(1)} s, ${Math.round(events / elapsed)} events/s)`
     )
+    const seconds = (from: number, to: number) => `${((to - from) / 1000).toFixed(1)} s`
+    yield* Console.log(
+      `time: start-up ${startUp.toFixed(1)} s, append ${seconds(started, appendedAt)}, ` +
+        `caught up ${seconds(appendedAt, stopped)} later, verify ${seconds(stopped, Date.now())}`
+    )
     return mismatches.length === 0 ? 0 : 1
   }).pipe(Effect.scoped)
-
-/** Appends in flight at once. */
-const TELLERS = 16
-
-/** The streams whose earlier events an event depends on (besides its own stream's). */
-const dependencies = (event: BankEvent): ReadonlyArray<string> =>
-  event.type === "BankAccountCreated"
-    ? [`person-${event.data.ownerId}`]
-    : event.type === "BankAccountTransactionRecorded" && event.data.transaction.kind === "transfer"
-    ? [`account-${event.data.transaction.to}`]
-    : []
 
 /** How many positions (sorted ascending) are at or below `checkpoint`. */
 const covered = (positions: ReadonlyArray<bigint>, checkpoint: bigint): number => {
@@ -300,36 +277,6 @@ const covered = (positions: ReadonlyArray<bigint>, checkpoint: bigint): number =
     else hi = mid
   }
   return lo
-}
-
-/** The same event with this run's ids (a real EventStoreDB keeps earlier runs' streams). */
-const prefix = (run: string, stream: string, event: BankEvent): { stream: string; event: BankEvent } => {
-  const id = (s: string) => `${run}${s}`
-  const dash = stream.indexOf("-")
-  const renamed = `${stream.slice(0, dash + 1)}${id(stream.slice(dash + 1))}`
-  switch (event.type) {
-    case "PersonRegistered":
-      return { stream: renamed, event: { ...event, data: { ...event.data, personId: id(event.data.personId) } } }
-    case "BankAccountCreated":
-      return {
-        stream: renamed,
-        event: { ...event, data: { ...event.data, accountId: id(event.data.accountId), ownerId: id(event.data.ownerId) } }
-      }
-    case "BankAccountTransactionRecorded": {
-      const t = event.data.transaction
-      return {
-        stream: renamed,
-        event: {
-          ...event,
-          data: {
-            accountId: id(event.data.accountId),
-            ownerId: id(event.data.ownerId),
-            transaction: t.kind === "transfer" ? { ...t, to: id(t.to), toOwnerId: id(t.toOwnerId) } : t
-          }
-        }
-      }
-    }
-  }
 }
 
 /** A fresh database per run on a real MongoDB, unless MONGODB_DATABASE says otherwise. */
@@ -349,7 +296,10 @@ const main = Effect.suspend(() => {
   if (args === "help") return Console.log(usage).pipe(Effect.as(0))
   const chosen = args
   return freshDatabase.pipe(
-    Effect.zipRight(demo(chosen).pipe(Effect.provide(App.layer({ embedded: true })))),
+    // The tellers' process loads while the servers start.
+    Effect.zipRight(Effect.scoped(Effect.flatMap(Tellers.make, (tellers) =>
+      demo(chosen, tellers).pipe(Effect.provide(App.layer({ embedded: true })))
+    ))),
     // The one logger (RECONCILER_LOG_FORMAT); the engine's own logs stay quiet unless something is wrong.
     Effect.provide(Logging.layerConfig({ level: LogLevel.Warning }))
   )
