@@ -144,7 +144,10 @@ export const verify = (mongo: MongoClient, database: string, reference: ReturnTy
   Effect.gen(function*() {
     const persons = yield* readCollection(mongo, database, "persons")
     const accounts = yield* readCollection(mongo, database, "accounts")
-    return [...compare("persons", reference.persons, persons), ...compare("accounts", reference.accounts, accounts)].length
+    const mismatches = [...compare("persons", reference.persons, persons), ...compare("accounts", reference.accounts, accounts)]
+    // A benchmark that finds a wrong document shows a few: a count alone says nothing about the cause.
+    for (const m of mismatches.slice(0, 3)) console.error(`mismatch in ${database}: ${JSON.stringify(m, (_, v) => typeof v === "bigint" ? String(v) : v)}`)
+    return mismatches.length
   })
 
 // ---- the engine ---------------------------------------------------------------------
