@@ -104,13 +104,16 @@ const projectionBatch = (
       }
       // Guard conflicts mean another writer moved a document: reload it and fold its events again.
       while (todo.length > 0) {
-        // Cached documents (the usual case under a backlog) cost one lookup per part.
+        // The batch folds onto its own copy of the documents it touches: remembering what
+        // it loads may evict a cached one it also needs (a document only `read`, never
+        // written, would then look absent with no guard to catch it).
+        const current = new Map<string, Current | undefined>()
         const missing: Array<string> = []
-        let missed: Set<string> | undefined
         for (const part of todo) {
-          if (cache.has(part.key) || missed?.has(part.key)) continue
-          ;(missed ??= new Set()).add(part.key)
-          missing.push(part.key)
+          if (current.has(part.key)) continue
+          const cached = cache.get(part.key)
+          if (cached === undefined && !cache.has(part.key)) missing.push(part.key)
+          current.set(part.key, cached)
         }
         const unreadable = new Map<string, string>()
         if (missing.length > 0) {
@@ -118,8 +121,10 @@ const projectionBatch = (
           const loaded = yield* load(missing)
           for (const docId of missing) {
             const decoded = decodeStored(projection, codec, loaded.get(docId))
-            if (Either.isRight(decoded)) remember(docId, decoded.right)
-            else unreadable.set(docId, decoded.left)
+            if (Either.isRight(decoded)) {
+              current.set(docId, decoded.right)
+              remember(docId, decoded.right)
+            } else unreadable.set(docId, decoded.left)
           }
           if (order !== undefined) {
             const epoch = order.loaded()
@@ -142,7 +147,7 @@ const projectionBatch = (
           foldable = readable
         }
         const result = yield* Effect.sync(() =>
-          foldBatch(projection, codec, options.mode, (docId) => cache.get(docId), foldable, quarantine !== undefined, order?.durable)
+          foldBatch(projection, codec, options.mode, (docId) => current.has(docId) ? current.get(docId) : cache.get(docId), foldable, quarantine !== undefined, order?.durable)
         ).pipe(Effect.withSpan("Reconciler.fold", { captureStackTrace: false, attributes: { ...attributes, events: foldable.length } }))
         const outcome = result.writes.length === 0
           ? { conflicts: [] as ReadonlyArray<string>, rejected: undefined }
@@ -164,7 +169,7 @@ const projectionBatch = (
           // A document stops at its poison event (or, refused by the store, at the first
           // event the write carried); a conflicting one is folded again and finds it again.
           for (const [docId, reason] of rejected) {
-            const before = cache.get(docId)?.meta.position
+            const before = current.get(docId)?.meta.position
             const first = foldable.find((part) => part.key === docId && (before === undefined || part.event.position > before))
             if (first === undefined) continue
             blocking.set(docId, { part: first, reason })
