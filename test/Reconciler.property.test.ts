@@ -20,6 +20,8 @@ const paramsArbitrary = fc.record({
   lanes: fc.integer({ min: 1, max: 5 }),
   batchSize: fc.integer({ min: 1, max: 8 }),
   laneBuffer: fc.integer({ min: 1, max: 8 }),
+  // tiny caches evict documents a batch is about to fold onto
+  cacheSize: fc.constantFrom(1, 2, 10_000),
   duplicateRate: fc.constantFrom(0, 0.1, 0.3),
   dropRate: fc.constantFrom(0, 0, 0.05),
   transientFailureRate: fc.constantFrom(0, 0.1, 0.25),
@@ -105,6 +107,7 @@ const scenario = (mode: "catch-up" | "persistent", history: ReadonlyArray<Step>,
       lanes: params.lanes,
       batchSize: params.batchSize,
       laneBuffer: params.laneBuffer,
+      cacheSize: params.cacheSize,
       retrySchedule: immediate,
       resubscribeSchedule: immediate
     }
