@@ -8,7 +8,10 @@
  * loaded, clients connected: the floor) and after it has caught up (the peak).
  * Every read model is verified against the reference fold afterwards.
  *
- *   npm run bench:rss -- [--events 50000,500000]
+ *   npm run bench:rss -- [--events 50000,500000] [--cache-size N]
+ *
+ * The engine's lane caches (`cacheSize` documents each, 10,000 by default) fill
+ * as the read models grow: that is the bounded part of the growth.
  *
  * Run under `node --import tsx` (the reconciler is started the same way).
  */
@@ -17,7 +20,7 @@ import { fork } from "node:child_process"
 import { fileURLToPath } from "node:url"
 import * as EmbeddedProcess from "../src/internal/embeddedProcess.js"
 import type { Servers } from "./support.js"
-import { appendBacklog, engine, eventStoreClient, expected, inChild, load, mongoClient, numbers, rate, verify } from "./support.js"
+import { appendBacklog, arg, engine, eventStoreClient, expected, inChild, load, mongoClient, numbers, rate, verify } from "./support.js"
 
 const self = fileURLToPath(import.meta.url)
 const DATABASE = "rss"
@@ -33,7 +36,8 @@ const maxRssMB = () => process.resourceUsage().maxRSS / 1024
 /** The reconciler process: catches up, reports its peak RSS. */
 const reconciler = (s: Servers) => {
   const floorMB = maxRssMB()
-  return Effect.runPromise(engine(s, DATABASE)).then(
+  const cacheSize = arg("cache-size")
+  return Effect.runPromise(engine(s, DATABASE, undefined, cacheSize === undefined ? {} : { cacheSize: Number(cacheSize) })).then(
     (result) => process.send!({ ms: result.ms, floorMB, peakMB: maxRssMB() } satisfies Reported, () => process.exit(0)),
     (error) => {
       console.error(error)
@@ -48,7 +52,7 @@ const measure = (count: number) =>
     const client = yield* eventStoreClient(s)
     yield* appendBacklog(client, count, 42)
     const result = yield* Effect.async<Reported, Error>((resume) => {
-      const child = fork(self, ["--reconciler", s.eventStore, s.mongo], {
+      const child = fork(self, ["--reconciler", s.eventStore, s.mongo, ...(arg("cache-size") === undefined ? [] : ["--cache-size", arg("cache-size")!])], {
         execArgv: [...EmbeddedProcess.entry().execArgv],
         stdio: ["ignore", "inherit", "inherit", "ipc"]
       })

@@ -182,13 +182,14 @@ export const ports = (s: Servers, database: string) =>
 export const engine = (
   s: Servers,
   database: string,
-  around: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R> = (effect) => effect
+  around: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R> = (effect) => effect,
+  options: Reconciler.RunOptions = {}
 ) =>
   Effect.scoped(Effect.gen(function*() {
     const before = yield* batchStats
     const { fiber, ms } = yield* around(Effect.gen(function*() {
       const started = performance.now()
-      const fiber = yield* Effect.forkScoped(Reconciler.runAll(projections, {}))
+      const fiber = yield* Effect.forkScoped(Reconciler.runAll(projections, options))
       yield* App.awaitCaughtUpWhile(fiber, projections, { interval: "20 millis" })
       return { fiber, ms: performance.now() - started }
     }))
