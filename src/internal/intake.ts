@@ -39,7 +39,7 @@ export const watchHead = (
 }
 
 /** How long a pull may wait on the source before the intake counts as stalled, in ms. */
-const STALL_MS = 2
+const STALL_MS = 10
 
 /**
  * Notices a pull that waits on the source: after {@link STALL_MS}, and once the
