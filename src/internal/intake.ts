@@ -14,7 +14,7 @@
 import type { Duration } from "effect"
 import { Chunk, Effect, ExecutionStrategy, Exit, Metric, Option, Scope, Stream } from "effect"
 import type { ReconcilerError } from "../Errors.js"
-import type { EventSource, EventSourceError, Subscription } from "../EventSource.js"
+import type { Delivery, EventSource, EventSourceError, Subscription } from "../EventSource.js"
 import type { Resolved } from "./options.js"
 import type { Activity, Pipeline } from "./pipeline.js"
 import type { Tracked } from "./tracked.js"
@@ -36,6 +36,58 @@ export const watchHead = (
     Effect.ignore
   )
   return read.pipe(Effect.zipRight(Effect.sleep(every)), Effect.forever)
+}
+
+/** How long a pull may wait on the source before the intake counts as stalled, in ms. */
+const STALL_MS = 10
+
+/**
+ * Notices a pull that waits on the source: after {@link STALL_MS}, and once the
+ * I/O ready by then has been handled (a `setImmediate` after the timer), the
+ * intake counts as stalled and the lanes are flushed. Live, a batch so never
+ * waits on the linger timer for events that are not at the source yet, while
+ * under a backlog (the source delivers back to back) batches still fill. One
+ * timer at most, re-armed only while pulls keep waiting.
+ */
+class StallWatch {
+  private pulls = 0
+  private pending = false
+  private timer: ReturnType<typeof setTimeout> | undefined
+  constructor(private readonly activity: Activity, private readonly onStall: () => void) {}
+
+  /** A pull starts. */
+  start(): void {
+    this.pulls++
+    this.pending = true
+    if (this.timer === undefined) this.arm(this.pulls)
+  }
+
+  /** The pull returned: the source delivers again. */
+  end(): void {
+    this.pending = false
+    this.activity.stalled = false
+  }
+
+  close(): void {
+    if (this.timer !== undefined) clearTimeout(this.timer)
+    this.timer = undefined
+    this.pending = false
+  }
+
+  private arm(pull: number): void {
+    this.timer = setTimeout(() => {
+      this.timer = undefined
+      if (!this.pending) return
+      // A later pull than the one armed for: it gets its own time.
+      if (this.pulls !== pull) return this.arm(this.pulls)
+      setImmediate(() => {
+        if (!this.pending || this.pulls !== pull || this.activity.stalled) return
+        this.activity.stalled = true
+        this.onStall()
+      })
+    }, STALL_MS)
+    this.timer.unref()
+  }
 }
 
 export const run = (
@@ -70,12 +122,24 @@ export const run = (
     return true
   }
 
+  // Only catch-up has a head, hence a backlog to tell from a stall.
+  const stall = options.mode === "catch-up"
+    ? new StallWatch(activity, () => {
+      for (const p of pipelines) p.flushLanes()
+    })
+    : undefined
+  const pull = (next: Effect.Effect<Chunk.Chunk<Delivery>, Option.Option<EventSourceError>>) =>
+    stall === undefined ? next : Effect.suspend(() => {
+      stall.start()
+      return Effect.ensuring(next, Effect.sync(() => stall.end()))
+    })
+
   const pullOnce = Effect.gen(function*() {
     const scope = yield* Scope.fork(subscriptions, ExecutionStrategy.sequential)
     const next = yield* Scope.extend(Stream.toPull(source.subscribe(subscription())), scope)
     while (true) {
       yield* room
-      const chunk = yield* next.pipe(
+      const chunk = yield* pull(next).pipe(
         Effect.catchAll((error: Option.Option<EventSourceError>) =>
           Option.match(error, {
             onNone: () => Effect.succeed(undefined),
@@ -119,6 +183,7 @@ export const run = (
   })
 
   return pullOnce.pipe(
+    Effect.ensuring(Effect.sync(() => stall?.close())),
     Effect.tapError((error) =>
       error._tag === "EventSourceError" && error.retryable
         ? Effect.logWarning("subscription dropped; resubscribing", error.message).pipe(

@@ -6,8 +6,10 @@
  * Batching: a lane takes a full batch when one is queued. While the intake is
  * behind the source's head (a backlog, catch-up mode) a lane waits for its
  * batch to fill; the intake flushes the lanes when it reaches the head or when
- * it is held back by the in-flight bound, and a lane never waits more than
- * 1 s (a safety net; under a backlog latency is not the concern). Caught up
+ * it is held back by the in-flight bound or by the source itself (a pull that
+ * yields nothing for a few ms: live, the head read is often ahead of what the
+ * subscription delivered yet), and a lane never waits more than 1 s (a safety
+ * net). Caught up
  * (or in persistent mode, with no head to compare with) a lane takes what it
  * has after one turn of the event loop. Batches fill under a backlog and flush
  * at once when there is none.
@@ -38,10 +40,20 @@ export class Activity {
   position: bigint | undefined
   /** The source's head as last read (catch-up), if known. */
   head: bigint | undefined
+  /**
+   * The intake has waited on the source for a while (see intake.ts, `StallWatch`):
+   * whatever the head says, nothing more is at hand, so lanes must not wait.
+   */
+  stalled = false
 
-  /** Behind the head as last read: more is ready at the source than the intake took in. */
+  /**
+   * More is ready at the source than the intake took in: behind the head as last
+   * read, and the source keeps delivering. The head is only re-read now and then,
+   * and live it is often ahead of what the subscription has delivered yet (new
+   * appends): a stalled intake is not behind, whatever the head says.
+   */
   get backlog(): boolean {
-    return this.head !== undefined && (this.position === undefined || this.position < this.head)
+    return !this.stalled && this.head !== undefined && (this.position === undefined || this.position < this.head)
   }
 }
 
