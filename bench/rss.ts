@@ -10,8 +10,8 @@
  *
  *   npm run bench:rss -- [--events 50000,500000] [--cache-size N]
  *
- * The engine's lane caches (`cacheSize` documents each, 10,000 by default) fill
- * as the read models grow: that is the bounded part of the growth.
+ * `--cache-size` sets the lanes' document caches (10,000 documents each by
+ * default), which fill as the read models grow, to tell their share of the peak.
  *
  * Run under `node --import tsx` (the reconciler is started the same way).
  */
