@@ -15,7 +15,7 @@
  *   npm run bench:e2e -- [--events 20000,50000] [--servers in-process,child] [--reps 1]
  *                        [--only engine,loop,ceiling] [--profile FILE]
  */
-import { Effect, Exit } from "effect"
+import { Effect } from "effect"
 import {
   arg,
   ceiling,
@@ -29,6 +29,7 @@ import {
   mongoClient,
   numbers,
   rate,
+  runMain,
   sequentialLoop,
   servers,
   verify
@@ -131,10 +132,4 @@ const main = Effect.gen(function*() {
   console.log(`load after: ${load()}`)
 })
 
-Effect.runPromiseExit(main).then((exit) => {
-  if (Exit.isFailure(exit)) {
-    console.error(exit.cause)
-    process.exit(1)
-  }
-  process.exit(0)
-})
+void runMain(main)

@@ -42,6 +42,7 @@ import { simulate } from "../examples/openbank.js"
 import type { Servers } from "./support.js"
 import {
   arg,
+  runMain,
   batchStats,
   eventOf,
   inChild,
@@ -273,11 +274,5 @@ const main = Effect.gen(function*() {
 if (process.argv[2] === "--appender") {
   void appender(process.argv[3]!, Number(arg("rate")), Number(arg("count")))
 } else {
-  Effect.runPromiseExit(main).then((exit) => {
-    if (Exit.isFailure(exit)) {
-      console.error(exit.cause)
-      process.exit(1)
-    }
-    process.exit(0)
-  })
+  void runMain(main)
 }

@@ -15,12 +15,12 @@
  *
  * Run under `node --import tsx` (the reconciler is started the same way).
  */
-import { Effect, Exit } from "effect"
+import { Effect } from "effect"
 import { fork } from "node:child_process"
 import { fileURLToPath } from "node:url"
 import * as EmbeddedProcess from "../src/internal/embeddedProcess.js"
 import type { Servers } from "./support.js"
-import { appendBacklog, arg, engine, eventStoreClient, expected, inChild, load, mongoClient, numbers, rate, verify } from "./support.js"
+import { appendBacklog, arg, runMain, engine, eventStoreClient, expected, inChild, load, mongoClient, numbers, rate, verify } from "./support.js"
 
 const self = fileURLToPath(import.meta.url)
 const DATABASE = "rss"
@@ -97,11 +97,5 @@ const main = Effect.gen(function*() {
 if (process.argv[2] === "--reconciler") {
   void reconciler({ eventStore: process.argv[3]!, mongo: process.argv[4]! })
 } else {
-  Effect.runPromiseExit(main).then((exit) => {
-    if (Exit.isFailure(exit)) {
-      console.error(exit.cause)
-      process.exit(1)
-    }
-    process.exit(0)
-  })
+  void runMain(main)
 }

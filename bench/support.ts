@@ -7,7 +7,7 @@
  * Everything goes through the real clients against the embedded servers.
  */
 import { EventStoreDBClient, FORWARDS, jsonEvent, START } from "@eventstore/db-client"
-import { Effect, Fiber, Layer, Metric, Redacted, Schema } from "effect"
+import { Effect, Exit, Fiber, Layer, Metric, Redacted, Schema } from "effect"
 import type { Db, Document } from "mongodb"
 import { MongoClient } from "mongodb"
 import * as os from "node:os"
@@ -35,6 +35,16 @@ export const arg = (name: string): string | undefined => {
 /** A comma-separated option. */
 export const list = (name: string, fallback: string) => (arg(name) ?? fallback).split(",").filter((s) => s.length > 0)
 export const numbers = (name: string, fallback: string) => list(name, fallback).map(Number)
+
+/** Runs a benchmark's main effect and exits: 1 with its cause printed when it fails. */
+export const runMain = <A, E>(main: Effect.Effect<A, E>) =>
+  Effect.runPromiseExit(main).then((exit) => {
+    if (Exit.isFailure(exit)) {
+      console.error(exit.cause)
+      process.exit(1)
+    }
+    process.exit(0)
+  })
 
 export const rate = (n: number, ms: number) => Math.round((n / ms) * 1000)
 export const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
