@@ -64,13 +64,7 @@ export const letterFor = (
   id: letterId(projection, document, event.streamId, event.revision),
   projection,
   ...(document !== undefined ? { document } : {}),
-  eventId: event.eventId,
-  eventType: event.eventType,
-  streamId: event.streamId,
-  revision: event.revision,
-  position: event.position,
-  data: event.data,
-  metadata: event.metadata,
+  ...eventFields(event),
   reason,
   at
 })
@@ -79,14 +73,19 @@ export const letterFor = (
 export const heldFor = (projection: string, document: string, event: Recorded): HeldEvent => ({
   projection,
   document,
+  ...eventFields(event),
+  created: event.created
+})
+
+/** What a letter and a held record keep of their event (a letter has no created time). */
+const eventFields = (event: Recorded) => ({
   eventId: event.eventId,
   eventType: event.eventType,
   streamId: event.streamId,
   revision: event.revision,
   position: event.position,
   data: event.data,
-  metadata: event.metadata,
-  created: event.created
+  metadata: event.metadata
 })
 
 const samePosition = (a: Recorded, b: Recorded) => a.streamId === b.streamId && a.revision === b.revision
