@@ -14,19 +14,9 @@
  * Prints `verified <N> events, <D> documents, 0 mismatches` and exits 0, or lists
  * the differing documents and exits 1. `npm start -- --help` for the options.
  */
-import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
-import { Console, Effect, Exit, Fiber, LogLevel, Option, Redacted } from "effect"
-import { MongoClient } from "mongodb"
-import { randomUUID } from "node:crypto"
 import { pathToFileURL } from "node:url"
 import { parseArgs } from "node:util"
-import * as App from "../src/App.js"
-import * as Logging from "../src/Logging.js"
-import * as Progress from "../src/internal/progress.js"
-import { Projection, ReadModelStore, Verify } from "../src/index.js"
 import type { BankEvent } from "./openbank.js"
-import { projections } from "./openbank.js"
-import * as Tellers from "./tellers.js"
 
 const usage = `Usage: npm start -- [--events N] [--seed S]
 
@@ -107,7 +97,7 @@ export interface Mismatch {
   readonly actual: unknown
 }
 
-const canonical = (value: unknown): string =>
+export const canonical = (value: unknown): string =>
   JSON.stringify(value, (_, v) =>
     v && typeof v === "object" && !Array.isArray(v)
       ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => a.localeCompare(b)))
@@ -128,17 +118,17 @@ export const compare = (collection: string, expected: Documents, actual: Documen
   return mismatches
 }
 
-// ---- the demo ---------------------------------------------------------------------------
+// ---- the command line ------------------------------------------------------------------
 
-interface Args {
+export interface Args {
   readonly events: number
   readonly seed: number
   readonly tamper: boolean
 }
 
-class UsageError extends Error {}
+export class UsageError extends Error {}
 
-const parse = (argv: ReadonlyArray<string>): Args | "help" => {
+export const parse = (argv: ReadonlyArray<string>): Args | "help" => {
   let values
   try {
     values = parseArgs({
@@ -164,155 +154,26 @@ const parse = (argv: ReadonlyArray<string>): Args | "help" => {
   }
 }
 
-const demo = (args: Args, tellers: Tellers.Tellers) =>
-  Effect.gen(function*() {
-    const started = Date.now()
-    const startUp = performance.now() / 1000 // node, modules, the servers' child process
-    const endpoints = yield* App.Endpoints
-    yield* Console.log(
-      `openbank demo: ${args.events} events; ${App.describeEndpoints(endpoints)}` +
-        (endpoints.eventStore.embedded && endpoints.mongo.embedded ? " (in a child process)" : "")
-    )
-    // Ids are unique per run against a real EventStoreDB, so runs never share streams.
-    const run = endpoints.eventStore.embedded ? "" : `${randomUUID().slice(0, 8)}`
+// ---- the entry -------------------------------------------------------------------------
 
-    // The projections run while the bank appends. Forked into this scope, so that
-    // the engine is stopped (and drains) before the layers close the clients.
-    const engine = yield* Effect.forkScoped(App.run(projections))
-
-    const progress = Progress.make()
-    const positions: Array<bigint> = []
-    let sorted = true
-    let appended = 0
-    const applied = new Map<string, number>(projections.map((p) => [p.name, 0]))
-    const line = () => {
-      const done = Math.min(...applied.values())
-      return {
-        fraction: done / args.events,
-        text: `appended ${appended}/${args.events}, applied ${
-          [...applied].map(([name, n]) => `${name} ${n}`).join(", ")
-        }  ${((Date.now() - started) / 1000).toFixed(1)} s`
-      }
-    }
-    const store = yield* ReadModelStore.ReadModelStore
-    /** How many of this run's events each projection's checkpoint covers. */
-    const observe = Effect.forEach(projections, (projection) =>
-      store.readCheckpoint(Projection.checkpointId(projection)).pipe(
-        Effect.map(Option.match({
-          onNone: () => 0,
-          onSome: (checkpoint) => {
-            if (!sorted) {
-              positions.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
-              sorted = true
-            }
-            return covered(positions, BigInt.asUintN(64, checkpoint))
-          }
-        })),
-        Effect.tap((n) => Effect.sync(() => applied.set(projection.name, n)))
-      ))
-    const reporter = yield* observe.pipe(
-      Effect.zipRight(Effect.sync(() => progress.update(line()))),
-      Effect.zipRight(Effect.sleep("100 millis")),
-      Effect.forever,
-      Effect.forkScoped
-    )
-
-    // The bank appends from a process of its own (examples/tellers.ts), off the engine's thread.
-    yield* tellers.append(
-      { connectionString: Redacted.value(endpoints.eventStore.connectionString), events: args.events, seed: args.seed, run },
-      (acknowledged) => {
-        for (const position of acknowledged) positions.push(position)
-        sorted = false
-        appended += acknowledged.length
-      }
-    )
-    const appendedAt = Date.now()
-    yield* App.awaitCaughtUpWhile(engine, projections)
-    yield* Fiber.interrupt(reporter)
-    yield* observe
-    progress.done(line())
-    // A clean stop: the engine drains and commits before the clients close.
-    yield* Fiber.interrupt(engine)
-    const stopped = Date.now()
-    const elapsed = (stopped - started) / 1000
-
-    if (args.tamper) {
-      const mongo = yield* Effect.acquireRelease(
-        Effect.promise(() => new MongoClient(Redacted.value(endpoints.mongo.uri)).connect()),
-        (mongo) => Effect.promise(() => mongo.close())
-      )
-      yield* Effect.promise(() =>
-        mongo.db(endpoints.mongo.database).collection("accounts").updateOne({ kind: "account" }, { $inc: { balance: 1 } })
-      )
-    }
-    // The check users run in production too (`reconciler verify`): every projection folded
-    // again from the recorded events, every stored document compared with the fold.
-    const reports = yield* Effect.forEach(projections, (projection) => Verify.verify(projection), { concurrency: "unbounded" })
-    const mismatches = reports.flatMap((report) => report.mismatches.map((m) => ({ ...m, collection: report.collection })))
-    for (const m of mismatches.slice(0, 50)) {
-      yield* Console.error(`mismatch ${m.collection}/${m.id}: expected ${canonical(m.expected)}, got ${canonical(m.stored)}`)
-    }
-    if (mismatches.length > 50) yield* Console.error(`… and ${mismatches.length - 50} more`)
-    const events = Math.max(...reports.map((report) => report.events))
-    const documents = reports.reduce((n, report) => n + report.documents, 0)
-    yield* Console.log(
-      `verified ${events} events, ${documents} documents, ${mismatches.length} mismatch${mismatches.length === 1 ? "" : "es"} ` +
-        `(${elapsed.toFixed(1)} s, ${Math.round(events / elapsed)} events/s)`
-    )
-    const seconds = (from: number, to: number) => `${((to - from) / 1000).toFixed(1)} s`
-    yield* Console.log(
-      `time: start-up ${startUp.toFixed(1)} s, append ${seconds(started, appendedAt)}, ` +
-        `caught up ${seconds(appendedAt, stopped)} later, verify ${seconds(stopped, Date.now())}`
-    )
-    return mismatches.length === 0 ? 0 : 1
-  }).pipe(Effect.scoped)
-
-/** How many positions (sorted ascending) are at or below `checkpoint`. */
-const covered = (positions: ReadonlyArray<bigint>, checkpoint: bigint): number => {
-  let lo = 0
-  let hi = positions.length
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1
-    if (positions[mid]! <= checkpoint) lo = mid + 1
-    else hi = mid
-  }
-  return lo
-}
-
-/** A fresh database per run on a real MongoDB, unless MONGODB_DATABASE says otherwise. */
-const freshDatabase = Effect.sync(() => {
-  if (process.env.MONGODB_URI !== undefined && process.env.MONGODB_DATABASE === undefined) {
-    process.env.MONGODB_DATABASE = `openbank_demo_${Date.now()}`
-  }
-})
-
-const main = Effect.suspend(() => {
-  let args: Args | "help"
+if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
+  let args: Args | "help" | undefined
   try {
     args = parse(process.argv.slice(2))
   } catch (error) {
-    return Console.error(`${(error as Error).message}\n\n${usage}`).pipe(Effect.as(2))
+    console.error(`${(error as Error).message}\n\n${usage}`)
+    process.exitCode = 2
   }
-  if (args === "help") return Console.log(usage).pipe(Effect.as(0))
-  const chosen = args
-  return freshDatabase.pipe(
-    // The tellers' process loads while the servers start.
-    Effect.zipRight(Effect.scoped(Effect.flatMap(Tellers.make, (tellers) =>
-      demo(chosen, tellers).pipe(Effect.provide(App.layer({ embedded: true })))
-    ))),
-    // The one logger (RECONCILER_LOG_FORMAT); the engine's own logs stay quiet unless something is wrong.
-    Effect.provide(Logging.layerConfig({ level: LogLevel.Warning }))
-  )
-})
-
-if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
-  NodeRuntime.runMain(main, {
-    disablePrettyLogger: true,
-    teardown: (exit, onExit) => {
-      const code = Exit.isSuccess(exit) ? (exit.value as number) : Exit.isInterrupted(exit) ? 130 : 1
-      onExit(code)
-      process.exit(code)
-    }
-  })
+  if (args === "help") console.log(usage)
+  else if (args !== undefined) {
+    const chosen = args
+    // The servers' and the tellers' processes are forked before this one loads the engine
+    // (its modules take seconds under tsx): their loading overlaps ours.
+    const embedded = process.env.EVENTSTORE_CONNECTION_STRING === undefined || process.env.MONGODB_URI === undefined
+    void (embedded ? import("../src/internal/embeddedSpawn.js").then((spawn) => spawn.prestart()) : Promise.resolve())
+      .then(() => import("./tellers.js"))
+      .then((tellers) => tellers.prestart())
+      .then(() => import("./demoRun.js"))
+      .then((run) => run.start(chosen))
+  }
 }
-

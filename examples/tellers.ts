@@ -4,13 +4,13 @@
  * competed with the engine for one thread, and the engine, not the bank, set
  * the pace of appending (about 1,100 events/s against 6,500 alone).
  *
- * {@link make} forks this module for the current scope (killed when the scope
- * closes; the child exits when its parent goes away). The child loads while
- * the parent starts the servers; {@link Tellers.append} then hands it the plan
- * and resolves when every event is appended, reporting each batch of
- * acknowledged `$all` prepare positions as it goes (the demo's progress).
+ * {@link make} forks examples/tellersChild.ts for the current scope (killed
+ * when the scope closes; the child exits when its parent goes away), or takes
+ * the child {@link prestart} forked first thing, so that it loads while the
+ * parent loads and starts the servers. {@link Tellers.append} then hands it the
+ * plan and resolves when every event is appended, reporting acknowledged `$all`
+ * prepare positions as it goes (the demo's progress).
  */
-import { EventStoreDBClient, jsonEvent } from "@eventstore/db-client"
 import { Data, Effect } from "effect"
 import type { Scope } from "effect"
 import { fork } from "node:child_process"
@@ -18,8 +18,6 @@ import type { ChildProcess } from "node:child_process"
 import { createRequire } from "node:module"
 import * as path from "node:path"
 import { fileURLToPath, pathToFileURL } from "node:url"
-import type { BankEvent } from "./openbank.js"
-import { simulate } from "./openbank.js"
 
 /** What the tellers append. */
 export interface Plan {
@@ -42,40 +40,67 @@ export interface Tellers {
   readonly append: (plan: Plan, onAppended: (positions: ReadonlyArray<bigint>) => void) => Effect.Effect<void, TellersError>
 }
 
-type Request = { readonly type: "append"; readonly plan: Plan }
-type Reply =
+export type Request = { readonly type: "append"; readonly plan: Plan }
+export type Reply =
+  | { readonly type: "loaded" }
   | { readonly type: "appended"; readonly positions: ReadonlyArray<bigint> }
   | { readonly type: "done" }
   | { readonly type: "failed"; readonly message: string }
 
-/** Appends in flight at once. */
-const TELLERS = 16
+/** A forked tellers' process, and whether it has loaded (it says so once it reads its requests). */
+interface Forked {
+  readonly child: ChildProcess
+  readonly loaded: () => boolean
+}
 
-/** Forks the tellers' process for the current scope. */
+const spawn = (): Forked => {
+  const self = fileURLToPath(import.meta.url)
+  const ext = path.extname(self)
+  // Under tsx the child needs its loader; compiled, it needs nothing.
+  const execArgv = ext === ".ts" ? ["--import", pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href] : []
+  const file = path.join(path.dirname(self), `tellersChild${ext}`)
+  // "advanced" serialization carries the bigint positions.
+  const child = fork(file, [], { execArgv, stdio: ["ignore", "inherit", "inherit", "ipc"], serialization: "advanced" })
+  let loaded = false
+  const onMessage = (reply: Reply) => {
+    if (reply.type !== "loaded") return
+    loaded = true
+    child.off("message", onMessage)
+  }
+  child.on("message", onMessage)
+  return { child, loaded: () => loaded }
+}
+
+let spare: Forked | undefined
+
+/** Forks the tellers' process now, for the next {@link make} of this process to take. */
+export const prestart = (): void => {
+  if (spare === undefined) spare = spawn()
+}
+
+/** Forks the tellers' process for the current scope (or takes the one {@link prestart} forked). */
 export const make: Effect.Effect<Tellers, TellersError, Scope.Scope> = Effect.acquireRelease(
   Effect.try({
     try: () => {
-      const self = fileURLToPath(import.meta.url)
-      // Under tsx the child needs its loader; compiled, it needs nothing.
-      const execArgv = path.extname(self) === ".ts"
-        ? ["--import", pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href]
-        : []
-      // "advanced" serialization carries the bigint positions.
-      return fork(self, ["--tellers"], { execArgv, stdio: ["ignore", "inherit", "inherit", "ipc"], serialization: "advanced" })
+      const taken = spare
+      spare = undefined
+      return taken !== undefined && taken.child.exitCode === null && taken.child.signalCode === null ? taken : spawn()
     },
     catch: (cause) => new TellersError({ message: `cannot start the tellers' process: ${String(cause)}`, cause })
   }),
-  (child) =>
+  ({ child }) =>
     Effect.async<void>((resume) => {
       if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.void)
       child.once("exit", () => resume(Effect.void))
       child.kill("SIGKILL")
     })
-).pipe(Effect.map((child): Tellers => ({ append: (plan, onAppended) => append(child, plan, onAppended) })))
+).pipe(Effect.map((forked): Tellers => ({ append: (plan, onAppended) => append(forked, plan, onAppended) })))
 
-const append = (child: ChildProcess, plan: Plan, onAppended: (positions: ReadonlyArray<bigint>) => void) =>
+const append = ({ child, loaded }: Forked, plan: Plan, onAppended: (positions: ReadonlyArray<bigint>) => void) =>
   Effect.async<void, TellersError>((resume) => {
+    const request = () => child.send({ type: "append", plan } satisfies Request)
     const onMessage = (reply: Reply) => {
+      if (reply.type === "loaded") return request()
       if (reply.type === "appended") return onAppended(reply.positions)
       off()
       resume(reply.type === "done" ? Effect.void : Effect.fail(new TellersError({ message: reply.message })))
@@ -90,101 +115,7 @@ const append = (child: ChildProcess, plan: Plan, onAppended: (positions: Readonl
     }
     child.on("message", onMessage)
     child.on("exit", onExit)
-    child.send({ type: "append", plan } satisfies Request)
+    // Sent once the child listens for it (a message sent before would be lost).
+    if (loaded()) request()
     return Effect.sync(off) // interrupted: the scope's release kills the child
   })
-
-// ---- the child ------------------------------------------------------------------------
-
-/**
- * Tellers append concurrently, each event after those it depends on (its own
- * stream's earlier events, the owner's registration, the credited account's opening).
- */
-const tellers = async (plan: Plan, send: (reply: Reply) => void) => {
-  const client = EventStoreDBClient.connectionString(plan.connectionString)
-  let positions: Array<bigint> = []
-  const flush = () => {
-    if (positions.length === 0) return
-    send({ type: "appended", positions })
-    positions = []
-  }
-  const timer = setInterval(flush, 50)
-  try {
-    const last = new Map<string, Promise<unknown>>()
-    const inFlight = new Set<Promise<unknown>>()
-    let appended = 0
-    for (const [stream, event] of simulate(plan.events, plan.seed)) {
-      const next = plan.run === "" ? { stream, event } : prefix(plan.run, stream, event)
-      while (inFlight.size >= TELLERS) await Promise.race(inFlight)
-      const after = [next.stream, ...dependencies(next.event)].flatMap((s) => last.get(s) ?? [])
-      const append: Promise<unknown> = Promise.all(after)
-        .then(() => client.appendToStream(next.stream, jsonEvent(next.event)))
-        .then((result) => {
-          // the prepare position: how the engine positions several-category subscriptions
-          positions.push(result.position?.prepare ?? BigInt(appended))
-          appended++
-        })
-      last.set(next.stream, append)
-      inFlight.add(append)
-      const settled = () => void inFlight.delete(append)
-      append.then(settled, settled) // a failure surfaces through race / all
-    }
-    await Promise.all(inFlight)
-  } finally {
-    clearInterval(timer)
-    flush()
-    await client.dispose()
-  }
-}
-
-/** The streams whose earlier events an event depends on (besides its own stream's). */
-const dependencies = (event: BankEvent): ReadonlyArray<string> =>
-  event.type === "BankAccountCreated"
-    ? [`person-${event.data.ownerId}`]
-    : event.type === "BankAccountTransactionRecorded" && event.data.transaction.kind === "transfer"
-    ? [`account-${event.data.transaction.to}`]
-    : []
-
-/** The same event with this run's ids (a real EventStoreDB keeps earlier runs' streams). */
-const prefix = (run: string, stream: string, event: BankEvent): { stream: string; event: BankEvent } => {
-  const id = (s: string) => `${run}${s}`
-  const dash = stream.indexOf("-")
-  const renamed = `${stream.slice(0, dash + 1)}${id(stream.slice(dash + 1))}`
-  switch (event.type) {
-    case "PersonRegistered":
-      return { stream: renamed, event: { ...event, data: { ...event.data, personId: id(event.data.personId) } } }
-    case "BankAccountCreated":
-      return {
-        stream: renamed,
-        event: { ...event, data: { ...event.data, accountId: id(event.data.accountId), ownerId: id(event.data.ownerId) } }
-      }
-    case "BankAccountTransactionRecorded": {
-      const t = event.data.transaction
-      return {
-        stream: renamed,
-        event: {
-          ...event,
-          data: {
-            accountId: id(event.data.accountId),
-            ownerId: id(event.data.ownerId),
-            transaction: t.kind === "transfer" ? { ...t, to: id(t.to), toOwnerId: id(t.toOwnerId) } : t
-          }
-        }
-      }
-    }
-  }
-}
-
-if (process.argv[2] === "--tellers" && process.send !== undefined) {
-  const send = (reply: Reply) => void process.send!(reply)
-  // Ctrl-C reaches the whole process group: the parent decides when the tellers stop.
-  process.on("SIGINT", () => {})
-  process.on("disconnect", () => process.exit(0))
-  process.on("message", (request: Request) => {
-    if (request.type !== "append") return
-    tellers(request.plan, send).then(
-      () => send({ type: "done" }),
-      (error) => send({ type: "failed", message: error instanceof Error ? error.message : String(error) })
-    )
-  })
-}

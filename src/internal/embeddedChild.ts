@@ -19,8 +19,9 @@ export interface Start {
   readonly mongo: { readonly dataDir?: string | undefined } | undefined
 }
 
-/** What the child answers. */
+/** What the child answers: `loaded` first (it now reads its start message), then `ready` or `failed`. */
 export type Reply =
+  | { readonly type: "loaded" }
   | { readonly type: "ready"; readonly eventStore: string | undefined; readonly mongo: string | undefined }
   | { readonly type: "failed"; readonly message: string }
 
@@ -48,15 +49,15 @@ const main = async () => {
       return
     }
     if (message.type !== "start") return
-    const servers = Effect.gen(function*() {
-      const eventStore = message.eventStore === undefined
-        ? undefined
-        : (yield* EventStoreServer.make({ dataDir: message.eventStore.dataDir })).connectionString
-      const mongo = message.mongo === undefined
-        ? undefined
-        : (yield* MongoServer.make({ dataDir: message.mongo.dataDir })).uri
-      return { eventStore, mongo }
-    })
+    // Both servers start at once (each binds its own port and opens its own journal).
+    const servers = Effect.all({
+      eventStore: message.eventStore === undefined
+        ? Effect.succeed(undefined)
+        : Effect.map(EventStoreServer.make({ dataDir: message.eventStore.dataDir }), (server) => server.connectionString),
+      mongo: message.mongo === undefined
+        ? Effect.succeed(undefined)
+        : Effect.map(MongoServer.make({ dataDir: message.mongo.dataDir }), (server) => server.uri)
+    }, { concurrency: "unbounded" })
     Effect.runPromise(Scope.extend(servers, scope)).then(
       ({ eventStore, mongo }) => send({ type: "ready", eventStore, mongo }),
       (error) => {
@@ -65,6 +66,7 @@ const main = async () => {
       }
     )
   })
+  send({ type: "loaded" })
 }
 
 void main()

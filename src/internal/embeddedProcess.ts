@@ -3,22 +3,19 @@
  * the examples and `run --embedded` then measure the engine, not the servers
  * competing with it for one event loop.
  *
- * The child's entry sits next to this module and is picked by this module's own
- * extension: `embeddedChild.ts` under tsx (the child gets the tsx loader),
- * `embeddedChild.js` when running compiled from `dist/`.
+ * The child's entry is chosen by {@link ./embeddedSpawn.ts}: compiled from
+ * `dist/` when that is current, the TypeScript source under tsx otherwise. A
+ * child forked early by `EmbeddedSpawn.prestart` is taken instead of a new one.
  *
  * Guarantees: the child is stopped when the scope closes (asked over IPC, then
  * killed after a timeout), and it stops by itself when this process dies (its
  * IPC channel closes). A child that cannot start is a typed
  * {@link EmbeddedProcessError}; so is one that dies before it is ready.
  */
-import { fork } from "node:child_process"
 import type { ChildProcess } from "node:child_process"
-import { createRequire } from "node:module"
-import * as path from "node:path"
-import { fileURLToPath, pathToFileURL } from "node:url"
 import { Data, Duration, Effect } from "effect"
 import type { Reply, Start } from "./embeddedChild.js"
+import * as EmbeddedSpawn from "./embeddedSpawn.js"
 
 /** The child process of the embedded servers could not start. @since 0.1.0 */
 export class EmbeddedProcessError extends Data.TaggedError("EmbeddedProcessError")<{
@@ -41,29 +38,21 @@ export interface Running {
   readonly pid: number
 }
 
-/** The child's entry and the node flags it needs, for this module's own extension. */
-export const entry = (): { readonly file: string; readonly execArgv: ReadonlyArray<string> } => {
-  const self = fileURLToPath(import.meta.url)
-  const ext = path.extname(self)
-  const file = path.join(path.dirname(self), `embeddedChild${ext}`)
-  if (ext !== ".ts") return { file, execArgv: [] }
-  // TypeScript sources: the child needs the tsx loader whatever launched us.
-  const loader = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href
-  return { file, execArgv: ["--import", loader] }
-}
+/** The child's entry and the node flags it needs. */
+export const entry = EmbeddedSpawn.entry
 
 /** Starts the servers in a child process for the current scope. */
 export const make = (options: Options): Effect.Effect<Running, EmbeddedProcessError, import("effect").Scope.Scope> =>
   Effect.acquireRelease(
     Effect.async<{ child: ChildProcess; reply: Extract<Reply, { type: "ready" }> }, EmbeddedProcessError>((resume) => {
-      const { execArgv, file } = entry()
-      let child: ChildProcess
+      let forked: EmbeddedSpawn.Forked
       try {
-        child = fork(file, [], { execArgv: [...execArgv], stdio: ["ignore", "inherit", "inherit", "ipc"], serialization: "json" })
+        forked = EmbeddedSpawn.takeSpare() ?? EmbeddedSpawn.spawn()
       } catch (cause) {
         resume(Effect.fail(new EmbeddedProcessError({ message: `cannot start the embedded servers' process: ${String(cause)}`, cause })))
         return
       }
+      const child = forked.child
       let done = false
       const finish = (effect: Effect.Effect<{ child: ChildProcess; reply: Extract<Reply, { type: "ready" }> }, EmbeddedProcessError>) => {
         if (done) return
@@ -73,7 +62,9 @@ export const make = (options: Options): Effect.Effect<Running, EmbeddedProcessEr
         child.off("error", onError)
         resume(effect)
       }
+      const start = () => child.send({ type: "start", eventStore: options.eventStore, mongo: options.mongo } satisfies Start)
       const onMessage = (reply: Reply) => {
+        if (reply.type === "loaded") return start()
         if (reply.type === "ready") finish(Effect.succeed({ child, reply }))
         else finish(Effect.fail(new EmbeddedProcessError({ message: `the embedded servers did not start: ${reply.message}` })))
       }
@@ -86,8 +77,8 @@ export const make = (options: Options): Effect.Effect<Running, EmbeddedProcessEr
       child.on("message", onMessage)
       child.on("exit", onExit)
       child.on("error", onError)
-      const start: Start = { type: "start", eventStore: options.eventStore, mongo: options.mongo }
-      child.send(start)
+      // Sent once the child listens for it (a message sent before would be lost).
+      if (forked.loaded()) start()
       return Effect.sync(() => {
         if (!done) {
           done = true
