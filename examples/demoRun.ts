@@ -99,7 +99,7 @@ const demo = (args: Args, tellers: Tellers.Tellers) =>
     }
     // The check users run in production too (`reconciler verify`): every projection folded
     // again from the recorded events, every stored document compared with the fold.
-    const reports = yield* Effect.forEach(projections, (projection) => Verify.verify(projection), { concurrency: "unbounded" })
+    const reports = yield* Verify.verifyAll(projections) // one read of the events for both
     const mismatches = reports.flatMap((report) => report.mismatches.map((m) => ({ ...m, collection: report.collection })))
     for (const m of mismatches.slice(0, 50)) {
       yield* Console.error(`mismatch ${m.collection}/${m.id}: expected ${canonical(m.expected)}, got ${canonical(m.stored)}`)

@@ -67,13 +67,18 @@ export interface VerifyOptions {
   readonly repair?: boolean | undefined
   /** Only these document ids (default: all). */
   readonly ids?: ReadonlySet<string> | undefined
-  /** The engine's settings for the fold. */
+  /**
+   * The engine's settings for the fold. Default: batches of up to 2,000 events
+   * and lane buffers of 2,000 (the fold is one backlog into a scratch collection:
+   * fuller batches mean far fewer writes: about 1.5× less CPU than batches of 100 at 20k events).
+   */
   readonly run?: Omit<Reconciler.RunOptions, "mode" | "group"> | undefined
 }
 
 /** Drift found by {@link verify}, tagged with `projection`. @since 0.1.0 */
 export const drift = Metric.counter("reconciler_verify_mismatches", {
-  description: "documents found different from a fold of their events"
+  description: "documents found different from a fold of their events",
+  incremental: true
 })
 
 const toMismatch = (d: DocumentDifference): Mismatch => ({
@@ -95,94 +100,158 @@ const toMismatch = (d: DocumentDifference): Mismatch => ({
  * @since 0.1.0
  */
 export const verify = Effect.fn("Verify.verify")(function*(projection: Projection<any, any>, options: VerifyOptions = {}) {
+  return (yield* verifyAll([projection], options))[0]!
+})
+
+/** A projection about to be verified: where it is stored, its horizon, its scratch collection. */
+interface Target {
+  readonly projection: Projection<any, any>
+  readonly collection: string
+  readonly horizon: Option.Option<bigint>
+  readonly scratch: string
+}
+
+/**
+ * {@link verify} for several projections, reading the events once: projections
+ * over the same categories judged at the same horizon (as after they ran
+ * together and stopped) share one fold through the engine (`Reconciler.runAll`:
+ * one subscription fanned out to each), each into its own scratch collection.
+ * The reports come in the order of `projections`.
+ *
+ * @since 0.1.0
+ */
+export const verifyAll = Effect.fn("Verify.verifyAll")(function*(
+  projections: ReadonlyArray<Projection<any, any>>,
+  options: VerifyOptions = {}
+) {
   const source = yield* EventSource
   const store = yield* ReadModelStore
-  const collection = yield* ReadModels.collectionOf(projection)
-  const checkpoint = yield* store.readCheckpoint(checkpointId(projection))
-  const horizon = Option.isSome(checkpoint) ? checkpoint : yield* source.head(projection.categories)
-  const suffix = (yield* Random.nextIntBetween(0, 2 ** 31)).toString(36)
-  const scratch = `${collection}__verify_${suffix}`
-  const ids = options.ids
-  let deadLettered = 0
-  let events = 0
-
-  return yield* Effect.acquireUseRelease(
-    Effect.succeed(scratch),
-    (scratch) =>
-      Effect.gen(function*() {
-        if (Option.isSome(horizon)) {
-          // The fold: the engine over the source up to the horizon, into the scratch collection,
-          // with its own bookkeeping kept in memory (the projection's checkpoint is not touched).
-          const limit = horizon.value
-          const bounded = EventSource.of({
-            ...source,
-            subscribe: (subscription) => source.subscribe(subscription).pipe(
-                Stream.takeUntil((d) => d.position >= limit),
-                Stream.mapChunks((chunk) => {
-                  events += chunk.length
-                  return chunk
-                })
-              )
-          })
-          const scratchStore = ReadModelStore.of({
-            ...store,
-            readCheckpoint: () => Effect.succeed(Option.none()),
-            commitCheckpoint: () => Effect.void,
-            write: (batch) => store.write({ ...batch, checkpoint: undefined }),
-            deadLetter: () => Effect.sync(() => void deadLettered++)
-          })
-          const folded: Projection<any, any> = {
-            ...ReadModels.withCollection(projection, scratch),
-            name: `${projection.name}.verify`,
-            ...(ids === undefined ? {} : {
-              key: (event: any) => {
-                const key = projection.key(event)
-                return (typeof key === "string" ? [key] : key).filter((k) => ids.has(k))
-              }
-            })
-          }
-          yield* Reconciler.run(folded, { ...options.run, mode: "catch-up" }).pipe(
-            Effect.provideService(EventSource, bounded),
-            Effect.provideService(ReadModelStore, scratchStore)
-          )
-        }
-        const limit = Option.getOrUndefined(horizon)
-        let moved = 0
-        const comparison = yield* compareCollections(collection, scratch, {
-          skip: (doc) => {
-            if (ids !== undefined && !ids.has(doc.id)) return true
-            const past = limit !== undefined && doc.meta.position !== undefined && doc.meta.position > limit
-            if (past) moved++
-            return past
-          }
-        })
-        const mismatches = comparison.differences.map(toMismatch)
-        yield* Metric.incrementBy(Metric.tagged(drift, "projection", projection.name), mismatches.length)
-        const repaired: Array<string> = []
-        const notRepaired: Array<string> = []
-        if (options.repair === true && comparison.differences.length > 0) {
-          const writes = comparison.differences.map(repairOf)
-          const result = yield* store.write({ collection, writes })
-          const conflicts = new Set(result.conflicts)
-          for (const w of writes) (conflicts.has(w.id) ? notRepaired : repaired).push(w.id)
-        }
-        return {
-          projection: projection.name,
-          version: projection.version,
-          collection,
-          horizon,
-          events,
-          documents: comparison.compared,
-          mismatches,
-          moved,
-          deadLettered,
-          repaired,
-          notRepaired
-        } satisfies Report
-      }),
-    (scratch) => store.dropCollection(scratch).pipe(Effect.ignore)
-  )
+  const targets = yield* Effect.forEach(projections, (projection) =>
+    Effect.gen(function*() {
+      const collection = yield* ReadModels.collectionOf(projection)
+      const checkpoint = yield* store.readCheckpoint(checkpointId(projection))
+      const horizon = Option.isSome(checkpoint) ? checkpoint : yield* source.head(projection.categories)
+      const suffix = (yield* Random.nextIntBetween(0, 2 ** 31)).toString(36)
+      return { projection, collection, horizon, scratch: `${collection}__verify_${suffix}` } satisfies Target
+    }))
+  const together = new Map<string, Array<number>>()
+  targets.forEach((target, i) => {
+    const key = JSON.stringify([[...new Set(target.projection.categories)].sort(), String(Option.getOrUndefined(target.horizon))])
+    const group = together.get(key)
+    if (group === undefined) together.set(key, [i])
+    else group.push(i)
+  })
+  const reports: Array<Report> = new Array(targets.length)
+  for (const indices of together.values()) {
+    const group = indices.map((i) => targets[i]!)
+    const judged = yield* Effect.acquireUseRelease(
+      Effect.succeed(group),
+      (group) => Effect.flatMap(fold(group, options), (folded) => Effect.forEach(group, (target) => judge(target, folded, options))),
+      (group) => Effect.forEach(group, (target) => store.dropCollection(target.scratch).pipe(Effect.ignore), { discard: true })
+    )
+    indices.forEach((i, n) => (reports[i] = judged[n]!))
+  }
+  return reports
 })
+
+/** What a fold read: events up to the horizon, and those dead-lettered, by projection. */
+interface Folded {
+  readonly events: number
+  readonly deadLettered: ReadonlyMap<string, number>
+}
+
+const foldName = (projection: Projection<any, any>) => `${projection.name}.verify`
+
+/**
+ * The fold: the engine over the source up to the (shared) horizon, into the
+ * scratch collections, with its own bookkeeping kept in memory (the
+ * projections' checkpoints are not touched).
+ */
+const fold = (group: ReadonlyArray<Target>, options: VerifyOptions) =>
+  Effect.gen(function*() {
+    const source = yield* EventSource
+    const store = yield* ReadModelStore
+    const deadLettered = new Map<string, number>()
+    let events = 0
+    const horizon = group[0]!.horizon
+    if (Option.isNone(horizon)) return { events, deadLettered } satisfies Folded
+    const limit = horizon.value
+    const bounded = EventSource.of({
+      ...source,
+      subscribe: (subscription) =>
+        source.subscribe(subscription).pipe(
+          Stream.takeUntil((d) => d.position >= limit),
+          Stream.mapChunks((chunk) => {
+            events += chunk.length
+            return chunk
+          })
+        )
+    })
+    const scratchStore = ReadModelStore.of({
+      ...store,
+      readCheckpoint: () => Effect.succeed(Option.none()),
+      commitCheckpoint: () => Effect.void,
+      write: (batch) => store.write({ ...batch, checkpoint: undefined }),
+      deadLetter: (letter) => Effect.sync(() => void deadLettered.set(letter.projection, (deadLettered.get(letter.projection) ?? 0) + 1))
+    })
+    const ids = options.ids
+    const folded = group.map(({ projection, scratch }): Projection<any, any> => ({
+      ...ReadModels.withCollection(projection, scratch),
+      name: foldName(projection),
+      ...(ids === undefined ? {} : {
+        key: (event: any) => {
+          const key = projection.key(event)
+          return (typeof key === "string" ? [key] : key).filter((k) => ids.has(k))
+        }
+      })
+    }))
+    yield* Reconciler.runAll(folded, { batchSize: 2_000, laneBuffer: 2_000, ...options.run, mode: "catch-up" }).pipe(
+      Effect.provideService(EventSource, bounded),
+      Effect.provideService(ReadModelStore, scratchStore)
+    )
+    return { events, deadLettered } satisfies Folded
+  })
+
+/** Compares the stored documents with the fold (and repairs, if asked). */
+const judge = (target: Target, folded: Folded, options: VerifyOptions) =>
+  Effect.gen(function*() {
+    const store = yield* ReadModelStore
+    const { collection, horizon, projection, scratch } = target
+    const ids = options.ids
+    const limit = Option.getOrUndefined(horizon)
+    let moved = 0
+    const comparison = yield* compareCollections(collection, scratch, {
+      skip: (doc) => {
+        if (ids !== undefined && !ids.has(doc.id)) return true
+        const past = limit !== undefined && doc.meta.position !== undefined && doc.meta.position > limit
+        if (past) moved++
+        return past
+      }
+    })
+    const mismatches = comparison.differences.map(toMismatch)
+    yield* Metric.incrementBy(Metric.tagged(drift, "projection", projection.name), mismatches.length)
+    const repaired: Array<string> = []
+    const notRepaired: Array<string> = []
+    if (options.repair === true && comparison.differences.length > 0) {
+      const writes = comparison.differences.map(repairOf)
+      const result = yield* store.write({ collection, writes })
+      const conflicts = new Set(result.conflicts)
+      for (const w of writes) (conflicts.has(w.id) ? notRepaired : repaired).push(w.id)
+    }
+    return {
+      projection: projection.name,
+      version: projection.version,
+      collection,
+      horizon,
+      events: folded.events,
+      documents: comparison.compared,
+      mismatches,
+      moved,
+      deadLettered: folded.deadLettered.get(foldName(projection)) ?? 0,
+      repaired,
+      notRepaired
+    } satisfies Report
+  })
 
 /** The guarded write that makes a stored document what the fold says. */
 const repairOf = (d: DocumentDifference): DocumentWrite => {
@@ -234,7 +303,8 @@ export const describe = (report: Report, limit = 20): ReadonlyArray<string> => {
 
 /** Documents re-checked by {@link sample}, tagged with `projection`. @since 0.1.0 */
 export const sampled = Metric.counter("reconciler_verify_sampled", {
-  description: "documents re-checked against a fold of their events by the continuous sample"
+  description: "documents re-checked against a fold of their events by the continuous sample",
+  incremental: true
 })
 
 /**
