@@ -23,8 +23,13 @@ import type { Plan, Reply, Request } from "./tellers.js"
 const CONCURRENCY = 32
 /** Events in one append at most. */
 const BATCH = 50
-/** Oldest not-yet-appended events considered at once. */
-const WINDOW = 4_000
+/**
+ * Oldest not-yet-appended events considered at once. The client spends about
+ * 0.4 ms of CPU per append whatever its size, so the fewer appends the better:
+ * 10,000 gives 5.5 events per append at 20,000 events (1,000: 2.3; the whole
+ * plan: 5.9, where the order rules above set the floor).
+ */
+const WINDOW = 10_000
 
 interface Pending {
   readonly stream: string
