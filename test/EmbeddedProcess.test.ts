@@ -13,6 +13,7 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import * as EmbeddedProcess from "../src/internal/embeddedProcess.js"
+import * as EmbeddedSpawn from "../src/internal/embeddedSpawn.js"
 
 const alive = (pid: number) => {
   try {
@@ -30,10 +31,27 @@ const gone = (pid: number) =>
   )
 
 describe("embedded servers in a child process", () => {
-  it.live("serve the real clients, and stop with the scope", () =>
+  it("run from dist/ when it is current (the test setup builds it), from the sources under tsx when asked", () => {
+    expect(EmbeddedSpawn.entry()).toEqual({ file: path.resolve(__dirname, "../dist/internal/embeddedChild.js"), execArgv: [] })
+    process.env.RECONCILER_EMBEDDED_FROM_SOURCE = "1"
+    try {
+      expect(EmbeddedSpawn.entry()).toEqual({ file: path.resolve(__dirname, "../src/internal/embeddedChild.ts"), execArgv: EmbeddedSpawn.tsxExecArgv() })
+    } finally {
+      delete process.env.RECONCILER_EMBEDDED_FROM_SOURCE
+    }
+  })
+
+  it.live.each(["compiled", "source", "forked early"] as const)("serve the real clients, and stop with the scope (%s)", (how) =>
     Effect.gen(function*() {
       const scope = yield* Scope.make()
-      const running = yield* EmbeddedProcess.make({ eventStore: {}, mongo: {} }).pipe(Scope.extend(scope))
+      if (how === "source") process.env.RECONCILER_EMBEDDED_FROM_SOURCE = "1"
+      const early = how === "forked early" ? EmbeddedSpawn.prestart() : undefined
+      const running = yield* EmbeddedProcess.make({ eventStore: {}, mongo: {} }).pipe(
+        Scope.extend(scope),
+        Effect.ensuring(Effect.sync(() => delete process.env.RECONCILER_EMBEDDED_FROM_SOURCE))
+      )
+      if (early !== undefined) expect(running.pid).toBe(early)
+      expect(EmbeddedSpawn.takeSpare()).toBeUndefined()
       expect(running.pid).not.toBe(process.pid)
       const client = EventStoreDBClient.connectionString(running.eventStore!)
       const appended = yield* Effect.promise(() => client.appendToStream("probe-1", jsonEvent({ type: "Probed", data: { n: 1 } })))
@@ -61,7 +79,7 @@ describe("embedded servers in a child process", () => {
 
   it.live("the child dies with its parent, even when the parent is killed", () =>
     Effect.gen(function*() {
-      const parent = spawn(process.execPath, [...EmbeddedProcess.entry().execArgv, path.join(__dirname, "support", "embeddedParent.ts")], {
+      const parent = spawn(process.execPath, [...EmbeddedSpawn.tsxExecArgv(), path.join(__dirname, "support", "embeddedParent.ts")], {
         stdio: ["ignore", "pipe", "inherit"]
       })
       const child = yield* Effect.async<number, Error>((resume) => {

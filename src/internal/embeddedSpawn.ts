@@ -48,6 +48,9 @@ const compiledChild = (srcDir: string): string | undefined => {
   }
 }
 
+/** The node flags that load the tsx loader (for a child that runs TypeScript sources). */
+export const tsxExecArgv = (): ReadonlyArray<string> => ["--import", pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href]
+
 /** The child's entry and the node flags it needs, for this module's own extension. */
 export const entry = (): Entry => {
   const self = fileURLToPath(import.meta.url)
@@ -57,8 +60,7 @@ export const entry = (): Entry => {
   const compiled = process.env.RECONCILER_EMBEDDED_FROM_SOURCE === "1" ? undefined : compiledChild(path.dirname(here))
   if (compiled !== undefined) return { file: compiled, execArgv: [] }
   // TypeScript sources: the child needs the tsx loader whatever launched us.
-  const loader = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href
-  return { file: path.join(here, "embeddedChild.ts"), execArgv: ["--import", loader] }
+  return { file: path.join(here, "embeddedChild.ts"), execArgv: tsxExecArgv() }
 }
 
 /** A forked child, and whether it has loaded (it says so before it reads its start message). */
@@ -86,10 +88,11 @@ let spare: Forked | undefined
 /**
  * Forks the servers' child now, to be taken by the next `EmbeddedProcess.make`
  * of this process: a program calls it first thing, and the child's loading
- * overlaps its own. A spare nobody takes exits with this process.
+ * overlaps its own. A spare nobody takes exits with this process. Its pid.
  */
-export const prestart = (): void => {
+export const prestart = (): number | undefined => {
   if (spare === undefined) spare = spawn()
+  return spare.child.pid
 }
 
 /** The early-forked child, if one is waiting and alive (taken: the next call gets none). */
