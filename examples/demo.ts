@@ -168,11 +168,26 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
   else if (args !== undefined) {
     const chosen = args
     // The servers' and the tellers' processes are forked before this one loads the engine
-    // (its modules take seconds under tsx): their loading overlaps ours.
-    const embedded = process.env.EVENTSTORE_CONNECTION_STRING === undefined || process.env.MONGODB_URI === undefined
-    void (embedded ? import("../src/internal/embeddedSpawn.js").then((spawn) => spawn.prestart()) : Promise.resolve())
-      .then(() => import("./tellers.js"))
-      .then((tellers) => tellers.prestart())
+    // (its modules take seconds under tsx): their loading overlaps ours. With both servers
+    // embedded and in memory (the default), the servers start at once, and the bank begins
+    // appending as soon as they are up: the engine, once loaded, catches up while it appends.
+    const env = process.env
+    const embedded = env.EVENTSTORE_CONNECTION_STRING === undefined || env.MONGODB_URI === undefined
+    const early = env.EVENTSTORE_CONNECTION_STRING === undefined && env.MONGODB_URI === undefined &&
+      env.RECONCILER_DATA_DIR === undefined
+    void (embedded ? import("../src/internal/embeddedSpawn.js") : Promise.resolve(undefined)).then((spawn) => {
+      spawn?.prestart(early ? { eventStore: {}, mongo: {} } : undefined)
+      return import("./tellers.js").then((tellers) => {
+        tellers.prestart()
+        if (early) {
+          void spawn?.spareReady().then((ready) => {
+            if (ready?.eventStore !== undefined) {
+              tellers.begin({ connectionString: ready.eventStore, events: chosen.events, seed: chosen.seed, run: "" })
+            }
+          })
+        }
+      })
+    })
       .then(() => import("./demoRun.js"))
       .then((run) => run.start(chosen))
   }

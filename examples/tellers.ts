@@ -36,6 +36,8 @@ export class TellersError extends Data.TaggedError("TellersError")<{
 
 /** The forked tellers. */
 export interface Tellers {
+  /** When the tellers began appending (`performance.now()` of this process), once they have. */
+  readonly since: () => number | undefined
   /** Appends the plan's events; `onAppended` gets the acknowledged positions, in batches. */
   readonly append: (plan: Plan, onAppended: (positions: ReadonlyArray<bigint>) => void) => Effect.Effect<void, TellersError>
 }
@@ -47,10 +49,20 @@ export type Reply =
   | { readonly type: "done" }
   | { readonly type: "failed"; readonly message: string }
 
-/** A forked tellers' process, and whether it has loaded (it says so once it reads its requests). */
+/**
+ * A forked tellers' process. Its replies are kept from the start, so that a
+ * plan handed over before anyone listens ({@link begin}) loses none.
+ */
 interface Forked {
   readonly child: ChildProcess
-  readonly loaded: () => boolean
+  /** Hands it the plan (sent once it has loaded); only the first call counts. */
+  readonly request: (plan: Plan) => void
+  /** The plan it was handed (JSON), if any. */
+  readonly requested: () => string | undefined
+  /** Every reply after `loaded` so far, then each new one, to `listener` (until it returns false). */
+  readonly listen: (listener: (reply: Exclude<Reply, { type: "loaded" }>) => boolean) => void
+  /** When the plan was handed over (`performance.now()`). */
+  readonly since: () => number | undefined
 }
 
 const spawn = (): Forked => {
@@ -62,21 +74,51 @@ const spawn = (): Forked => {
   // "advanced" serialization carries the bigint positions.
   const child = fork(file, [], { execArgv, stdio: ["ignore", "inherit", "inherit", "ipc"], serialization: "advanced" })
   let loaded = false
-  const onMessage = (reply: Reply) => {
-    if (reply.type !== "loaded") return
-    loaded = true
-    child.off("message", onMessage)
+  let plan: Plan | undefined
+  let since: number | undefined
+  const kept: Array<Exclude<Reply, { type: "loaded" }>> = []
+  let listener: ((reply: Exclude<Reply, { type: "loaded" }>) => boolean) | undefined
+  // Sent once the child listens for it (a message sent before would be lost).
+  const send = () => void child.send({ type: "append", plan: plan! } satisfies Request)
+  child.on("message", (reply: Reply) => {
+    if (reply.type === "loaded") {
+      loaded = true
+      if (plan !== undefined) send()
+    } else if (listener === undefined) kept.push(reply)
+    else if (!listener(reply)) listener = undefined
+  })
+  return {
+    child,
+    request: (p) => {
+      if (plan !== undefined) return
+      plan = p
+      since = performance.now()
+      if (loaded) send()
+    },
+    requested: () => (plan === undefined ? undefined : JSON.stringify(plan)),
+    listen: (l) => {
+      for (const reply of kept.splice(0)) if (!l(reply)) return
+      listener = l
+    },
+    since: () => since
   }
-  child.on("message", onMessage)
-  return { child, loaded: () => loaded }
 }
 
 let spare: Forked | undefined
+/** The one {@link prestart} forked, taken or not (what {@link begin} hands the plan to). */
+let prestarted: Forked | undefined
 
 /** Forks the tellers' process now, for the next {@link make} of this process to take. */
 export const prestart = (): void => {
-  if (spare === undefined) spare = spawn()
+  if (prestarted === undefined) prestarted = spare = spawn()
 }
+
+/**
+ * Hands the {@link prestart}ed tellers their plan now: they append while this
+ * process is still loading; {@link Tellers.append} of the same plan then
+ * reports what they did so far and waits for the rest.
+ */
+export const begin = (plan: Plan): void => prestarted?.request(plan)
 
 /** Forks the tellers' process for the current scope (or takes the one {@link prestart} forked). */
 export const make: Effect.Effect<Tellers, TellersError, Scope.Scope> = Effect.acquireRelease(
@@ -94,28 +136,36 @@ export const make: Effect.Effect<Tellers, TellersError, Scope.Scope> = Effect.ac
       child.once("exit", () => resume(Effect.void))
       child.kill("SIGKILL")
     })
-).pipe(Effect.map((forked): Tellers => ({ append: (plan, onAppended) => append(forked, plan, onAppended) })))
+).pipe(Effect.map((forked): Tellers => ({ since: forked.since, append: (plan, onAppended) => append(forked, plan, onAppended) })))
 
-const append = ({ child, loaded }: Forked, plan: Plan, onAppended: (positions: ReadonlyArray<bigint>) => void) =>
+const append = (forked: Forked, plan: Plan, onAppended: (positions: ReadonlyArray<bigint>) => void) =>
   Effect.async<void, TellersError>((resume) => {
-    const request = () => child.send({ type: "append", plan } satisfies Request)
-    const onMessage = (reply: Reply) => {
-      if (reply.type === "loaded") return request()
-      if (reply.type === "appended") return onAppended(reply.positions)
-      off()
-      resume(reply.type === "done" ? Effect.void : Effect.fail(new TellersError({ message: reply.message })))
+    const { child } = forked
+    const requested = forked.requested()
+    if (requested !== undefined && requested !== JSON.stringify(plan)) {
+      return resume(Effect.fail(new TellersError({ message: "the tellers were handed another plan" })))
     }
+    let ended = false
     const onExit = (code: number | null, signal: string | null) => {
-      off()
+      ended = true
+      child.off("exit", onExit)
       resume(Effect.fail(new TellersError({ message: `the tellers' process exited (${signal ?? `code ${code}`})` })))
     }
-    const off = () => {
-      child.off("message", onMessage)
-      child.off("exit", onExit)
-    }
-    child.on("message", onMessage)
     child.on("exit", onExit)
-    // Sent once the child listens for it (a message sent before would be lost).
-    if (loaded()) request()
-    return Effect.sync(off) // interrupted: the scope's release kills the child
+    forked.listen((reply) => {
+      if (ended) return false
+      if (reply.type === "appended") {
+        onAppended(reply.positions)
+        return true
+      }
+      ended = true
+      child.off("exit", onExit)
+      resume(reply.type === "done" ? Effect.void : Effect.fail(new TellersError({ message: reply.message })))
+      return false
+    })
+    forked.request(plan)
+    return Effect.sync(() => {
+      ended = true // interrupted: the scope's release kills the child
+      child.off("exit", onExit)
+    })
   })

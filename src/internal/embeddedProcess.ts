@@ -14,7 +14,7 @@
  */
 import type { ChildProcess } from "node:child_process"
 import { Data, Duration, Effect } from "effect"
-import type { Reply, Start } from "./embeddedChild.js"
+import type { Reply } from "./embeddedChild.js"
 import * as EmbeddedSpawn from "./embeddedSpawn.js"
 
 /** The child process of the embedded servers could not start. @since 0.1.0 */
@@ -45,9 +45,14 @@ export const entry = EmbeddedSpawn.entry
 export const make = (options: Options): Effect.Effect<Running, EmbeddedProcessError, import("effect").Scope.Scope> =>
   Effect.acquireRelease(
     Effect.async<{ child: ChildProcess; reply: Extract<Reply, { type: "ready" }> }, EmbeddedProcessError>((resume) => {
+      const request: EmbeddedSpawn.StartRequest = { eventStore: options.eventStore, mongo: options.mongo }
       let forked: EmbeddedSpawn.Forked
       try {
-        forked = EmbeddedSpawn.takeSpare() ?? EmbeddedSpawn.spawn()
+        const spare = EmbeddedSpawn.takeSpare()
+        const started = spare?.started()
+        // A spare asked to start other servers is of no use: stopped, and a fresh child forked.
+        if (spare !== undefined && started !== undefined && started !== EmbeddedSpawn.startKey(request)) spare.child.kill("SIGKILL")
+        forked = spare !== undefined && (started === undefined || started === EmbeddedSpawn.startKey(request)) ? spare : EmbeddedSpawn.spawn()
       } catch (cause) {
         resume(Effect.fail(new EmbeddedProcessError({ message: `cannot start the embedded servers' process: ${String(cause)}`, cause })))
         return
@@ -57,14 +62,11 @@ export const make = (options: Options): Effect.Effect<Running, EmbeddedProcessEr
       const finish = (effect: Effect.Effect<{ child: ChildProcess; reply: Extract<Reply, { type: "ready" }> }, EmbeddedProcessError>) => {
         if (done) return
         done = true
-        child.off("message", onMessage)
         child.off("exit", onExit)
         child.off("error", onError)
         resume(effect)
       }
-      const start = () => child.send({ type: "start", eventStore: options.eventStore, mongo: options.mongo } satisfies Start)
-      const onMessage = (reply: Reply) => {
-        if (reply.type === "loaded") return start()
+      const onAnswer = (reply: Exclude<Reply, { type: "loaded" }>) => {
         if (reply.type === "ready") finish(Effect.succeed({ child, reply }))
         else finish(Effect.fail(new EmbeddedProcessError({ message: `the embedded servers did not start: ${reply.message}` })))
       }
@@ -74,11 +76,10 @@ export const make = (options: Options): Effect.Effect<Running, EmbeddedProcessEr
         })))
       const onError = (cause: Error) =>
         finish(Effect.fail(new EmbeddedProcessError({ message: `the embedded servers' process failed: ${cause.message}`, cause })))
-      child.on("message", onMessage)
       child.on("exit", onExit)
       child.on("error", onError)
-      // Sent once the child listens for it (a message sent before would be lost).
-      if (forked.loaded()) start()
+      forked.start(request)
+      forked.onAnswer(onAnswer)
       return Effect.sync(() => {
         if (!done) {
           done = true

@@ -15,6 +15,7 @@ import * as fs from "node:fs"
 import { createRequire } from "node:module"
 import * as path from "node:path"
 import { fileURLToPath, pathToFileURL } from "node:url"
+import type { Reply, Start } from "./embeddedChild.js"
 
 /** The child's entry and the node flags it needs. */
 export interface Entry {
@@ -63,24 +64,55 @@ export const entry = (): Entry => {
   return { file: path.join(here, "embeddedChild.ts"), execArgv: tsxExecArgv() }
 }
 
-/** A forked child, and whether it has loaded (it says so before it reads its start message). */
+/** What the child is asked to start (its first message). */
+export type StartRequest = Omit<Start, "type">
+
+/** A forked servers' child. */
 export interface Forked {
   readonly child: ChildProcess
-  readonly loaded: () => boolean
+  /** Asks it to start these servers (sent once it has loaded); only the first call counts. */
+  readonly start: (request: StartRequest) => void
+  /** What it was asked to start (JSON), if it was. */
+  readonly started: () => string | undefined
+  /** Calls back with its answer to the start (`ready` or `failed`), at once if it has answered. */
+  readonly onAnswer: (callback: (reply: Exclude<Reply, { type: "loaded" }>) => void) => void
 }
 
-/** Forks the servers' child; it waits for its start message. */
+/** The JSON a start request is compared by (two requests for the same servers are equal). */
+export const startKey = (request: StartRequest): string =>
+  JSON.stringify({ eventStore: request.eventStore, mongo: request.mongo })
+
+/** Forks the servers' child; it starts what {@link Forked.start} asks for. */
 export const spawn = (): Forked => {
   const { execArgv, file } = entry()
   const child = fork(file, [], { execArgv: [...execArgv], stdio: ["ignore", "inherit", "inherit", "ipc"], serialization: "json" })
   let loaded = false
-  const onMessage = (message: { readonly type?: unknown }) => {
-    if (message?.type !== "loaded") return
-    loaded = true
+  let request: StartRequest | undefined
+  let answer: Exclude<Reply, { type: "loaded" }> | undefined
+  const waiting: Array<(reply: Exclude<Reply, { type: "loaded" }>) => void> = []
+  // The start is sent once the child listens for it (a message sent before would be lost).
+  const send = () => void child.send({ type: "start", ...request! } satisfies Start)
+  const onMessage = (reply: Reply) => {
+    if (reply.type === "loaded") {
+      loaded = true
+      if (request !== undefined) send()
+      return
+    }
+    answer = reply
     child.off("message", onMessage)
+    for (const callback of waiting.splice(0)) callback(reply)
   }
   child.on("message", onMessage)
-  return { child, loaded: () => loaded }
+  return {
+    child,
+    start: (r) => {
+      if (request !== undefined) return
+      request = r
+      if (loaded) send()
+    },
+    started: () => (request === undefined ? undefined : startKey(request)),
+    onAnswer: (callback) => (answer !== undefined ? callback(answer) : void waiting.push(callback))
+  }
 }
 
 let spare: Forked | undefined
@@ -88,12 +120,23 @@ let spare: Forked | undefined
 /**
  * Forks the servers' child now, to be taken by the next `EmbeddedProcess.make`
  * of this process: a program calls it first thing, and the child's loading
- * overlaps its own. A spare nobody takes exits with this process. Its pid.
+ * overlaps its own. With `request`, the child also starts those servers as
+ * soon as it has loaded; `make` takes it only if it asks for the same servers
+ * (else it stops it and forks another). A spare nobody takes exits with this
+ * process. Its pid.
  */
-export const prestart = (): number | undefined => {
+export const prestart = (request?: StartRequest): number | undefined => {
   if (spare === undefined) spare = spawn()
+  if (request !== undefined) spare.start(request)
   return spare.child.pid
 }
+
+/** The early-forked child's answer to its start: where its servers listen (undefined: none waiting, or failed). */
+export const spareReady = (): Promise<Extract<Reply, { type: "ready" }> | undefined> =>
+  new Promise((resolve) => {
+    if (spare === undefined || spare.started() === undefined) return resolve(undefined)
+    spare.onAnswer((reply) => resolve(reply.type === "ready" ? reply : undefined))
+  })
 
 /** The early-forked child, if one is waiting and alive (taken: the next call gets none). */
 export const takeSpare = (): Forked | undefined => {
