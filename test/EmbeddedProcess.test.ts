@@ -41,11 +41,15 @@ describe("embedded servers in a child process", () => {
     }
   })
 
-  it.live.each(["compiled", "source", "forked early"] as const)("serve the real clients, and stop with the scope (%s)", (how) =>
+  it.live.each(["compiled", "source", "forked early", "started early"] as const)("serve the real clients, and stop with the scope (%s)", (how) =>
     Effect.gen(function*() {
       const scope = yield* Scope.make()
       if (how === "source") process.env.RECONCILER_EMBEDDED_FROM_SOURCE = "1"
-      const early = how === "forked early" ? EmbeddedSpawn.prestart() : undefined
+      const early = how === "forked early"
+        ? EmbeddedSpawn.prestart()
+        : how === "started early"
+        ? EmbeddedSpawn.prestart({ eventStore: {}, mongo: {} })
+        : undefined
       const running = yield* EmbeddedProcess.make({ eventStore: {}, mongo: {} }).pipe(
         Scope.extend(scope),
         Effect.ensuring(Effect.sync(() => delete process.env.RECONCILER_EMBEDDED_FROM_SOURCE))
@@ -63,6 +67,16 @@ describe("embedded servers in a child process", () => {
       yield* Effect.promise(() => mongo.close())
       yield* Scope.close(scope, Exit.void)
       expect(alive(running.pid)).toBe(false)
+    }), 60_000)
+
+  it.live("a child started early for other servers is not taken: it is stopped and another one forked", () =>
+    Effect.gen(function*() {
+      const early = EmbeddedSpawn.prestart({ eventStore: {}, mongo: undefined })!
+      const running = yield* Effect.scoped(EmbeddedProcess.make({ mongo: {} }))
+      expect(running.pid).not.toBe(early)
+      expect(running.eventStore).toBeUndefined()
+      expect(running.mongo).toMatch(/^mongodb:/)
+      yield* gone(early)
     }), 60_000)
 
   it.live("a server that cannot start is a typed EmbeddedProcessError", () =>
