@@ -31,7 +31,7 @@ import {
   updateStatement,
   upsertSeed
 } from "./Operations.js"
-import { type Collection, Storage, type Transaction, indexName } from "./Storage.js"
+import { type Collection, Storage, type Transaction, indexName, withSeq } from "./Storage.js"
 import { type Doc, bool, isPlainObject, keyOf, num, toView, valuesAt } from "./Values.js"
 
 /** The wire version we announce (MongoDB 7.0). */
@@ -657,7 +657,7 @@ export class Engine {
     }
     const seq = ++this.storage.seq
     for (const [key, v] of source.docs) {
-      target.commit(key, { ...v, seq }, seq)
+      target.commit(key, withSeq(v, seq), seq)
       this.storage.journal?.([{ t: "put", db: toDb, c: toName, doc: v.raw }])
     }
     this.storage.dropCollection(fromDb, fromName)

@@ -9,6 +9,7 @@ import { Decimal128, Double, Long, ObjectId } from "bson"
 import { addExact, compareExact, exactOf, mulExact, toDecimal128 } from "./Numbers.js"
 import { update as mingoUpdate, updateOne as mingoUpdateOne } from "mingo"
 import { Aggregator, Query } from "./Mingo.js"
+import { simpleMatcher } from "./SimpleFilter.js"
 import {
   CommandError,
   badValue,
@@ -26,6 +27,7 @@ import {
   num,
   numeric,
   retype,
+  sameKey,
   setPath,
   sortComparator,
   toView,
@@ -58,7 +60,7 @@ export class DirectAccess implements Access {
     if (holder !== undefined) this.storage.end(holder, "aborted")
     const seq = this.storage.seq + 1
     const version = raw === undefined ? undefined : makeVersion(raw, seq)
-    if (version !== undefined) c.checkUnique(key, version.view)
+    if (version !== undefined && c.uniqueIndexes().length > 0) c.checkUnique(key, version.view)
     this.storage.seq = seq
     c.commit(key, version, seq)
     this.storage.journal?.([
@@ -183,8 +185,7 @@ const idKeys = (filter: Doc): Array<string> | undefined => {
   return undefined
 }
 
-function* candidates(access: Access, c: Collection, filter: Doc): Iterable<Version> {
-  const keys = idKeys(filter)
+function* candidates(access: Access, c: Collection, keys: Array<string> | undefined): Iterable<Version> {
   if (keys === undefined) {
     yield* access.scan(c)
     return
@@ -214,15 +215,32 @@ export const findVersions = (access: Access, c: Collection | undefined, options:
     const { _id: _answered, ...others } = rest
     rest = others
   }
-  const query = Object.keys(rest).length === 0 ? undefined : compileQuery(rest)
+  const conditions = Object.keys(rest).length > 0
+  // Guarded writes' filters are decided on the raw document; mingo only when the fast path cannot.
+  const simple = conditions ? simpleMatcher(rest) : undefined
+  let query = conditions && simple === undefined ? compileQuery(rest) : undefined
+  const matches = (v: Version): boolean => {
+    if (!conditions) return true
+    const decided = simple?.(v.raw)
+    if (decided !== undefined) return decided
+    query ??= compileQuery(rest)
+    return query.test(v.view)
+  }
   const skip = options.skip ?? 0
   const limit = options.limit ?? 0
   const sorted = options.sort !== undefined && Object.keys(options.sort).length > 0
   const out: Array<Version> = []
-  for (const v of candidates(access, c, options.filter)) {
-    if (query !== undefined && !query.test(v.view)) continue
-    out.push(v)
-    if (!sorted && limit > 0 && out.length >= skip + limit) break
+  const keys = idKeys(options.filter)
+  if (keys !== undefined && keys.length === 1) {
+    // One `_id`: no generator, no set of seen keys.
+    const v = access.get(c, keys[0]!)
+    if (v !== undefined && matches(v)) out.push(v)
+  } else {
+    for (const v of candidates(access, c, keys)) {
+      if (!matches(v)) continue
+      out.push(v)
+      if (!sorted && limit > 0 && out.length >= skip + limit) break
+    }
   }
   if (sorted) {
     const compare = sortComparator(options.sort!)
@@ -486,7 +504,7 @@ export const updateStatement = (access: Access, c: Collection, s: UpdateStatemen
   let nModified = 0
   for (const v of targets) {
     const next = applyUpdate(v.raw, v.view, s.u, s.arrayFilters, s.q, false)
-    if (keyOf(next) === keyOf(v.raw)) continue
+    if (sameKey(next, v.raw)) continue
     access.put(c, keyOf(v.raw._id), next)
     nModified++
   }
