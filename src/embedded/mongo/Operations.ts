@@ -281,7 +281,7 @@ export const isOperatorUpdate = (u: unknown): u is Doc => isPlainObject(u) && Ob
 /** The new raw document after applying `u` (operators, pipeline or replacement) to `raw`. */
 export const applyUpdate = (
   raw: Doc,
-  view: Doc,
+  viewOf: () => Doc,
   u: unknown,
   arrayFilters: Array<Doc> | undefined,
   filter: Doc,
@@ -290,11 +290,12 @@ export const applyUpdate = (
   let result: Doc
   try {
     if (Array.isArray(u)) {
-      const target = cloneView(view) as Doc
+      const target = cloneView(viewOf()) as Doc
       const docs = [target]
       mingoUpdateOne(docs, {}, toView(u) as any, {}, queryOptions)
       result = retype(docs[0], raw, new Map()) as Doc
     } else if (isOperatorUpdate(u)) {
+      const view = viewOf()
       const expr: Doc = {}
       const args = new Map<string, unknown>()
       const elements = new Map<string, Array<unknown>>()
@@ -335,7 +336,7 @@ export const applyUpdate = (
       if ("_id" in u && "_id" in raw && keyOf(u._id) !== keyOf(raw._id)) {
         throw immutableField("The _id field cannot be changed")
       }
-      result = { ...u }
+      result = u // a statement's own document, decoded for this command: not shared
     } else {
       throw new CommandError(9, "FailedToParse", "Update argument must be either an object or an array")
     }
@@ -345,11 +346,17 @@ export const applyUpdate = (
   }
   // `_id` first, as MongoDB keeps it, with its raw value.
   const id = "_id" in raw ? raw._id : result._id
+  if (id !== undefined && result._id === id && firstKey(result) === "_id") return result
   const { _id: _ignored, ...rest } = result
   return id === undefined ? rest : { _id: id, ...rest }
 }
 
 const getIdPath = (view: Doc, path: string): unknown => valuesAt(view, path)[0]
+
+const firstKey = (doc: Doc): string | undefined => {
+  for (const k in doc) return k
+  return undefined
+}
 
 const INT32_MIN = -(2n ** 31n)
 const INT32_MAX = 2n ** 31n - 1n
@@ -503,14 +510,14 @@ export const updateStatement = (access: Access, c: Collection, s: UpdateStatemen
   const targets = findVersions(access, c, { filter: s.q, sort: s.sort, limit: s.multi ? 0 : 1 })
   let nModified = 0
   for (const v of targets) {
-    const next = applyUpdate(v.raw, v.view, s.u, s.arrayFilters, s.q, false)
+    const next = applyUpdate(v.raw, () => v.view, s.u, s.arrayFilters, s.q, false)
     if (sameKey(next, v.raw)) continue
     access.put(c, keyOf(v.raw._id), next)
     nModified++
   }
   if (targets.length > 0 || !s.upsert) return { n: targets.length, nModified, upserted: undefined }
   const seed = upsertSeed(s.q)
-  const doc = applyUpdate(seed, toView(seed) as Doc, s.u, s.arrayFilters, s.q, true)
+  const doc = applyUpdate(seed, () => toView(seed) as Doc, s.u, s.arrayFilters, s.q, true)
   if (!isOperatorUpdate(s.u) && !Array.isArray(s.u) && "_id" in seed && !("_id" in (s.u as Doc))) {
     doc._id = seed._id
   }
