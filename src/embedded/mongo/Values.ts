@@ -1,7 +1,7 @@
 /**
  * How the embedded server holds BSON values.
  *
- * Documents are kept twice: `raw`, exactly as decoded by `bson` with
+ * Documents are kept twice (the second form made on first use): `raw`, exactly as decoded by `bson` with
  * `promoteValues: false` (Int32, Double, Long, Decimal128 keep their type and are
  * returned as stored), and `view`, where numeric wrappers are promoted to plain
  * numbers so that mingo compares them as MongoDB does (`{ v: { $gt: 3 } }` matches
