@@ -27,7 +27,7 @@
  *
  * @since 0.1.0
  */
-import { randomUUID } from "node:crypto"
+import { randomBytes } from "node:crypto"
 import { Config, ConfigError, Effect, Layer, Option, Redacted } from "effect"
 import { Chunk, Stream } from "effect"
 import {
@@ -133,6 +133,13 @@ const closedError = () =>
   new StoreError({ message: "MongoReadModelStore used after its scope closed (the MongoClient is closed)", transient: false })
 
 const TRANSACTION_RETRIES = 5
+
+/**
+ * A write's token tells its own earlier attempt (a retry after a lost reply) from
+ * another writer's write: 72 random bits per process, then a batch counter.
+ */
+const processNonce = randomBytes(9).toString("base64url")
+let batchCounter = 0
 
 /** Whether a driver error, or the error it wraps, carries `label`. */
 const hasLabel = (cause: unknown, label: string, depth = 0): boolean => {
@@ -336,8 +343,9 @@ export const make = Effect.fn("MongoReadModelStore.make")(function*(options: Opt
     writes: ReadonlyArray<DocumentWrite>,
     session: ClientSession | undefined
   ): Promise<{ conflicts: Set<number>; rejected: Map<number, string>; error?: unknown }> => {
-    const nonce = randomUUID()
-    const tokens = writes.map((_, i) => `${nonce}:${i}`)
+    // Short tokens: every byte is serialized, parsed and stored once more per document.
+    const nonce = `${processNonce}${(batchCounter++).toString(36)}`
+    const tokens = writes.map((_, i) => `${nonce}:${i.toString(36)}`)
     const ops: Array<AnyBulkWriteOperation<Document>> = writes.map((w, i) => {
       const replacement = encodeDocument(w, tokens[i]!)
       return w.expectedVersion === 0

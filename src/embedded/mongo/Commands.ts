@@ -31,7 +31,7 @@ import {
   updateStatement,
   upsertSeed
 } from "./Operations.js"
-import { type Collection, Storage, type Transaction, indexName } from "./Storage.js"
+import { type Collection, Storage, type Transaction, indexName, withSeq } from "./Storage.js"
 import { type Doc, bool, isPlainObject, keyOf, num, toView, valuesAt } from "./Values.js"
 
 /** The wire version we announce (MongoDB 7.0). */
@@ -484,13 +484,13 @@ export class Engine {
     if (command.update === undefined) throw badValue("Either an update or remove=true must be specified")
     const arrayFilters = command.arrayFilters as Array<Doc> | undefined
     if (target !== undefined) {
-      const next = applyUpdate(target.raw, target.view, command.update, arrayFilters, query, false)
+      const next = applyUpdate(target.raw, () => target.view, command.update, arrayFilters, query, false)
       access.put(c, keyOf(target.raw._id), next)
       return { lastErrorObject: { n: 1, updatedExisting: true }, value: shape(returnNew ? next : target.raw), ok: 1 }
     }
     if (!bool(command.upsert, false)) return { lastErrorObject: { n: 0, updatedExisting: false }, value: null, ok: 1 }
     const seed = upsertSeed(query)
-    const doc = applyUpdate(seed, toView(seed) as Doc, command.update, arrayFilters, query, true)
+    const doc = applyUpdate(seed, () => toView(seed) as Doc, command.update, arrayFilters, query, true)
     if (!isOperatorUpdate(command.update) && !Array.isArray(command.update) && "_id" in seed && doc._id === undefined) doc._id = seed._id
     const inserted = insertOne(access, c, doc._id === undefined ? { _id: new ObjectId(), ...doc } : doc)
     return {
@@ -657,7 +657,7 @@ export class Engine {
     }
     const seq = ++this.storage.seq
     for (const [key, v] of source.docs) {
-      target.commit(key, { ...v, seq }, seq)
+      target.commit(key, withSeq(v, seq), seq)
       this.storage.journal?.([{ t: "put", db: toDb, c: toName, doc: v.raw }])
     }
     this.storage.dropCollection(fromDb, fromName)

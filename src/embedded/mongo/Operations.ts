@@ -9,6 +9,7 @@ import { Decimal128, Double, Long, ObjectId } from "bson"
 import { addExact, compareExact, exactOf, mulExact, toDecimal128 } from "./Numbers.js"
 import { update as mingoUpdate, updateOne as mingoUpdateOne } from "mingo"
 import { Aggregator, Query } from "./Mingo.js"
+import { simpleMatcher } from "./SimpleFilter.js"
 import {
   CommandError,
   badValue,
@@ -26,6 +27,7 @@ import {
   num,
   numeric,
   retype,
+  sameKey,
   setPath,
   sortComparator,
   toView,
@@ -58,7 +60,7 @@ export class DirectAccess implements Access {
     if (holder !== undefined) this.storage.end(holder, "aborted")
     const seq = this.storage.seq + 1
     const version = raw === undefined ? undefined : makeVersion(raw, seq)
-    if (version !== undefined) c.checkUnique(key, version.view)
+    if (version !== undefined && c.uniqueIndexes().length > 0) c.checkUnique(key, version.view)
     this.storage.seq = seq
     c.commit(key, version, seq)
     this.storage.journal?.([
@@ -183,8 +185,7 @@ const idKeys = (filter: Doc): Array<string> | undefined => {
   return undefined
 }
 
-function* candidates(access: Access, c: Collection, filter: Doc): Iterable<Version> {
-  const keys = idKeys(filter)
+function* candidates(access: Access, c: Collection, keys: Array<string> | undefined): Iterable<Version> {
   if (keys === undefined) {
     yield* access.scan(c)
     return
@@ -214,15 +215,32 @@ export const findVersions = (access: Access, c: Collection | undefined, options:
     const { _id: _answered, ...others } = rest
     rest = others
   }
-  const query = Object.keys(rest).length === 0 ? undefined : compileQuery(rest)
+  const conditions = Object.keys(rest).length > 0
+  // Guarded writes' filters are decided on the raw document; mingo only when the fast path cannot.
+  const simple = conditions ? simpleMatcher(rest) : undefined
+  let query = conditions && simple === undefined ? compileQuery(rest) : undefined
+  const matches = (v: Version): boolean => {
+    if (!conditions) return true
+    const decided = simple?.(v.raw)
+    if (decided !== undefined) return decided
+    query ??= compileQuery(rest)
+    return query.test(v.view)
+  }
   const skip = options.skip ?? 0
   const limit = options.limit ?? 0
   const sorted = options.sort !== undefined && Object.keys(options.sort).length > 0
   const out: Array<Version> = []
-  for (const v of candidates(access, c, options.filter)) {
-    if (query !== undefined && !query.test(v.view)) continue
-    out.push(v)
-    if (!sorted && limit > 0 && out.length >= skip + limit) break
+  const keys = idKeys(options.filter)
+  if (keys !== undefined && keys.length === 1) {
+    // One `_id`: no generator, no set of seen keys.
+    const v = access.get(c, keys[0]!)
+    if (v !== undefined && matches(v)) out.push(v)
+  } else {
+    for (const v of candidates(access, c, keys)) {
+      if (!matches(v)) continue
+      out.push(v)
+      if (!sorted && limit > 0 && out.length >= skip + limit) break
+    }
   }
   if (sorted) {
     const compare = sortComparator(options.sort!)
@@ -263,7 +281,7 @@ export const isOperatorUpdate = (u: unknown): u is Doc => isPlainObject(u) && Ob
 /** The new raw document after applying `u` (operators, pipeline or replacement) to `raw`. */
 export const applyUpdate = (
   raw: Doc,
-  view: Doc,
+  viewOf: () => Doc,
   u: unknown,
   arrayFilters: Array<Doc> | undefined,
   filter: Doc,
@@ -272,11 +290,12 @@ export const applyUpdate = (
   let result: Doc
   try {
     if (Array.isArray(u)) {
-      const target = cloneView(view) as Doc
+      const target = cloneView(viewOf()) as Doc
       const docs = [target]
       mingoUpdateOne(docs, {}, toView(u) as any, {}, queryOptions)
       result = retype(docs[0], raw, new Map()) as Doc
     } else if (isOperatorUpdate(u)) {
+      const view = viewOf()
       const expr: Doc = {}
       const args = new Map<string, unknown>()
       const elements = new Map<string, Array<unknown>>()
@@ -317,7 +336,7 @@ export const applyUpdate = (
       if ("_id" in u && "_id" in raw && keyOf(u._id) !== keyOf(raw._id)) {
         throw immutableField("The _id field cannot be changed")
       }
-      result = { ...u }
+      result = u // a statement's own document, decoded for this command: not shared
     } else {
       throw new CommandError(9, "FailedToParse", "Update argument must be either an object or an array")
     }
@@ -327,11 +346,17 @@ export const applyUpdate = (
   }
   // `_id` first, as MongoDB keeps it, with its raw value.
   const id = "_id" in raw ? raw._id : result._id
+  if (id !== undefined && result._id === id && firstKey(result) === "_id") return result
   const { _id: _ignored, ...rest } = result
   return id === undefined ? rest : { _id: id, ...rest }
 }
 
 const getIdPath = (view: Doc, path: string): unknown => valuesAt(view, path)[0]
+
+const firstKey = (doc: Doc): string | undefined => {
+  for (const k in doc) return k
+  return undefined
+}
 
 const INT32_MIN = -(2n ** 31n)
 const INT32_MAX = 2n ** 31n - 1n
@@ -485,14 +510,14 @@ export const updateStatement = (access: Access, c: Collection, s: UpdateStatemen
   const targets = findVersions(access, c, { filter: s.q, sort: s.sort, limit: s.multi ? 0 : 1 })
   let nModified = 0
   for (const v of targets) {
-    const next = applyUpdate(v.raw, v.view, s.u, s.arrayFilters, s.q, false)
-    if (keyOf(next) === keyOf(v.raw)) continue
+    const next = applyUpdate(v.raw, () => v.view, s.u, s.arrayFilters, s.q, false)
+    if (sameKey(next, v.raw)) continue
     access.put(c, keyOf(v.raw._id), next)
     nModified++
   }
   if (targets.length > 0 || !s.upsert) return { n: targets.length, nModified, upserted: undefined }
   const seed = upsertSeed(s.q)
-  const doc = applyUpdate(seed, toView(seed) as Doc, s.u, s.arrayFilters, s.q, true)
+  const doc = applyUpdate(seed, () => toView(seed) as Doc, s.u, s.arrayFilters, s.q, true)
   if (!isOperatorUpdate(s.u) && !Array.isArray(s.u) && "_id" in seed && !("_id" in (s.u as Doc))) {
     doc._id = seed._id
   }

@@ -19,7 +19,28 @@ export interface Version {
   readonly view: Doc
 }
 
-export const makeVersion = (raw: Doc, seq: number): Version => ({ seq, raw, view: toView(raw) as Doc })
+/** The view is made on first use: a document only replaced and read back by `_id` never needs one. */
+class StoredVersion implements Version {
+  private cached: Doc | undefined = undefined
+  constructor(
+    readonly raw: Doc,
+    readonly seq: number
+  ) {}
+  get view(): Doc {
+    return (this.cached ??= toView(this.raw) as Doc)
+  }
+  at(seq: number): StoredVersion {
+    const v = new StoredVersion(this.raw, seq)
+    v.cached = this.cached
+    return v
+  }
+}
+
+export const makeVersion = (raw: Doc, seq: number): Version => new StoredVersion(raw, seq)
+
+/** The same document committed under another sequence number (a spread would lose the lazy view). */
+export const withSeq = (v: Version, seq: number): Version =>
+  v instanceof StoredVersion ? v.at(seq) : { seq, raw: v.raw, view: v.view }
 
 /** An index definition; unique indexes keep a map from key tuple to the owning `_id` key. */
 export interface Index {
@@ -309,7 +330,7 @@ export class Storage {
     const entries: Array<JournalEntry> = []
     for (const [c, writes] of t.writes) {
       for (const [key, v] of writes) {
-        const version = v === undefined ? undefined : { ...v, seq }
+        const version = v === undefined ? undefined : withSeq(v, seq)
         c.commit(key, version, seq)
         entries.push(
           version === undefined

@@ -1,7 +1,7 @@
 /**
  * How the embedded server holds BSON values.
  *
- * Documents are kept twice: `raw`, exactly as decoded by `bson` with
+ * Documents are kept twice (the second form made on first use): `raw`, exactly as decoded by `bson` with
  * `promoteValues: false` (Int32, Double, Long, Decimal128 keep their type and are
  * returned as stored), and `view`, where numeric wrappers are promoted to plain
  * numbers so that mingo compares them as MongoDB does (`{ v: { $gt: 3 } }` matches
@@ -140,6 +140,33 @@ export const keyOf = (v: unknown): string => {
   }
   if (o instanceof Uint8Array) return "x:0:" + Buffer.from(o).toString("base64")
   return "?:" + String(o)
+}
+
+/**
+ * Whether `keyOf(a) === keyOf(b)`, without building either string: stops at the
+ * first difference (a replacement that changes one field is told apart at once).
+ */
+export const sameKey = (a: unknown, b: unknown): boolean => {
+  if (a === b) return true
+  const ta = typeof a
+  const tb = typeof b
+  if (ta === "string" || tb === "string" || ta === "boolean" || tb === "boolean") return false
+  if (Array.isArray(a)) {
+    if (!Array.isArray(b) || a.length !== b.length) return false
+    for (let i = 0; i < a.length; i++) if (!sameKey(a[i], b[i])) return false
+    return true
+  }
+  if (Array.isArray(b)) return false
+  if (isPlainObject(a)) {
+    if (!isPlainObject(b)) return false
+    const ka = Object.keys(a)
+    const kb = Object.keys(b)
+    if (ka.length !== kb.length) return false
+    for (let i = 0; i < ka.length; i++) if (ka[i] !== kb[i] || !sameKey(a[ka[i]!], b[kb[i]!])) return false
+    return true
+  }
+  if (isPlainObject(b)) return false
+  return keyOf(a) === keyOf(b)
 }
 
 /** The rank of a value's type in BSON comparison order. */
@@ -310,7 +337,7 @@ export const sortComparator = (spec: Doc): ((a: Doc, b: Doc) => number) => {
   }
 }
 
-const sameView = (a: unknown, b: unknown): boolean => keyOf(a) === keyOf(b) && rank(a) === rank(b)
+const sameView = (a: unknown, b: unknown): boolean => sameKey(a, b) && rank(a) === rank(b)
 
 /**
  * Maps a document updated in view form back to BSON types: values unchanged since
