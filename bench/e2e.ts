@@ -13,9 +13,12 @@
  * One table per run, with ratios. Live lag: bench/live.ts; memory: bench/rss.ts.
  *
  *   npm run bench:e2e -- [--events 20000,50000] [--servers in-process,child] [--reps 1]
- *                        [--only engine,loop,ceiling] [--profile FILE]
+ *                        [--only engine,loop,ceiling] [--profile FILE] [--engine-options JSON]
+ *
+ * `--engine-options '{"batchSize":500}'`: run options for the engine (defaults otherwise).
  */
 import { Effect } from "effect"
+import type * as Reconciler from "../src/Reconciler.js"
 import {
   arg,
   ceiling,
@@ -66,12 +69,14 @@ const profiling = (() => {
 })()
 
 
+const engineOptions = JSON.parse(arg("engine-options") ?? "{}") as Reconciler.RunOptions
+
 /** The contenders; each returns its ms (and the engine its mean batch size). */
 const contenders: ReadonlyArray<{
   readonly name: string
   readonly run: (s: Servers, database: string) => Effect.Effect<{ readonly ms: number; readonly meanBatch?: number }, unknown>
 }> = [
-  { name: "engine", run: (s, database) => engine(s, database, profiling.around) },
+  { name: "engine", run: (s, database) => engine(s, database, profiling.around, engineOptions) },
   { name: "loop", run: (s, database) => Effect.map(sequentialLoop(s, database), (ms) => ({ ms })) },
   { name: "ceiling", run: (s, database) => Effect.map(ceiling(s, database), (ms) => ({ ms })) }
 ]

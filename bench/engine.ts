@@ -4,8 +4,9 @@
  * 1,000,000 events over 10,000 streams in the in-memory source, projected into the
  * in-memory store. The baseline is a plain TypeScript loop doing the same decode
  * (UTF-8 → JSON → Schema), fold and Map update. Run: `npm run bench:engine`
- * (`-- --events N --streams S --reps R` to change the size). Runs with --expose-gc so that
- * heap figures are measured after full collections.
+ * (`-- --events N --streams S --reps R` to change the size; `--profile FILE` writes a CPU
+ * profile of the engine's timed runs only). Runs with --expose-gc so that heap figures are
+ * measured after full collections.
  */
 import { Effect, Either, Schema } from "effect"
 import * as EventSource from "../src/EventSource.js"
@@ -18,6 +19,10 @@ const arg = (name: string, fallback: number) => {
   const at = process.argv.indexOf(`--${name}`)
   return at >= 0 ? Number(process.argv[at + 1]) : fallback
 }
+const profileFile = (() => {
+  const at = process.argv.indexOf("--profile")
+  return at >= 0 ? process.argv[at + 1] : undefined
+})()
 const totalEvents = arg("events", 1_000_000)
 const streams = arg("streams", 10_000)
 
@@ -59,6 +64,23 @@ const mb = (bytes: number) => (bytes / 1024 / 1024).toFixed(0)
 const gc = () => (globalThis as { gc?: () => void }).gc?.()
 const median = (values: Array<number>) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!
 const repetitions = arg("reps", 3)
+
+/** `--profile`: the inspector's CPU profiler, running only while the engine's timed runs do. */
+const profiler = await (async () => {
+  if (profileFile === undefined) return undefined
+  const inspector = await import("node:inspector")
+  const session = new inspector.Session()
+  session.connect()
+  const post = (method: string) =>
+    new Promise<any>((resolve, reject) => session.post(method, (error, result) => (error ? reject(error) : resolve(result))))
+  await post("Profiler.enable")
+  return {
+    start: Effect.promise(() => post("Profiler.start")),
+    // Stopping discards nothing: each stop's nodes are merged into one file at the end.
+    stop: Effect.promise(() => post("Profiler.stop")).pipe(Effect.map((result) => result.profile as object))
+  }
+})()
+const profiles: Array<object> = []
 
 const fill = (log: InMemory.EventLog, count: number) =>
   Effect.gen(function*() {
@@ -120,7 +142,9 @@ const measure = (count: number) =>
       const plain = plainLoop(log)
       plainRates.push(count / plain.seconds)
       gc()
+      if (profiler !== undefined) yield* profiler.start
       const run = yield* engine(log)
+      if (profiler !== undefined) profiles.push(yield* profiler.stop)
       engineRates.push(count / run.seconds)
       // Same read model both ways (the collection copied once, not once per document).
       const documents = run.store.documents(accounts.collection)
@@ -168,6 +192,12 @@ const main = Effect.gen(function*() {
     "included) minus the live heap holding the source's backlog. Flat from a quarter to the full backlog: in-flight",
     "deliveries are bounded, so the engine's memory follows the documents, not the backlog."
   )
+  if (profileFile !== undefined && profiles.length > 0) {
+    // The last (largest) run's profile: one file, readable by any .cpuprofile viewer.
+    const fs = yield* Effect.promise(() => import("node:fs/promises"))
+    yield* Effect.promise(() => fs.writeFile(profileFile, JSON.stringify(profiles[profiles.length - 1])))
+    console.log(`CPU profile of the last timed engine run: ${profileFile}`)
+  }
   if (small.mismatches + full.mismatches > 0) yield* Effect.die("the engine and the plain loop disagree")
 })
 

@@ -52,9 +52,13 @@ export interface RunOptions {
   readonly mode?: Mode | undefined
   /** Parallel lanes; one document always lands in the same lane. Default 4. */
   readonly lanes?: number | undefined
-  /** Most events folded into one write per lane. Default 100. */
+  /** Most events folded into one write per lane. Default 500. */
   readonly batchSize?: number | undefined
-  /** Deliveries a lane may hold beyond its batch. Default 256. */
+  /**
+   * Deliveries a lane may hold beyond its batch (with `lanes` and `batchSize`, the
+   * in-flight bound: `lanes × laneBuffer + batchSize`). Default `2 × batchSize`, so that a
+   * lane's next batch fills under a backlog while its last one is written.
+   */
   readonly laneBuffer?: number | undefined
   /** How long a drain may take before in-flight work is abandoned (and nacked). Default 10 s. */
   readonly drainTimeout?: Duration.DurationInput | undefined

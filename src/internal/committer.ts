@@ -38,6 +38,13 @@ export class Committer {
     )
   })
 
+  /** The watermark is ahead of the checkpoint as committed (catch-up). */
+  private behind(): boolean {
+    const position = this.settlement.watermark.current
+    return this.ctx.options.mode === "catch-up" && position !== undefined &&
+      (this.committed === undefined || position > this.committed)
+  }
+
   /** Flags work in flight that stopped settling for `stallAfter`. */
   private readonly watchdog: Effect.Effect<void> = Effect.suspend(() => {
     const { gate } = this.settlement
@@ -84,8 +91,13 @@ export class Committer {
     )
   })
 
-  /** Resumes when the pipeline has nothing in flight any more. */
+  /**
+   * Resumes when the pipeline has nothing in flight any more — at once when it went
+   * idle while this committer was committing and the watermark moved past the
+   * checkpoint since (else the last batches of a catch-up waited a whole interval).
+   */
   private readonly idle: Effect.Effect<void> = Effect.async<void>((resume) => {
+    if (this.settlement.gate.inFlight === 0 && this.behind()) return resume(Effect.void)
     this.settlement.onIdle = () => {
       this.settlement.onIdle = undefined
       resume(Effect.void)

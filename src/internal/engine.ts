@@ -31,6 +31,8 @@ export const runGroup = (
       // drain, so that what was received but not applied can still be nacked.
       const subscriptions = yield* Scope.fork(yield* Effect.scope, ExecutionStrategy.sequential)
       const activity = new Activity()
+      // Read synchronously where deliveries settle (the fiber's Clock: a TestClock in tests).
+      const clock = yield* Effect.clock
       const pipelines: Array<Pipeline> = []
       for (const runnable of runnables) {
         const base = Context.make(runnable, options, store)
@@ -40,7 +42,7 @@ export const runGroup = (
         const checkpoint = options.mode === "catch-up"
           ? yield* ctx.durably(store.readCheckpoint(ctx.id), "reading the checkpoint")
           : Option.none()
-        pipelines.push(new Pipeline(ctx, Option.getOrUndefined(checkpoint), activity, source.readStream))
+        pipelines.push(new Pipeline(ctx, Option.getOrUndefined(checkpoint), activity, clock, source.readStream))
       }
       const running: Array<Running> = []
       for (const pipeline of pipelines) {

@@ -112,15 +112,16 @@ export const run = (
         bufferSize: options.bufferSize ?? options.bound
       }
 
-  const room = pipelines.length === 1
-    ? first.settlement.gate.room
-    : Effect.forEach(pipelines, (p) => p.settlement.gate.room, { discard: true })
   const done: Array<Array<Tracked>> = pipelines.map(() => [])
   const gates = pipelines.map((p) => p.settlement.gate)
   const hasRoom = (): boolean => {
     for (const gate of gates) if (gate.inFlight >= gate.bound) return false
     return true
   }
+  // Checked synchronously first (`hasRoom`): a pull usually finds room, and then waits on no effect.
+  const waitForRoom = pipelines.length === 1
+    ? first.settlement.gate.room
+    : Effect.forEach(gates, (gate) => gate.room, { discard: true })
 
   // Only catch-up has a head, hence a backlog to tell from a stall.
   const stall = options.mode === "catch-up"
@@ -128,25 +129,33 @@ export const run = (
       for (const p of pipelines) p.flushLanes()
     })
     : undefined
-  const pull = (next: Effect.Effect<Chunk.Chunk<Delivery>, Option.Option<EventSourceError>>) =>
-    stall === undefined ? next : Effect.suspend(() => {
-      stall.start()
-      return Effect.ensuring(next, Effect.sync(() => stall.end()))
-    })
-
+  // The watch is told when a pull starts and when it returns, either way. An interrupted
+  // pull ends the intake, whose finalizer closes the watch: no `ensuring` on every pull.
+  const endPull = (): void => stall?.end()
+  /** Waits for room in every pipeline, then tells the watch that a pull starts. */
+  const beforePull: Effect.Effect<void> = Effect.suspend(() => {
+    if (!hasRoom()) return Effect.zipRight(waitForRoom, beforePull)
+    stall?.start()
+    return Effect.void
+  })
   const pullOnce = Effect.gen(function*() {
     const scope = yield* Scope.fork(subscriptions, ExecutionStrategy.sequential)
     const next = yield* Scope.extend(Stream.toPull(source.subscribe(subscription())), scope)
     while (true) {
-      yield* room
-      const chunk = yield* pull(next).pipe(
-        Effect.catchAll((error: Option.Option<EventSourceError>) =>
-          Option.match(error, {
+      yield* beforePull
+      const chunk = yield* Effect.matchEffect(next, {
+        onSuccess: (chunk): Effect.Effect<Chunk.Chunk<Delivery> | undefined> => {
+          endPull()
+          return Effect.succeed(chunk)
+        },
+        onFailure: (error: Option.Option<EventSourceError>) => {
+          endPull()
+          return Option.match(error, {
             onNone: () => Effect.succeed(undefined),
             onSome: (error) => Scope.close(scope, Exit.void).pipe(Effect.zipRight(Effect.fail(error)))
           })
-        )
-      )
+        }
+      })
       if (chunk === undefined) return
       const behind = activity.backlog
       activity.received += chunk.length
@@ -160,7 +169,7 @@ export const run = (
       // deliveries in flight never exceed the bound (not even by part of a chunk).
       const deliveries = Chunk.toReadonlyArray(chunk)
       for (let at = 0; at < deliveries.length;) {
-        if (!hasRoom()) yield* room
+        if (!hasRoom()) yield* waitForRoom
         for (; at < deliveries.length && hasRoom(); at++) {
           const delivery = deliveries[at]!
           activity.position = delivery.position

@@ -32,6 +32,12 @@ export interface Resolved {
   readonly fillAfter: number
 }
 
+/**
+ * Most parts per lane batch by default. Under a backlog a batch is one load and one
+ * bulk write for this many events; live, lanes flush at once whatever its size.
+ */
+export const DEFAULT_BATCH_SIZE = 500
+
 const defaultRetry: Schedule.Schedule<unknown> = Schedule.exponential("50 millis").pipe(
   Schedule.union(Schedule.spaced("5 seconds")),
   Schedule.jittered
@@ -52,8 +58,11 @@ export const resolve = (options: RunOptions): Effect.Effect<Resolved, InvalidRun
   Effect.gen(function*() {
     const mode: Mode = options.mode ?? "catch-up"
     const lanes = yield* positiveInt("lanes", options.lanes ?? 4)
-    const batchSize = yield* positiveInt("batchSize", options.batchSize ?? 100)
-    const laneBuffer = yield* positiveInt("laneBuffer", options.laneBuffer ?? 256)
+    const batchSize = yield* positiveInt("batchSize", options.batchSize ?? DEFAULT_BATCH_SIZE)
+    // Room for a lane's next batch to fill while its last one is written: under a backlog
+    // the intake flushes the lanes when it reaches the in-flight bound, so with less a
+    // batch holds only bound / lanes parts whatever batchSize says.
+    const laneBuffer = yield* positiveInt("laneBuffer", options.laneBuffer ?? 2 * batchSize)
     const cacheSize = yield* positiveInt("cacheSize", options.cacheSize ?? 10_000)
     if (mode !== "catch-up" && mode !== "persistent") {
       return yield* new InvalidRunOptions({ message: `mode must be "catch-up" or "persistent", got ${String(mode)}` })

@@ -14,6 +14,7 @@
  * has after one turn of the event loop. Batches fill under a backlog and flush
  * at once when there is none.
  */
+import type { Clock } from "effect"
 import { Effect, Metric } from "effect"
 import type { ReconcilerError } from "../Errors.js"
 import type { Delivery, EventSource } from "../EventSource.js"
@@ -74,9 +75,10 @@ export class Pipeline {
     readonly ctx: Context,
     readonly start: bigint | undefined,
     private readonly activity: Activity,
+    clock: Clock.Clock,
     readStream?: EventSource["Type"]["readStream"]
   ) {
-    this.settlement = new Settlement(ctx, start)
+    this.settlement = new Settlement(ctx, start, clock)
     this.order = ctx.options.mode === "persistent"
       ? new StreamOrder(ctx, this.settlement, (tracked) => this.dispatch(tracked), readStream)
       : undefined

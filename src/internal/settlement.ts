@@ -7,7 +7,8 @@
  * counts as settled, so the watermark never passes an event that is neither
  * applied nor durably quarantined.
  */
-import { Clock, Effect, Metric } from "effect"
+import type { Clock } from "effect"
+import { Effect, Metric } from "effect"
 import type { ReconcilerError } from "../Errors.js"
 import type { Delivery } from "../EventSource.js"
 import { ack, nack } from "../EventSource.js"
@@ -17,6 +18,8 @@ import { fromDelivery, letterFor } from "./quarantine.js"
 import type { StreamOrder } from "./streamOrder.js"
 import type { Tracked } from "./tracked.js"
 import { Watermark } from "./watermark.js"
+
+const clean = (tracked: Tracked): boolean => tracked.poison === undefined
 
 export class Settlement {
   /** Catch-up only: the contiguous prefix of settled deliveries. */
@@ -35,7 +38,7 @@ export class Settlement {
   /** Called when nothing is in flight any more (the committer commits then, not a tick later). */
   onIdle: (() => void) | undefined
 
-  constructor(private readonly ctx: Context, start: bigint | undefined) {
+  constructor(private readonly ctx: Context, start: bigint | undefined, private readonly clock: Clock.Clock) {
     this.watermark = new Watermark(start)
     this.gate = new Gate(ctx.options.bound)
   }
@@ -71,8 +74,13 @@ export class Settlement {
    */
   settle(finished: ReadonlyArray<Tracked>): Effect.Effect<void, ReconcilerError> {
     if (finished.length === 0) return Effect.void
-    const self = this
     const catchUp = this.ctx.options.mode === "catch-up"
+    // The usual case, catch-up with nothing poisoned: plain bookkeeping, no effect to run.
+    if (catchUp && this.order === undefined && finished.every(clean)) {
+      this.release(finished)
+      return Effect.void
+    }
+    const self = this
     return Effect.gen(function*() {
       let poisoned = 0
       for (const tracked of finished) {
@@ -97,15 +105,21 @@ export class Settlement {
           { discard: true }
         )
       }
-      for (const tracked of finished) {
-        if (catchUp) self.watermark.complete(tracked.ticket)
-        else self.unsettled.delete(tracked)
-      }
-      self.gate.leave(finished.length)
-      if (self.gate.inFlight === 0) self.onIdle?.()
-      self.settled += finished.length
-      self.lastSettledAt = yield* Clock.currentTimeMillis
+      self.release(finished)
     })
+  }
+
+  /** Settled deliveries leave: the watermark moves (catch-up) and the gate lets more in. */
+  private release(finished: ReadonlyArray<Tracked>): void {
+    const catchUp = this.ctx.options.mode === "catch-up"
+    for (const tracked of finished) {
+      if (catchUp) this.watermark.complete(tracked.ticket)
+      else this.unsettled.delete(tracked)
+    }
+    this.gate.leave(finished.length)
+    if (this.gate.inFlight === 0) this.onIdle?.()
+    this.settled += finished.length
+    this.lastSettledAt = this.clock.unsafeCurrentTimeMillis()
   }
 
   /** Hands back what was received and not applied (persistent), for redelivery. */
