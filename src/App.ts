@@ -168,7 +168,7 @@ const positiveInt = (name: string, fallback: number) =>
 /**
  * The engine's settings (see {@link Reconciler.RunOptions}):
  * `RECONCILER_MODE` (`catch-up` | `persistent`, default `catch-up`),
- * `RECONCILER_LANES` (4), `RECONCILER_BATCH_SIZE` (100), `RECONCILER_LANE_BUFFER` (256),
+ * `RECONCILER_LANES` (4), `RECONCILER_BATCH_SIZE` (500), `RECONCILER_LANE_BUFFER` (2 × batch size),
  * `RECONCILER_DRAIN_TIMEOUT` (10 seconds), `RECONCILER_COMMIT_INTERVAL` (1 second),
  * `RECONCILER_GROUP` (persistent mode: the consumer group; default per projection).
  *
@@ -177,8 +177,13 @@ const positiveInt = (name: string, fallback: number) =>
 export const settings: Config.Config<Reconciler.RunOptions> = Config.all({
   mode: Config.literal("catch-up", "persistent")("RECONCILER_MODE").pipe(Config.withDefault("catch-up" as const)),
   lanes: positiveInt("RECONCILER_LANES", 4),
-  batchSize: positiveInt("RECONCILER_BATCH_SIZE", 100),
-  laneBuffer: positiveInt("RECONCILER_LANE_BUFFER", 256),
+  batchSize: positiveInt("RECONCILER_BATCH_SIZE", 500),
+  // Unset: the engine's default (twice the batch size, also when --batch-size overrides it).
+  laneBuffer: Config.option(
+    Config.integer("RECONCILER_LANE_BUFFER").pipe(
+      Config.validate({ message: "Expected a positive integer", validation: (n) => n >= 1 })
+    )
+  ).pipe(Config.map(Option.getOrUndefined)),
   drainTimeout: Config.duration("RECONCILER_DRAIN_TIMEOUT").pipe(Config.withDefault(Duration.seconds(10))),
   commitInterval: Config.duration("RECONCILER_COMMIT_INTERVAL").pipe(Config.withDefault(Duration.seconds(1))),
   group: Config.option(Config.string("RECONCILER_GROUP")).pipe(Config.map(Option.getOrUndefined))

@@ -156,7 +156,7 @@ const run = Command.make(
       Options.withDescription("catch-up (ordered, own checkpoint; default) or persistent (a consumer group)")
     ),
     lanes: positive("lanes", "parallel lanes (default RECONCILER_LANES or 4)"),
-    batchSize: positive("batch-size", "most events folded into one write per lane (default RECONCILER_BATCH_SIZE or 100)"),
+    batchSize: positive("batch-size", "most events folded into one write per lane (default RECONCILER_BATCH_SIZE or 500)"),
     httpPort: port("http-port", "HTTP endpoint (/metrics /healthz /readyz /status; default RECONCILER_HTTP_PORT or off)").pipe(
       Options.optional
     ),
@@ -349,7 +349,7 @@ const rebuild = Command.make(
     requireIdentical,
     cleanup,
     lanes: positive("lanes", "parallel lanes (default RECONCILER_LANES or 4)"),
-    batchSize: positive("batch-size", "most events folded into one write per lane (default RECONCILER_BATCH_SIZE or 100)"),
+    batchSize: positive("batch-size", "most events folded into one write per lane (default RECONCILER_BATCH_SIZE or 500)"),
     embedded
   },
   (args) =>
