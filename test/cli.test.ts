@@ -249,8 +249,8 @@ describe("App configuration", () => {
       expect(yield* App.settings.pipe(withEnv({}))).toEqual({
         mode: "catch-up",
         lanes: 4,
-        batchSize: 100,
-        laneBuffer: 256,
+        batchSize: 500,
+        laneBuffer: undefined, // the engine's default: 2 × batchSize
         drainTimeout: Duration.seconds(10),
         commitInterval: Duration.seconds(1),
         group: undefined
