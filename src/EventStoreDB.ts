@@ -356,34 +356,49 @@ const allDeliveries: Conversion = {
   }
 }
 
+/** How long an ack or nack may take before the settlement fails (retryably). */
+const SETTLE_TIMEOUT_MS = 10_000
+
 /**
  * Settles a group's delivery: ack / nack by the id the server knows it by
- * (the link's, else the event's), failing retryably once the subscription closed.
+ * (the link's, else the event's), failing retryably once the subscription
+ * closed or after {@link SETTLE_TIMEOUT_MS}. The timeout is a plain timer,
+ * not `Effect.timeout` (a fiber and a race per delivery cost more than the
+ * ack itself); it only guards against a call that never answers.
  */
 const settleInGroup = (
   subscription: Unsubscribable,
   acked: { readonly event?: { readonly id: string }; readonly link?: { readonly id: string } },
-  what: string
-) => {
+  id: string,
+  group: string
+): Settle => {
   const sub = subscription as GroupSubscription
   const target = acked as PersistentSubscriptionToStreamResolvedEvent
-  return (settlement: Settlement): Effect.Effect<void, EventSourceError> =>
+  const what = () => `settling ${id} in ${group}`
+  return (settlement) =>
     closed.has(sub)
       ? Effect.fail(
-        new EventSourceError({ message: `${what}: the subscription is closed; it will be redelivered`, retryable: true })
+        new EventSourceError({ message: `${what()}: the subscription is closed; it will be redelivered`, retryable: true })
       )
-      : Effect.tryPromise({
-        try: () =>
-          settlement._tag === "Ack"
-            ? sub.ack(target)
-            : sub.nack(settlement.action, settlement.reason, target),
-        catch: sourceError(what)
-      }).pipe(
-        Effect.timeoutFail({
-          duration: "10 seconds",
-          onTimeout: () => new EventSourceError({ message: `${what}: timed out`, retryable: true })
-        })
-      )
+      : Effect.async<void, EventSourceError>((resume) => {
+        const timer = setTimeout(
+          () => resume(Effect.fail(new EventSourceError({ message: `${what()}: timed out`, retryable: true }))),
+          SETTLE_TIMEOUT_MS
+        )
+        timer.unref()
+        const done = (outcome: Effect.Effect<void, EventSourceError>) => {
+          clearTimeout(timer)
+          resume(outcome)
+        }
+        let call: Promise<void>
+        try {
+          call = settlement._tag === "Ack" ? sub.ack(target) : sub.nack(settlement.action, settlement.reason, target)
+        } catch (error) {
+          call = Promise.reject(error)
+        }
+        call.then(() => done(Effect.void), (error) => done(Effect.fail(sourceError(what())(error))))
+        return Effect.sync(() => clearTimeout(timer))
+      })
 }
 
 /** A consumer group's deliveries: ordered by link revision, each settled with the group. */
@@ -398,14 +413,14 @@ const groupDeliveries = (group: string): Conversion => ({
       id,
       BigInt((link ?? record).getStreamRevision()),
       grpcEvent.hasRetryCount?.() ? grpcEvent.getRetryCount!() : 0,
-      once(settleInGroup(subscription, acked, `settling ${id} in ${group}`))
+      once(settleInGroup(subscription, acked, id, group))
     )
   },
   resolved: (resolved: PersistentSubscriptionToStreamResolvedEvent, subscription) =>
     toDelivery(
       resolved,
       (resolved.link ?? resolved.event)!.revision,
-      settleInGroup(subscription, resolved, `settling ${resolved.event?.id ?? resolved.link?.id} in ${group}`)
+      settleInGroup(subscription, resolved, (resolved.event ?? resolved.link)?.id ?? "", group)
     )
 })
 
