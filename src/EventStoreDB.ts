@@ -183,8 +183,11 @@ const uuidOf = (uuid: GrpcUUID | undefined): string => {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`
 }
 
+/** Milliseconds since the epoch of a `created` tick count (100 ns since the epoch), in digits: no BigInt per event. */
 const createdOf = (ticks: string | undefined): Date => {
   if (ticks === undefined) return new Date(0)
+  // A positive decimal: drop the last four digits (ticks per ms); anything else the slow, exact way.
+  if (/^\d{5,19}$/.test(ticks)) return new Date(Number(ticks.slice(0, -4)))
   try {
     return new Date(Number(BigInt(ticks) / TICKS_PER_MS))
   } catch {
@@ -192,46 +195,88 @@ const createdOf = (ticks: string | undefined): Date => {
   }
 }
 
+const empty = new Uint8Array()
+
+/** How a delivery settles: catch-up deliveries share this one (the engine never settles them; idempotent by nature). */
+const settleNothing = (_: Settlement): Effect.Effect<void, EventSourceError> => Effect.void
+
 /**
- * A recorded event as the client's own conversion would give it, except that
- * `data` and `metadata` stay the bytes as recorded: the engine decodes them
- * once, so the client's JSON parse (and the copies around it) is skipped.
+ * A delivery straight from a gRPC record: one object per event, nothing the
+ * engine does not read (a link's own fields, positions it does not use) is
+ * converted. A link whose event is gone is handed over as the link (type `$>`).
  */
-const convertRecord = (record: GrpcRecord) => {
+const deliveryOf = (
+  record: GrpcRecord,
+  id: string,
+  position: bigint,
+  retryCount: number,
+  settle: (settlement: Settlement) => Effect.Effect<void, EventSourceError>
+): Delivery => {
   const metadata = record.getMetadataMap()
-  const commit = record.getCommitPosition?.()
-  const prepare = record.getPreparePosition?.()
+  const created = createdOf(metadata.get("created"))
   return {
-    streamId: utf8.decode(record.getStreamIdentifier()?.getStreamName_asU8() ?? new Uint8Array()),
-    id: uuidOf(record.getId()),
-    revision: BigInt(record.getStreamRevision()),
+    id,
     type: metadata.get("type") ?? "<no-event-type-provided>",
+    streamId: utf8.decode(record.getStreamIdentifier()?.getStreamName_asU8() ?? empty),
+    revision: BigInt(record.getStreamRevision()),
+    position,
     data: record.getData_asU8(),
     metadata: record.getCustomMetadata_asU8(),
     isJson: metadata.get("content-type") === "application/json",
-    created: createdOf(metadata.get("created")),
-    position: commit !== undefined && commit !== null && prepare !== undefined && prepare !== null
-      ? { commit: BigInt(commit), prepare: BigInt(prepare) }
-      : undefined
+    created: Number.isNaN(created.getTime()) ? new Date(0) : created,
+    retryCount,
+    settle
   }
 }
 
+/** A record of a subscription's gRPC event: the event, or the link when its event is gone. */
+const recordOf = (grpcEvent: GrpcReadEvent): GrpcRecord | undefined =>
+  grpcEvent.hasEvent() ? grpcEvent.getEvent() : grpcEvent.getLink()
+
+/** A revision in a category stream: the link's (the record's own when read unresolved). */
+const linkRevisionOf = (grpcEvent: GrpcReadEvent): bigint =>
+  BigInt((grpcEvent.hasLink() ? grpcEvent.getLink() : grpcEvent.getEvent())!.getStreamRevision())
+
+/** The `$all` prepare position of a record, as the clients tell it (both commit and prepare set). */
+const preparePositionOf = (record: GrpcRecord | undefined): bigint | undefined => {
+  const commit = record?.getCommitPosition?.()
+  const prepare = record?.getPreparePosition?.()
+  return commit === undefined || commit === null || prepare === undefined || prepare === null ? undefined : BigInt(prepare)
+}
+
+/** A conversion that failed inside the client's readable: handed over as a value, failed typed by the pull. */
+class ConversionFailed {
+  constructor(readonly error: unknown) {}
+}
+
 /**
- * Replaces a subscription's conversion of each gRPC event (the documented hook
- * its readable calls) with {@link convertRecord}: deliveries carry data and
- * metadata exactly as recorded, with no JSON parsing on the way.
+ * How one subscription makes deliveries: `light` from each gRPC event (the
+ * hook the clients' subscription readables call for each event, replaced with
+ * it), `resolved` from the client's own conversion where a client has no
+ * such hook.
  */
-const convertLightly = (subscription: object): void => {
-  const s = subscription as { convertGrpcEvent?: (e: GrpcReadEvent) => object }
-  if (typeof s.convertGrpcEvent !== "function") return
+interface Conversion {
+  readonly light: (grpcEvent: GrpcReadEvent, subscription: Unsubscribable) => Delivery
+  readonly resolved: (resolved: any, subscription: Unsubscribable) => Delivery
+}
+
+/**
+ * Replaces a subscription's conversion of each gRPC event with `light`, so
+ * that its readable buffers finished deliveries (no JSON parsing, no
+ * intermediate objects). Never throws into the client's stream: a failure is
+ * buffered as a {@link ConversionFailed}. False when the client has no hook.
+ */
+const convertLightly = (subscription: Unsubscribable, light: Conversion["light"]): boolean => {
+  const s = subscription as unknown as { convertGrpcEvent?: (e: GrpcReadEvent) => object }
+  if (typeof s.convertGrpcEvent !== "function") return false
   s.convertGrpcEvent = (grpcEvent) => {
-    const resolved: Record<string, unknown> = {}
-    if (grpcEvent.hasEvent()) resolved.event = convertRecord(grpcEvent.getEvent()!)
-    if (grpcEvent.hasLink()) resolved.link = convertRecord(grpcEvent.getLink()!)
-    if (grpcEvent.hasCommitPosition?.()) resolved.commitPosition = BigInt(grpcEvent.getCommitPosition!())
-    if (typeof grpcEvent.hasRetryCount === "function") resolved.retryCount = grpcEvent.hasRetryCount() ? grpcEvent.getRetryCount!() : 0
-    return resolved
+    try {
+      return light(grpcEvent, subscription)
+    } catch (error) {
+      return new ConversionFailed(error)
+    }
   }
+  return true
 }
 
 const encoder = new TextEncoder()
@@ -247,17 +292,27 @@ const bytesOf = (value: unknown): Uint8Array =>
 
 type Recorded = NonNullable<ResolvedEvent["event"]>
 
-const noop = (_: Settlement) => Effect.void
+type Settle = (settlement: Settlement) => Effect.Effect<void, EventSourceError>
+
+/** A settle that counts only its first call. */
+const once = (settle: Settle): Settle => {
+  let settled = false
+  return (settlement) =>
+    Effect.suspend(() => {
+      if (settled) return Effect.void
+      settled = true
+      return settle(settlement)
+    })
+}
 
 /** Turns a resolved event into a delivery; `position` is the subscription's ordering position. */
 export const toDelivery = (
   resolved: ResolvedEvent & { readonly retryCount?: number; readonly commitPosition?: bigint },
   position: bigint,
-  settle: (settlement: Settlement) => Effect.Effect<void, EventSourceError> = noop
+  settle?: Settle
 ): Delivery => {
   // A link whose event is gone is handed over as the link itself (type `$>`).
   const record: Recorded = (resolved.event ?? resolved.link)!
-  let settled = false
   return {
     id: record.id,
     type: record.type,
@@ -269,14 +324,105 @@ export const toDelivery = (
     isJson: record.isJson,
     created: record.created instanceof Date && !Number.isNaN(record.created.getTime()) ? record.created : new Date(0),
     retryCount: resolved.retryCount ?? 0,
-    settle: (settlement) =>
-      Effect.suspend(() => {
-        if (settled) return Effect.void
-        settled = true
-        return settle(settlement)
-      })
+    settle: settle === undefined ? settleNothing : once(settle)
   }
 }
+
+/** Catch-up along a category stream: ordered by link revision. */
+const linkDeliveries: Conversion = {
+  light: (grpcEvent) => {
+    const record = recordOf(grpcEvent)!
+    return deliveryOf(record, uuidOf(record.getId()), linkRevisionOf(grpcEvent), 0, settleNothing)
+  },
+  resolved: (resolved: ResolvedEvent) => toDelivery(resolved, (resolved.link ?? resolved.event)!.revision)
+}
+
+const noPosition = (id: string | undefined) =>
+  new EventSourceError({ message: `an event of $all came without its position (${id})`, retryable: false })
+
+/** Catch-up along filtered `$all`: ordered by prepare position. */
+const allDeliveries: Conversion = {
+  light: (grpcEvent) => {
+    const event = grpcEvent.hasEvent() ? grpcEvent.getEvent() : undefined
+    const position = preparePositionOf(event) ?? preparePositionOf(grpcEvent.hasLink() ? grpcEvent.getLink() : undefined)
+    if (position === undefined) throw noPosition(event && uuidOf(event.getId()))
+    const record = recordOf(grpcEvent)!
+    return deliveryOf(record, uuidOf(record.getId()), position, 0, settleNothing)
+  },
+  resolved: (resolved: ResolvedEvent) => {
+    const recorded = resolved.event?.position ?? resolved.link?.position
+    if (recorded === undefined) throw noPosition(resolved.event?.id)
+    return toDelivery(resolved, allPosition(recorded))
+  }
+}
+
+/** How long an ack or nack may take before the settlement fails (retryably). */
+const SETTLE_TIMEOUT_MS = 10_000
+
+/**
+ * Settles a group's delivery: ack / nack by the id the server knows it by
+ * (the link's, else the event's), failing retryably once the subscription
+ * closed or after {@link SETTLE_TIMEOUT_MS}. The timeout is a plain timer,
+ * not `Effect.timeout` (a fiber and a race per delivery cost more than the
+ * ack itself); it only guards against a call that never answers.
+ */
+const settleInGroup = (
+  subscription: Unsubscribable,
+  acked: { readonly event?: { readonly id: string }; readonly link?: { readonly id: string } },
+  id: string,
+  group: string
+): Settle => {
+  const sub = subscription as GroupSubscription
+  const target = acked as PersistentSubscriptionToStreamResolvedEvent
+  const what = () => `settling ${id} in ${group}`
+  return (settlement) =>
+    closed.has(sub)
+      ? Effect.fail(
+        new EventSourceError({ message: `${what()}: the subscription is closed; it will be redelivered`, retryable: true })
+      )
+      : Effect.async<void, EventSourceError>((resume) => {
+        const timer = setTimeout(
+          () => resume(Effect.fail(new EventSourceError({ message: `${what()}: timed out`, retryable: true }))),
+          SETTLE_TIMEOUT_MS
+        )
+        timer.unref()
+        const done = (outcome: Effect.Effect<void, EventSourceError>) => {
+          clearTimeout(timer)
+          resume(outcome)
+        }
+        let call: Promise<void>
+        try {
+          call = settlement._tag === "Ack" ? sub.ack(target) : sub.nack(settlement.action, settlement.reason, target)
+        } catch (error) {
+          call = Promise.reject(error)
+        }
+        call.then(() => done(Effect.void), (error) => done(Effect.fail(sourceError(what())(error))))
+        return Effect.sync(() => clearTimeout(timer))
+      })
+}
+
+/** A consumer group's deliveries: ordered by link revision, each settled with the group. */
+const groupDeliveries = (group: string): Conversion => ({
+  light: (grpcEvent, subscription) => {
+    const record = recordOf(grpcEvent)!
+    const link = grpcEvent.hasLink() ? grpcEvent.getLink() : undefined
+    const id = uuidOf(record.getId())
+    const acked = link === undefined ? { event: { id } } : { link: { id: uuidOf(link.getId()) } }
+    return deliveryOf(
+      record,
+      id,
+      BigInt((link ?? record).getStreamRevision()),
+      grpcEvent.hasRetryCount?.() ? grpcEvent.getRetryCount!() : 0,
+      once(settleInGroup(subscription, acked, id, group))
+    )
+  },
+  resolved: (resolved: PersistentSubscriptionToStreamResolvedEvent, subscription) =>
+    toDelivery(
+      resolved,
+      (resolved.link ?? resolved.event)!.revision,
+      settleInGroup(subscription, resolved, (resolved.event ?? resolved.link)?.id ?? "", group)
+    )
+})
 
 // ---- subscriptions ---------------------------------------------------------
 
@@ -300,6 +446,14 @@ export const categoriesRegex = (categories: ReadonlyArray<string>) =>
 /** Events a subscription's readable buffers ahead of the engine (its high-water mark). */
 const READ_AHEAD = 128
 
+/**
+ * How long a woken pull lets a backlog stream in before it takes what is
+ * buffered: further turns of the event loop while the buffer still grows, at
+ * most this many and this long. A lone live event waits one extra turn.
+ */
+const COALESCE_TURNS = 8
+const COALESCE_MS = 2
+
 /** Subscriptions whose scope closed: settling their deliveries is pointless (the server redelivers). */
 const closed = new WeakSet<object>()
 
@@ -314,16 +468,18 @@ type OpenSubscriptions = Set<Unsubscribable>
  * closing it cancels the call. The stream fails with a retryable error when
  * the subscription fails or the server ends it (a drop).
  */
-const pull = <A, B>(
+const pull = (
   live: OpenSubscriptions,
   open: () => Unsubscribable,
   what: string,
-  f: (a: A, subscription: Unsubscribable) => B
-): Stream.Stream<B, EventSourceError> =>
+  conversion: Conversion,
+  /** Called for each delivery as it is taken (the resume point moves here, not when the client buffers it). */
+  taken: (delivery: Delivery) => void = () => {}
+): Stream.Stream<Delivery, EventSourceError> =>
   Stream.unwrapScoped(
     Effect.gen(function*() {
       const subscription = yield* Effect.try({ try: open, catch: sourceError(what) })
-      convertLightly(subscription)
+      const light = convertLightly(subscription, conversion.light)
       live.add(subscription)
       // listeners stay for the subscription's life, so no error is ever unhandled
       let failure: EventSourceError | undefined
@@ -363,28 +519,49 @@ const pull = <A, B>(
           }))
         )
       )
-      const next: Effect.Effect<Chunk.Chunk<B>, Option.Option<EventSourceError>> = Effect.suspend(() => {
-        const out: Array<B> = []
-        for (let a = subscription.read() as A | null; a !== null; a = subscription.read() as A | null) {
+      const next: Effect.Effect<Chunk.Chunk<Delivery>, Option.Option<EventSourceError>> = Effect.suspend(() => {
+        const out: Array<Delivery> = []
+        for (let a = subscription.read() as unknown; a !== null; a = subscription.read() as unknown) {
+          let delivery: Delivery
           try {
-            out.push(f(a, subscription))
+            if (a instanceof ConversionFailed) throw a.error
+            delivery = light ? (a as Delivery) : conversion.resolved(a, subscription)
           } catch (error) {
             // A record the source cannot position fails the stream, loudly and typed.
             return Effect.fail(Option.some(error instanceof EventSourceError ? error : sourceError(what)(error)))
           }
+          taken(delivery)
+          out.push(delivery)
           if (out.length >= READ_AHEAD) break
         }
         if (out.length > 0) return Effect.succeed(Chunk.unsafeFromArray(out))
         if (failure) return Effect.fail(Option.some(failure))
         // nothing buffered: wait for the next event (or the end), then pull again. Never an
         // empty chunk: the resubscribe schedule restarts on every chunk that passes.
-        // Woken by the first event, it reads after the current turn of the event loop, so that the
-        // rest of what the same network read brought is taken as one chunk (not one event per pull).
+        // Woken by the first event, it reads after the current turn of the event loop, and after
+        // further turns while more keeps arriving, so that a backlog is taken in chunks (each
+        // pull costs the stream's machinery once, whatever its size), not an event or two per pull.
         return Effect.async<void>((resume) => {
           if (subscription.readableLength > 0 || failure) return resume(Effect.void)
           let turn: ReturnType<typeof setImmediate> | undefined
+          let seen = 0
+          let turns = 0
+          let woken = 0
+          const settle = () => {
+            const length = subscription.readableLength
+            if (
+              failure || length >= READ_AHEAD || length <= seen || ++turns >= COALESCE_TURNS ||
+              performance.now() - woken >= COALESCE_MS
+            ) {
+              turn = undefined
+              return resume(Effect.void)
+            }
+            seen = length
+            turn = setImmediate(settle)
+          }
           wake = () => {
-            turn = setImmediate(() => resume(Effect.void))
+            woken = performance.now()
+            turn = setImmediate(settle)
           }
           return Effect.sync(() => {
             wake = undefined
@@ -480,11 +657,9 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
             resolveLinkTos: true
           }, READ_AHEAD),
         `catch-up subscription to ${categoryStream(category)}`,
-        (resolved: ResolvedEvent) => {
-          // the link's revision in the category stream (the record's own when read unresolved)
-          const position = (resolved.link ?? resolved.event)!.revision
-          last = Option.some(position)
-          return toDelivery(resolved, position)
+        linkDeliveries,
+        (delivery) => {
+          last = Option.some(delivery.position)
         }
       )
     )
@@ -541,14 +716,9 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
             filter
           }, READ_AHEAD),
         `catch-up subscription to ${label}`,
-        (resolved: ResolvedEvent & { commitPosition?: bigint }) => {
-          const recorded = resolved.event?.position ?? resolved.link?.position
-          if (recorded === undefined) {
-            throw new EventSourceError({ message: `an event of $all came without its position (${resolved.event?.id})`, retryable: false })
-          }
-          const position = allPosition(recorded)
-          last = Option.some(position)
-          return toDelivery(resolved, position)
+        allDeliveries,
+        (delivery) => {
+          last = Option.some(delivery.position)
         }
       )
     )
@@ -592,28 +762,7 @@ const make = Effect.fn("EventStoreDB.make")(function*(options: Options) {
           live,
           (): GroupSubscription => client.subscribeToGroup(stream, group, bufferSize),
           `persistent subscription ${group} on ${stream}`,
-          (resolved: PersistentSubscriptionToStreamResolvedEvent, subscription) => {
-            const sub = subscription as GroupSubscription
-            const position = (resolved.link ?? resolved.event)!.revision
-            const what = `settling ${resolved.event?.id ?? resolved.link?.id} in ${group}`
-            return toDelivery(resolved, position, (settlement) =>
-              closed.has(sub)
-                ? Effect.fail(
-                  new EventSourceError({ message: `${what}: the subscription is closed; it will be redelivered`, retryable: true })
-                )
-                : Effect.tryPromise({
-                  try: () =>
-                    settlement._tag === "Ack"
-                      ? sub.ack(resolved)
-                      : sub.nack(settlement.action, settlement.reason, resolved),
-                  catch: sourceError(what)
-                }).pipe(
-                  Effect.timeoutFail({
-                    duration: "10 seconds",
-                    onTimeout: () => new EventSourceError({ message: `${what}: timed out`, retryable: true })
-                  })
-                ))
-          }
+          groupDeliveries(group)
         )
       )))
     )

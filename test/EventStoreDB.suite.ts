@@ -276,8 +276,8 @@ describe.each(clients)("EventStoreDB event source through $name", ({ via }) => {
         }
         const held = server.store.stats.eventsRead
         expect(held).toBeLessThan(total / 2)
-        // pulling resumes the flow
-        for (let i = 0; i < held + 100; i++) yield* pull
+        // pulling resumes the flow (a pull takes a chunk of what is buffered: pull until the server reads on)
+        for (let i = 0; i < held + 100 && server.store.stats.eventsRead <= held; i++) yield* pull
         expect(server.store.stats.eventsRead).toBeGreaterThan(held)
       }))
 

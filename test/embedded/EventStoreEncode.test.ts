@@ -2,12 +2,13 @@
  * The embedded EventStoreDB's hand-written `ReadResp` encoding: for any record
  * (event, link, both, or an unresolved link; empty or non-empty data and
  * metadata; zero and large revisions; multi-byte names; both UUID forms) the
- * bytes are exactly those the generated protocol classes serialize.
+ * bytes are exactly those the generated protocol classes serialize, for the
+ * streams' `ReadResp` and (with a retry count) the persistent subscriptions' one.
  */
 import { describe, expect, it } from "@effect/vitest"
 import { FastCheck as fc } from "effect"
 import { readEventResp } from "../../src/embedded/eventstore/encode.js"
-import { load, streams } from "../../src/embedded/eventstore/proto.js"
+import { load, persistent, streams } from "../../src/embedded/eventstore/proto.js"
 import type { EventRecord, Resolved } from "../../src/embedded/eventstore/Store.js"
 import { fillReadEvent, type UuidForm } from "../../src/embedded/eventstore/wire.js"
 import { propertySeed } from "../support/ledger.js"
@@ -17,6 +18,15 @@ load()
 const generated = (resolved: Resolved, form: UuidForm): Uint8Array => {
   const resp = new streams.ReadResp()
   resp.setEvent(fillReadEvent(new streams.ReadResp.ReadEvent(), resolved, streams.ReadResp.ReadEvent.RecordedEvent, form))
+  return resp.serializeBinary()
+}
+
+/** The persistent subscriptions' `ReadResp`, as the generated classes serialize it. */
+const generatedPersistent = (resolved: Resolved, form: UuidForm, retryCount: number): Uint8Array => {
+  const resp = new persistent.ReadResp()
+  const event = fillReadEvent(new persistent.ReadResp.ReadEvent(), resolved, persistent.ReadResp.ReadEvent.RecordedEvent, form)
+  event.setRetryCount(retryCount)
+  resp.setEvent(event)
   return resp.serializeBinary()
 }
 
@@ -45,6 +55,15 @@ describe("ReadResp encoding", () => {
     [resolved, fc.constantFrom<UuidForm>("string", "structured")],
     ([r, form]) => {
       expect(new Uint8Array(readEventResp(r, form))).toEqual(generated(r, form))
+    },
+    { fastCheck: { seed, numRuns: 300 } }
+  )
+
+  it.prop(
+    "with a retry count, is byte for byte the persistent subscriptions' ReadResp",
+    [resolved, fc.constantFrom<UuidForm>("string", "structured"), fc.oneof(fc.constant(0), fc.integer({ min: 0, max: 2 ** 31 - 1 }))],
+    ([r, form, retryCount]) => {
+      expect(new Uint8Array(readEventResp(r, form, retryCount))).toEqual(generatedPersistent(r, form, retryCount))
     },
     { fastCheck: { seed, numRuns: 300 } }
   )

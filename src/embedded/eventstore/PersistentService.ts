@@ -15,10 +15,11 @@ import {
   MaxSubscribersReached,
   type PersistentSubscriptions
 } from "./PersistentSubscriptions.js"
-import { persistent, shared } from "./proto.js"
+import { persistent, persistentGrpc, shared } from "./proto.js"
 import type { AllFilter } from "./GroupSource.js"
 import type { OpenCalls } from "./OpenCalls.js"
-import { fillReadEvent, readStreamName, readUuid, statusError, type UuidForm } from "./wire.js"
+import { readEventResp } from "./encode.js"
+import { readStreamName, readUuid, statusError, type UuidForm } from "./wire.js"
 
 type SettingsMessage = InstanceType<typeof persistent.CreateReq.Settings> | InstanceType<typeof persistent.UpdateReq.Settings>
 type StreamOptionsMessage = InstanceType<typeof persistent.CreateReq.StreamOptions> | InstanceType<typeof persistent.UpdateReq.StreamOptions>
@@ -174,6 +175,20 @@ const targetOf = <All, StreamOptions extends { getStreamIdentifier(): Parameters
   return { all, so, stream: all ? ALL : readStreamName(so ? so.getStreamIdentifier() : o.getStreamIdentifier()) }
 }
 
+/**
+ * The service definition served: `Read` also sends events already serialized
+ * by {@link readEventResp} (buffers), everything else as generated.
+ */
+export const persistentDefinition = (): grpc.ServiceDefinition => {
+  const definition = persistentGrpc.PersistentSubscriptionsService as unknown as grpc.ServiceDefinition
+  const read = definition.read!
+  const serialize = read.responseSerialize
+  return {
+    ...definition,
+    read: { ...read, responseSerialize: (value: unknown) => (Buffer.isBuffer(value) ? value : serialize(value)) }
+  }
+}
+
 export const makePersistentService = (groups: PersistentSubscriptions, calls: OpenCalls): grpc.UntypedServiceImplementation => ({
   create(
     call: grpc.ServerUnaryCall<InstanceType<typeof persistent.CreateReq>, unknown>,
@@ -270,7 +285,7 @@ export const makePersistentService = (groups: PersistentSubscriptions, calls: Op
     callback(null, new shared.Empty())
   },
 
-  read(call: grpc.ServerDuplexStream<ReadReq, ReadResp>) {
+  read(call: grpc.ServerDuplexStream<ReadReq, ReadResp | Buffer>) {
     let group: Group | undefined
     let subscriberId: string | undefined
     let form: UuidForm = "string"
@@ -308,16 +323,7 @@ export const makePersistentService = (groups: PersistentSubscriptions, calls: Op
             from: call.getPeer(),
             send: (m) => {
               if (ended) return
-              const resp = new persistent.ReadResp()
-              const ev = fillReadEvent(
-                new persistent.ReadResp.ReadEvent(),
-                m.resolved,
-                persistent.ReadResp.ReadEvent.RecordedEvent,
-                form
-              )
-              ev.setRetryCount(m.retryCount)
-              resp.setEvent(ev)
-              call.write(resp)
+              call.write(readEventResp(m.resolved, form, m.retryCount))
             },
             close: (dropped) => {
               if (ended) return

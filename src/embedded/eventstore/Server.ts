@@ -7,9 +7,9 @@
 import * as grpc from "@grpc/grpc-js"
 import { openJournal } from "./Journal.js"
 import { OpenCalls } from "./OpenCalls.js"
-import { makePersistentService } from "./PersistentService.js"
+import { makePersistentService, persistentDefinition } from "./PersistentService.js"
 import { PersistentSubscriptions } from "./PersistentSubscriptions.js"
-import { featuresGrpc, load as loadProtocol, persistentGrpc } from "./proto.js"
+import { featuresGrpc, load as loadProtocol } from "./proto.js"
 import { makeServerFeaturesService } from "./ServerFeaturesService.js"
 import { Store } from "./Store.js"
 import { makeStreamsService, streamsDefinition } from "./StreamsService.js"
@@ -55,7 +55,7 @@ export const start = async (options: StartOptions): Promise<Running> => {
     delete streamsService.batchAppend
   }
   server.addService(streamsDefinition(), streamsService)
-  server.addService(persistentGrpc.PersistentSubscriptionsService, makePersistentService(groups, calls))
+  server.addService(persistentDefinition(), makePersistentService(groups, calls))
   server.addService(featuresGrpc.ServerFeaturesService, makeServerFeaturesService({ batchAppend, secondaryIndexes: options.secondaryIndexes ?? true }))
   const host = options.host ?? "127.0.0.1"
   let port: number

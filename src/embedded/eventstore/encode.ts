@@ -1,6 +1,7 @@
 /**
- * Hand-written protobuf encoding of the one message a read or catch-up
- * subscription sends per event (`ReadResp { event: ReadEvent }`), straight
+ * Hand-written protobuf encoding of the one message a read, a catch-up
+ * subscription or a persistent subscription sends per event
+ * (`ReadResp { event: ReadEvent }`), straight
  * from a store record into one buffer: no protobuf objects are built and
  * copied per event (the generated classes cost most of the read path's CPU).
  * Field numbers follow `streams.proto` (the same in both client packages);
@@ -135,18 +136,24 @@ const putRecorded = (buf: Buffer, at: number, p: Plan): number => {
  * The serialized `ReadResp { event: ReadEvent { event?, link?, commit_position } }`
  * of a resolved record: the same bytes the generated classes would produce
  * (fields in number order, proto3 zeros left out), in one allocation.
+ *
+ * With `retryCount`, the persistent subscriptions' `ReadResp` (persistent.proto):
+ * the same layout (its `event` is field 1, its `RecordedEvent` has the same
+ * fields) plus `retry_count = 5`, in a oneof, so written even when zero.
  */
-export const readEventResp = (resolved: Resolved, form: UuidForm): Buffer => {
+export const readEventResp = (resolved: Resolved, form: UuidForm, retryCount?: number): Buffer => {
   const event = resolved.event && plan(resolved.event, form)
   const link = resolved.link && plan(resolved.link, form)
   const position = Number(resolved.position)
   // commit_position is in a oneof: written even when zero
   const readEvent = (event ? lenField(1, event.size) : 0) + (link ? lenField(2, link.size) : 0) +
-    varintSize(tag(3, VARINT)) + varintSize(position)
+    varintSize(tag(3, VARINT)) + varintSize(position) +
+    (retryCount === undefined ? 0 : varintSize(tag(5, VARINT)) + varintSize(retryCount))
   const buf = Buffer.allocUnsafe(lenField(1, readEvent))
   let at = putLen(buf, 0, 1, readEvent)
   if (event) at = putRecorded(buf, putLen(buf, at, 1, event.size), event)
   if (link) at = putRecorded(buf, putLen(buf, at, 2, link.size), link)
   at = writeVarint(buf, writeVarint(buf, at, tag(3, VARINT)), position)
+  if (retryCount !== undefined) at = writeVarint(buf, writeVarint(buf, at, tag(5, VARINT)), retryCount)
   return at === buf.length ? buf : buf.subarray(0, at)
 }
