@@ -69,8 +69,9 @@ const liveHeapMB = () => {
  * (to tell a live heap that grows from V8 sizing its heap larger). With
  * `RSS_LIVE_EVERY=seconds` a full GC runs at that interval and the line records
  * the live heap (this changes what it measures: investigation only). With
- * `RSS_SNAPSHOTS=dir` a heap snapshot is written every `RSS_SNAPSHOT_EVERY`
- * seconds (default 20; blocks the process while it writes).
+ * `RSS_SNAPSHOTS=dir` a heap snapshot is written once caught up (after the peak
+ * is read) and, with `RSS_SNAPSHOT_EVERY=seconds`, at that interval too (blocks
+ * the process while it writes: investigation only).
  */
 const watch = () => {
   const peak = { rss: 0, heapTotal: 0, heapUsed: 0, external: 0, arrayBuffers: 0 }
@@ -78,7 +79,7 @@ const watch = () => {
   const timeline = process.env.RSS_TIMELINE
   const liveEvery = Number(process.env.RSS_LIVE_EVERY ?? 0) * 1000
   const snapshots = process.env.RSS_SNAPSHOTS
-  const snapshotEvery = Number(process.env.RSS_SNAPSHOT_EVERY ?? 20) * 1000
+  const snapshotEvery = Number(process.env.RSS_SNAPSHOT_EVERY ?? 0) * 1000
   let lastLive = started
   let lastSnapshot = started
   let snapshot = 0
@@ -95,7 +96,7 @@ const watch = () => {
       const line = { t: Math.round(now - started), ...Object.fromEntries(Object.entries(m).map(([k, v]) => [k, Math.round(v)])), ...(live === undefined ? {} : { live: Math.round(live) }) }
       fs.appendFileSync(timeline, JSON.stringify(line) + "\n")
     }
-    if (snapshots !== undefined && now - lastSnapshot >= snapshotEvery) {
+    if (snapshots !== undefined && snapshotEvery > 0 && now - lastSnapshot >= snapshotEvery) {
       lastSnapshot = now
       v8.writeHeapSnapshot(path.join(snapshots, `rss-${process.pid}-${String(++snapshot).padStart(2, "0")}.heapsnapshot`))
     }
@@ -113,6 +114,8 @@ const engine = (s: Servers, options: Reconciler.RunOptions) =>
     const ms = performance.now() - started
     const peakMB = maxRssMB()
     const liveMB = liveHeapMB()
+    const snapshots = process.env.RSS_SNAPSHOTS
+    if (snapshots !== undefined) v8.writeHeapSnapshot(path.join(snapshots, `rss-${process.pid}-caught-up.heapsnapshot`))
     yield* Fiber.interrupt(fiber)
     return { ms, peakMB, liveMB }
   })).pipe(Effect.provide(ports(s, DATABASE)))
