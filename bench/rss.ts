@@ -5,13 +5,19 @@
  * (this file with `--reconciler`), so neither the servers' memory nor this
  * process's reference fold counts. The reconciler reports
  * `process.resourceUsage().maxRSS` before it starts the engine (modules
- * loaded, clients connected: the floor) and after it has caught up (the peak).
+ * loaded, clients connected: the floor) and after it has caught up (the peak),
+ * the highest `memoryUsage()` figures sampled meanwhile, and the live heap
+ * (`heapUsed` after a full GC) at the floor and once caught up.
  * Every read model is verified against the reference fold afterwards.
  *
- *   npm run bench:rss -- [--events 50000,500000] [--cache-size N]
+ *   npm run bench:rss -- [--events 50000,500000] [--cache-size N] [--node-options a,b]
  *
  * `--cache-size` sets the lanes' document caches (10,000 documents each by
  * default), which fill as the read models grow, to tell their share of the peak.
+ * `--node-options` (comma-separated) are given to the reconciler's process, e.g.
+ * `--max-old-space-size=512`: the live heap stays flat, but by default V8 lets
+ * garbage grow to about 4× the live heap before a full GC, and a short run ends
+ * before the heap has grown that far (so the peak seems to grow with the backlog).
  *
  * Run under `node --import tsx` (the reconciler is started the same way).
  */
