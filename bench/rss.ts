@@ -18,6 +18,7 @@
  * `--max-old-space-size=512`: the live heap stays flat, but by default V8 lets
  * garbage grow to about 4× the live heap before a full GC, and a short run ends
  * before the heap has grown that far (so the peak seems to grow with the backlog).
+ * A smaller heap is paid for in GC time (the CPU and GC columns): compare them too.
  *
  * Run under `node --import tsx` (the reconciler is started the same way).
  */
