@@ -19,7 +19,7 @@ import { persistent, persistentGrpc, shared } from "./proto.js"
 import type { AllFilter } from "./GroupSource.js"
 import type { OpenCalls } from "./OpenCalls.js"
 import { readEventResp } from "./encode.js"
-import { readStreamName, readUuid, statusError, type UuidForm } from "./wire.js"
+import { readingBuffers, readStreamName, readUuid, statusError, type UuidForm } from "./wire.js"
 
 type SettingsMessage = InstanceType<typeof persistent.CreateReq.Settings> | InstanceType<typeof persistent.UpdateReq.Settings>
 type StreamOptionsMessage = InstanceType<typeof persistent.CreateReq.StreamOptions> | InstanceType<typeof persistent.UpdateReq.StreamOptions>
@@ -179,15 +179,8 @@ const targetOf = <All, StreamOptions extends { getStreamIdentifier(): Parameters
  * The service definition served: `Read` also sends events already serialized
  * by {@link readEventResp} (buffers), everything else as generated.
  */
-export const persistentDefinition = (): grpc.ServiceDefinition => {
-  const definition = persistentGrpc.PersistentSubscriptionsService as unknown as grpc.ServiceDefinition
-  const read = definition.read!
-  const serialize = read.responseSerialize
-  return {
-    ...definition,
-    read: { ...read, responseSerialize: (value: unknown) => (Buffer.isBuffer(value) ? value : serialize(value)) }
-  }
-}
+export const persistentDefinition = (): grpc.ServiceDefinition =>
+  readingBuffers(persistentGrpc.PersistentSubscriptionsService as unknown as grpc.ServiceDefinition)
 
 export const makePersistentService = (groups: PersistentSubscriptions, calls: OpenCalls): grpc.UntypedServiceImplementation => ({
   create(

@@ -15,6 +15,7 @@ import { readEventResp } from "./encode.js"
 import { any, shared, status, streams, streamsGrpc } from "./proto.js"
 import {
   readExpected,
+  readingBuffers,
   readStreamName,
   readUuid,
   streamDeletedError,
@@ -64,15 +65,8 @@ const write = (call: ReadCall, message: ReadOut): Promise<void> | undefined => {
  * The service definition served: `Read` also sends pre-serialized messages
  * (buffers), everything else as generated.
  */
-export const streamsDefinition = (): grpc.ServiceDefinition => {
-  const definition = streamsGrpc.StreamsService as unknown as grpc.ServiceDefinition
-  const read = definition.read!
-  const serialize = read.responseSerialize
-  return {
-    ...definition,
-    read: { ...read, responseSerialize: (value: unknown) => (Buffer.isBuffer(value) ? value : serialize(value)) }
-  }
-}
+export const streamsDefinition = (): grpc.ServiceDefinition =>
+  readingBuffers(streamsGrpc.StreamsService as unknown as grpc.ServiceDefinition)
 
 const eventResp = (store: Store, record: EventRecord, resolveLinks: boolean, form: UuidForm): Buffer => {
   store.stats.eventsRead++

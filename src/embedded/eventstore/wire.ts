@@ -134,3 +134,16 @@ export const readExpected = (o: {
   if (o.hasStreamExists?.()) return { _tag: "StreamExists" }
   return { _tag: "Any" }
 }
+
+/**
+ * A generated service definition whose `Read` also sends messages already
+ * serialized by `encode.ts` (buffers) as they are; everything else as generated.
+ */
+export const readingBuffers = (definition: grpc.ServiceDefinition): grpc.ServiceDefinition => {
+  const read = definition.read!
+  const serialize = read.responseSerialize
+  return {
+    ...definition,
+    read: { ...read, responseSerialize: (value: unknown) => (Buffer.isBuffer(value) ? value : serialize(value)) }
+  }
+}
