@@ -105,8 +105,8 @@ export const verify = (args: { readonly module: string; readonly projections: Re
     const runnables = yield* Cli.loadRunnables(args.module).pipe(Effect.flatMap((all) => Cli.select(all, args.projections)))
     let documents = 0
     let left = 0
-    for (const projection of projectionsOnly(runnables)) {
-      const report = yield* Verify.verify(projection, { repair: args.repair })
+    // One read of the events for projections over the same categories (verifyAll shares the fold).
+    for (const report of yield* Verify.verifyAll(projectionsOnly(runnables), { repair: args.repair })) {
       for (const line of Verify.describe(report)) yield* Console.log(line)
       documents += report.documents
       left += report.mismatches.length - report.repaired.length
