@@ -31,7 +31,7 @@ import { fileURLToPath } from "node:url"
 import * as v8 from "node:v8"
 import { projections } from "../examples/openbank.js"
 import * as App from "../src/App.js"
-import * as EmbeddedProcess from "../src/internal/embeddedProcess.js"
+import * as EmbeddedSpawn from "../src/internal/embeddedSpawn.js"
 import * as Reconciler from "../src/Reconciler.js"
 import type { Servers } from "./support.js"
 import { appendBacklog, arg, eventStoreClient, expected, inChild, list, load, mongoClient, numbers, ports, rate, runMain, verify } from "./support.js"
@@ -176,7 +176,7 @@ const measure = (count: number) =>
     const result = yield* Effect.async<Reported, Error>((resume) => {
       const child = fork(self, ["--reconciler", s.eventStore, s.mongo, ...(arg("cache-size") === undefined ? [] : ["--cache-size", arg("cache-size")!])], {
         // --expose-gc: the live heap is measured after a full collection (nothing else changes).
-        execArgv: [...EmbeddedProcess.entry().execArgv, "--expose-gc", ...list("node-options", "")],
+        execArgv: [...EmbeddedSpawn.tsxExecArgv(), "--expose-gc", ...list("node-options", "")],
         stdio: ["ignore", "inherit", "inherit", "ipc"]
       })
       child.on("message", (m: Reported) => resume(Effect.succeed(m)))
