@@ -17,23 +17,13 @@ import * as Progress from "../src/internal/progress.js"
 import * as Usage from "../src/internal/usage.js"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { BIN, root, spawn } from "./support/child.js"
+import { BIN, cleanEnv as clean, root, runBin as runCli, spawn } from "./support/child.js"
 import { ledger } from "./support/ledger.js"
-
-/** No endpoints from the developer's environment leak into these runs. */
-const clean = { EVENTSTORE_CONNECTION_STRING: undefined, MONGODB_URI: undefined, MONGODB_DATABASE: undefined, RECONCILER_EMBEDDED: undefined }
 
 /** Endpoints nothing listens on: a command that tried to connect would hang until the drivers give up. */
 const unreachable = { EVENTSTORE_CONNECTION_STRING: "esdb://127.0.0.1:1?tls=false", MONGODB_URI: "mongodb://127.0.0.1:1/" }
 const secret = "hunter2-do-not-print"
 
-const runCli = (args: ReadonlyArray<string>, env: Record<string, string | undefined> = {}) =>
-  Effect.gen(function*() {
-    const started = Date.now()
-    const child = yield* spawn(BIN, args, { ...clean, ...env })
-    const exit = yield* child.exit("50 seconds")
-    return { code: exit.code, output: child.output(), took: Date.now() - started }
-  })
 
 describe("reconciler command line", () => {
   it.scopedLive("every command explains itself with --help", () =>

@@ -12,18 +12,8 @@ import * as EventStoreServer from "../src/embedded/EventStoreServer.js"
 import * as MongoServer from "../src/embedded/MongoServer.js"
 import * as EventStoreDB from "../src/EventStoreDB.js"
 import * as MongoReadModelStore from "../src/MongoReadModelStore.js"
-import { spawn } from "./support/child.js"
+import { runBin as runCli } from "./support/child.js"
 import { ledger } from "./support/ledger.js"
-
-const BIN = "src/bin/reconciler.ts"
-const clean = { EVENTSTORE_CONNECTION_STRING: undefined, MONGODB_URI: undefined, MONGODB_DATABASE: undefined, RECONCILER_EMBEDDED: undefined }
-
-const runCli = (args: ReadonlyArray<string>, env: Record<string, string | undefined>) =>
-  Effect.gen(function*() {
-    const child = yield* spawn(BIN, args, { ...clean, ...env })
-    const exit = yield* child.exit("50 seconds")
-    return { code: exit.code, output: child.output() }
-  })
 
 describe("reconciler dead-letters show | retry | skip", () => {
   it.scopedLive("show a letter, retry after a fix (held events follow in order), skip with a reason; exit codes", () =>

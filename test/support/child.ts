@@ -178,3 +178,20 @@ export const alive = (pid: number): boolean => {
     return false
   }
 }
+
+/** No endpoints from the developer's environment leak into a command's run. */
+export const cleanEnv = {
+  EVENTSTORE_CONNECTION_STRING: undefined,
+  MONGODB_URI: undefined,
+  MONGODB_DATABASE: undefined,
+  RECONCILER_EMBEDDED: undefined
+}
+
+/** Runs the package's bin to its end (at most 50 s): its exit code, its output, how long it took. */
+export const runBin = (args: ReadonlyArray<string>, env: Record<string, string | undefined> = {}) =>
+  Effect.gen(function*() {
+    const started = Date.now()
+    const child = yield* spawn(BIN, args, { ...cleanEnv, ...env })
+    const exit = yield* child.exit("50 seconds")
+    return { code: exit.code, output: child.output(), took: Date.now() - started }
+  })
